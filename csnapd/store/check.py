@@ -1,0 +1,228 @@
+"""The consistency checker behind csnap-check, and its careful repair.
+
+Verified: both superblock slots; every tree block's checksum, kind, self
+address and structure; key order and key ranges along every path; uniform
+depth; every exception's store chunk is a data chunk inside the store,
+allocated, and referenced exactly once; sharemaps name only existing
+snapshots and never give one snapshot two copies of a chunk; no allocated
+chunk or metadata block is unreferenced (a leak); the free count and the
+exception count match what the walk found.
+
+Problems carry a severity: "error" (the store may return wrong data) or
+"leak" / "count" (space accounting only; ``repair`` fixes these safely).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import format as fmt
+from .errors import CorruptionError
+from .walk import bitmap_int, set_bits, walk_tree
+
+Progress = Callable[[int, int], None]
+MAX_LISTED = 1000
+
+
+@dataclass(slots=True)
+class Problem:
+    severity: str  # "error", "leak" or "count"
+    message: str
+    block: int | None = None
+    path: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"severity": self.severity, "message": self.message, "block": self.block,
+                "path": self.path}
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    leaked_chunks: list[int] = field(default_factory=list)
+    leaked_blocks: list[int] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    @property
+    def repairable(self) -> bool:
+        return all(p.severity in ("leak", "count") for p in self.problems)
+
+    def add(self, severity: str, message: str, block: int | None = None, path: str = "") -> None:
+        if len(self.problems) < MAX_LISTED:
+            self.problems.append(Problem(severity, message, block, path))
+        elif len(self.problems) == MAX_LISTED:
+            self.problems.append(Problem(severity, "too many problems; listing stopped"))
+
+
+class _Checker:
+    def __init__(self, store, progress: Progress | None) -> None:  # noqa: ANN001
+        self.store, self.f, self.progress = store, store.sb, progress
+        self.k = self.f.chunk_size // self.f.block_size
+        self.report = Report()
+        self.referenced = bytearray((self.f.store_chunks + 7) // 8)
+        self.tree_blocks: set[int] = set()
+        self.exceptions = self.leaves = self.nodes = 0
+        self.known_slots = {e.slot: e for e in store.snaps.entries if e.state != fmt.SNAP_FREE}
+
+    def error(self, exc: CorruptionError) -> None:
+        self.report.add("error", str(exc), exc.block, exc.path)
+
+    def run(self) -> Report:
+        for note in self.store.recovery.notes:
+            self.report.add("leak" if "slot" in note else "error", note)
+        self._snapshot_table()
+        self._tree()
+        self._space()
+        self.report.stats.update(exceptions=self.exceptions, leaves=self.leaves,
+                                 nodes=self.nodes, depth=self.f.depth,
+                                 free_chunks=self.f.free_chunks,
+                                 store_chunks=self.f.store_chunks)
+        return self.report
+
+    def _snapshot_table(self) -> None:
+        names, tags = set(), set()
+        for e in self.known_slots.values():
+            if e.state == fmt.SNAP_LIVE:
+                if e.name in names:
+                    self.report.add("error", f"snapshot name {e.name!r} used twice")
+                names.add(e.name)
+            if e.tag in tags:
+                self.report.add("error", f"snapshot tag {e.tag} used twice")
+            tags.add(e.tag)
+
+    def _tree(self) -> None:
+        total = max(1, self.f.exceptions)
+        for visit in walk_tree(self.store, self.error):
+            if visit.addr in self.tree_blocks:
+                self.report.add("error", "block reached twice in the tree", visit.addr, visit.path)
+                continue
+            self.tree_blocks.add(visit.addr)
+            if not self.store.alloc.is_meta(visit.addr):
+                self.report.add("error", "tree block not marked in the metadata bitmap",
+                                visit.addr, visit.path)
+            if visit.depth:
+                self._node(visit)
+            else:
+                self._leaf(visit)
+                if self.progress and self.leaves % 64 == 0:
+                    self.progress(min(self.exceptions, total), total)
+
+    def _node(self, v) -> None:  # noqa: ANN001
+        self.nodes += 1
+        keys = v.block.keys
+        if keys[0] != v.lo:
+            self.report.add("error", f"first key {keys[0]} is not the range start {v.lo}",
+                            v.addr, v.path)
+        if keys[-1] >= v.hi:
+            self.report.add("error", f"key {keys[-1]} beyond the range end {v.hi}", v.addr, v.path)
+
+    def _leaf(self, v) -> None:  # noqa: ANN001
+        self.leaves += 1
+        leaf, f = v.block, self.f
+        if leaf.nbytes > fmt.leaf_capacity(f.block_size):
+            self.report.add("error", "leaf overfull", v.addr, v.path)
+        for chunk, excs in zip(leaf.keys, leaf.vals, strict=True):
+            if not v.lo <= chunk < v.hi:
+                self.report.add("error", f"chunk {chunk} outside the leaf's range "
+                                f"{v.lo}..{v.hi - 1}", v.addr, v.path)
+            if chunk >= f.origin_chunks:
+                self.report.add("error", f"chunk {chunk} beyond the origin", v.addr, v.path)
+            seen_bits = 0
+            for store_chunk, sharemap in excs:
+                self.exceptions += 1
+                self._exception(v, chunk, store_chunk, sharemap, seen_bits)
+                seen_bits |= sharemap
+
+    def _exception(self, v, chunk: int, store_chunk: int, sharemap: int,  # noqa: ANN001
+                   seen_bits: int) -> None:
+        f, where = self.f, f"chunk {chunk} -> store chunk {store_chunk}"
+        if not f.data_start_chunk <= store_chunk < f.store_chunks:
+            self.report.add("error", f"{where}: outside the data area", v.addr, v.path)
+            return
+        byte, bit = store_chunk >> 3, 1 << (store_chunk & 7)
+        if self.referenced[byte] & bit:
+            self.report.add("error", f"{where}: store chunk referenced twice", v.addr, v.path)
+        self.referenced[byte] |= bit
+        if not self.store.alloc.is_allocated(store_chunk):
+            self.report.add("error", f"{where}: store chunk is not allocated", v.addr, v.path)
+        if self.store.alloc.chunk_has_meta(store_chunk):
+            self.report.add("error", f"{where}: store chunk holds metadata", v.addr, v.path)
+        if sharemap & seen_bits:
+            self.report.add("error", f"chunk {chunk}: a snapshot has two copies", v.addr, v.path)
+        unknown = sharemap & ~sum(1 << s for s in self.known_slots)
+        if unknown or sharemap >> f.max_snapshots:
+            self.report.add("error", f"{where}: sharemap names snapshot slots that do not exist "
+                            f"(0x{unknown:x})", v.addr, v.path)
+
+    def _space(self) -> None:
+        f, k = self.f, self.k
+        allocated = bitmap_int(self.store, fmt.BlockKind.CBITMAP, self.error)
+        valid = (1 << f.store_chunks) - 1
+        free = f.store_chunks - bin(allocated & valid).count("1")
+        if free != f.free_chunks:
+            self.report.add("count", f"free chunk count is {f.free_chunks} but the bitmap has "
+                            f"{free} free chunks")
+        meta = bitmap_int(self.store, fmt.BlockKind.MBITMAP, self.error)
+        meta &= (1 << (f.store_chunks * k)) - 1
+        reserved_blocks = (1 << (f.data_start_chunk * k)) - 1
+        reachable = reserved_blocks
+        for addr in self.tree_blocks:
+            reachable |= 1 << addr
+        meta_chunks = 0
+        for block in set_bits(meta & ~reserved_blocks):
+            meta_chunks |= 1 << (block // k)
+        used = int.from_bytes(self.referenced, "little") | ((1 << f.data_start_chunk) - 1) \
+            | meta_chunks
+        self.report.leaked_chunks = list(set_bits(allocated & valid & ~used, MAX_LISTED))
+        for chunk in self.report.leaked_chunks:
+            self.report.add("leak", f"store chunk {chunk} is allocated but unused")
+        self.report.leaked_blocks = list(set_bits(meta & ~reachable, MAX_LISTED))
+        for block in self.report.leaked_blocks:
+            self.report.add("leak", f"metadata block {block} is marked but not in the tree", block)
+        for chunk in set_bits(meta_chunks & ~allocated, MAX_LISTED):
+            self.report.add("error", f"chunk {chunk} holds metadata but is not allocated")
+        if self.exceptions != f.exceptions:
+            self.report.add("count", f"exception count is {f.exceptions} but the tree holds "
+                            f"{self.exceptions}")
+
+
+def check_store(store, progress: Progress | None = None) -> Report:  # noqa: ANN001
+    """Check an open store (open it read-only to leave it byte-identical)."""
+    return _Checker(store, progress).run()
+
+
+def repair(store, report: Report) -> list[str]:  # noqa: ANN001
+    """Fix what is safe to fix (leaks and counts); return what was done.
+
+    Refuses when the report has errors that could mean wrong data: those need
+    a human, not a guess.
+    """
+    if not report.repairable:
+        raise ValueError("the store has errors that repair cannot fix safely")
+    done = []
+    for block in report.leaked_blocks:
+        store.alloc.free_block(block)
+        done.append(f"freed leaked metadata block {block}")
+    for chunk in report.leaked_chunks:
+        if store.alloc.is_allocated(chunk) and not store.alloc.chunk_has_meta(chunk):
+            store.alloc.free_chunk(chunk)
+            done.append(f"freed leaked chunk {chunk}")
+    again = check_store(store)
+    f = store.sb
+    if again.stats["exceptions"] != f.exceptions:
+        done.append(f"exception count {f.exceptions} -> {again.stats['exceptions']}")
+        f.exceptions = again.stats["exceptions"]
+    allocated = bitmap_int(store, fmt.BlockKind.CBITMAP)
+    free = f.store_chunks - bin(allocated & ((1 << f.store_chunks) - 1)).count("1")
+    if free != f.free_chunks:
+        done.append(f"free chunk count {f.free_chunks} -> {free}")
+        f.free_chunks = free
+    store.sbs.touch()
+    store.commit()
+    return done

@@ -1,0 +1,64 @@
+"""Exceptions raised by the store layer.
+
+Corruption is an error carrying a location, never an assert.  A full store is
+an expected outcome with its own type, so callers can apply a policy to it.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every store-layer error."""
+
+
+class CorruptionError(StoreError):
+    """Metadata failed verification; ``block`` names where."""
+
+    def __init__(self, block: int, kind: str, reason: str, path: str = "") -> None:
+        self.block, self.kind, self.reason, self.path = block, kind, reason, path
+        where = f" (tree path {path})" if path else ""
+        super().__init__(f"corrupt {kind} block {block}: {reason}{where}")
+
+
+class StoreFullError(StoreError):
+    """No free chunk is left for a copy-out, a snapshot write or metadata."""
+
+
+class FormatError(StoreError):
+    """Not a csnap store, or a format this version cannot open."""
+
+
+class GeometryError(StoreError):
+    """Sizes given to init (or found at open) are impossible or inconsistent."""
+
+
+class StoreBusyError(StoreError):
+    """Another process holds the store open."""
+
+
+class SnapshotError(StoreError):
+    """A snapshot operation named a missing snapshot or a duplicate."""
+
+
+class NoSuchSnapshot(SnapshotError):
+    """No live snapshot has that name or tag."""
+
+
+class SnapshotExists(SnapshotError):
+    """Name or tag already in use."""
+
+
+class TooManySnapshots(SnapshotError):
+    """Every sharemap slot is in use (live or still being deleted)."""
+
+
+class OutOfRange(StoreError):
+    """A chunk number lies outside the origin."""
+
+
+class LimitError(StoreError):
+    """A structural limit would be exceeded; the operation was not applied."""
+
+
+class ReadOnlyError(StoreError):
+    """The store was opened read-only or has been marked corrupt."""

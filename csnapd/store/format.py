@@ -1,0 +1,556 @@
+"""Every byte layout of the snapshot store, and nothing else.
+
+This module is the format specification in code: no other module knows an
+offset.  docs/on-disk-format.md is the prose version of the tables below and
+must be kept in step with them.
+
+All integers are little-endian.  Addresses of metadata blocks are *block
+numbers* (byte offset // block_size); addresses of data are *chunk numbers*
+(byte offset // chunk_size).  Chunk c holds blocks c*k .. c*k+k-1 where
+k = chunk_size // block_size (block_size <= chunk_size always).
+
+Common block header (every metadata block, 32 bytes)::
+
+    OFFSET SIZE DESCRIPTION
+         0    4 magic b"CSnp"
+         4    2 kind (BlockKind)
+         6    2 reserved, zero
+         8    4 CRC32C of the whole block with this field zeroed, seeded with
+                the kind's salt (KIND_SALT) so a block of one kind can never
+                verify as another kind
+        12    4 count: number of items in the payload (meaning per kind)
+        16    8 self address: the block number this image belongs at (for a
+                journal commit block, its own journal block number); catches
+                misdirected writes
+        24    8 store id: first 8 bytes of the store UUID; catches blocks left
+                over from an earlier store on the same device
+
+The payload follows at offset 32 and runs to the end of the block; unused
+payload bytes are zero.  The per-kind payload layouts are documented on the
+encode/decode functions below.
+
+Invariants:
+  * A block verifies only if magic, kind, self address, store id and CRC all
+    match; structural checks (counts within capacity, keys strictly
+    increasing, lengths in range) run on every decode.  Any failure raises
+    CorruptionError naming the block.
+  * Nothing here performs I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+import crc32c as _crc
+
+from .errors import CorruptionError
+
+BLOCK_MAGIC = b"CSnp"
+SUPER_MAGIC = b"CSNAPSTO"
+FORMAT_VERSION = 1
+
+HEADER = struct.Struct("<4sHHIIQQ")
+HEADER_SIZE = 32
+assert HEADER.size == HEADER_SIZE
+
+#: Feature bits, as in qcow2: an unknown *incompatible* bit makes the store
+#: unopenable; unknown *compatible* bits are ignored; unknown *autoclear* bits
+#: are cleared by any writer that does not understand them.
+INCOMPAT_KNOWN = 0
+COMPAT_KNOWN = 0
+AUTOCLEAR_KNOWN = 0
+
+#: Superblock flags.
+FLAG_BUSY = 1 << 0  # a server or tool has the store open read-write
+FLAG_NEEDS_CHECK = 1 << 1  # an I/O error hit metadata; run csnap-check
+FLAG_CORRUPT = 1 << 2  # a checksum or overlap violation was detected
+
+MIN_BLOCK_SIZE = 512
+MAX_BLOCK_SIZE = 1 << 20
+MIN_CHUNK_SIZE = 4096
+MAX_CHUNK_SIZE = 1 << 20
+MAX_SNAPSHOTS_LIMIT = 16384
+NO_BLOCK = 0  # block 0 is a superblock slot, so 0 never addresses a tree block
+
+
+class BlockKind(IntEnum):
+    """What a metadata block holds."""
+
+    SUPER = 1
+    COMMIT = 2
+    LEAF = 3
+    NODE = 4
+    CBITMAP = 5  # chunk allocation bitmap
+    MBITMAP = 6  # metadata-block bitmap
+    SNAPTAB = 7
+
+
+KIND_SALT = {
+    BlockKind.SUPER: 0x5B1A7E01,
+    BlockKind.COMMIT: 0xC0111702,
+    BlockKind.LEAF: 0x1EAF0003,
+    BlockKind.NODE: 0x90DE0004,
+    BlockKind.CBITMAP: 0xB17C0005,
+    BlockKind.MBITMAP: 0xB17B0006,
+    BlockKind.SNAPTAB: 0x5AA70007,
+}
+
+
+# ---------------------------------------------------------------------------
+# Sealing and verifying blocks
+
+
+def _crc_of(block: bytes | bytearray | memoryview, salt: int) -> int:
+    view = memoryview(block)
+    value = _crc.crc32c(view[:8], salt)
+    value = _crc.crc32c(b"\0\0\0\0", value)
+    return _crc.crc32c(view[12:], value)
+
+
+def seal(kind: BlockKind, addr: int, store_id: int, count: int, payload: bytes,
+         block_size: int) -> bytes:
+    """Return a complete block image with header and checksum filled in."""
+    if len(payload) > block_size - HEADER_SIZE:
+        raise ValueError(f"{kind.name} payload of {len(payload)} bytes exceeds block")
+    buf = bytearray(block_size)
+    HEADER.pack_into(buf, 0, BLOCK_MAGIC, kind, 0, 0, count, addr, store_id)
+    buf[HEADER_SIZE:HEADER_SIZE + len(payload)] = payload
+    struct.pack_into("<I", buf, 8, _crc_of(buf, KIND_SALT[kind]))
+    return bytes(buf)
+
+
+def block_crc(block: bytes) -> int:
+    """The stored CRC field of a block image."""
+    return struct.unpack_from("<I", block, 8)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    kind: int
+    crc: int
+    count: int
+    addr: int
+    store_id: int
+
+
+def peek_header(block: bytes) -> Header | None:
+    """Decode a header without verifying; None if the magic is wrong."""
+    magic, kind, _, crc, count, addr, store_id = HEADER.unpack_from(block, 0)
+    if magic != BLOCK_MAGIC:
+        return None
+    return Header(kind, crc, count, addr, store_id)
+
+
+def verify(block: bytes, kind: BlockKind, addr: int, store_id: int | None) -> int:
+    """Check a block image; return its item count or raise CorruptionError."""
+    hdr = peek_header(block)
+    if hdr is None:
+        raise CorruptionError(addr, kind.name, "bad magic (not a csnap metadata block)")
+    if hdr.kind != kind:
+        found = BlockKind(hdr.kind).name if hdr.kind in KIND_SALT else str(hdr.kind)
+        raise CorruptionError(addr, kind.name, f"wrong block kind {found}")
+    if _crc_of(block, KIND_SALT[kind]) != hdr.crc:
+        raise CorruptionError(addr, kind.name, "checksum mismatch")
+    if hdr.addr != addr:
+        raise CorruptionError(addr, kind.name, f"misdirected: block says it belongs at {hdr.addr}")
+    if store_id is not None and hdr.store_id != store_id:
+        raise CorruptionError(addr, kind.name, "block belongs to a different store")
+    return hdr.count
+
+
+# ---------------------------------------------------------------------------
+# Superblock (kind SUPER), stored twice: block 0 (slot A) and block 1 (slot B).
+#
+# A checkpoint writes the slot generation % 2, so a torn superblock write only
+# ever damages the older copy.  Open reads both and uses the valid one with the
+# higher generation.  Inside the journal the superblock image has home
+# address 0.
+#
+# Payload (offsets relative to the block start):
+#
+#   OFFSET SIZE DESCRIPTION
+#       32    8 magic b"CSNAPSTO"
+#       40    4 format version (1)
+#       44    4 incompatible feature bits
+#       48    4 compatible feature bits
+#       52    4 autoclear feature bits
+#       56    4 metadata block size in bytes
+#       60    4 chunk size in bytes
+#       64    4 max snapshots (sharemap width in bits)
+#       68    4 flags (FLAG_BUSY, FLAG_NEEDS_CHECK, FLAG_CORRUPT)
+#       72   16 store UUID
+#       88    8 store size in chunks
+#       96    8 origin size in bytes (as seen at init; checked at open)
+#      104    8 origin size in chunks (rounded up)
+#      112    8 snapshot table first block
+#      120    4 snapshot table block count
+#      124    4 chunk bitmap block count
+#      128    8 chunk bitmap first block
+#      136    8 metadata bitmap first block
+#      144    4 metadata bitmap block count
+#      148    4 journal block count
+#      152    8 journal first block
+#      160    8 first chunk not reserved for fixed metadata
+#      168    8 checkpoint generation (slot = generation % 2)
+#      176    8 journal sequence expected at the tail
+#      184    4 journal tail (block index inside the journal)
+#      188    4 B-tree depth (number of index levels; 0 = the root is a leaf)
+#      192    8 B-tree root block
+#      200    8 free chunks
+#      208    8 allocation cursor (chunk)
+#      216    8 metadata chunk being carved into blocks (0 = none)
+#      224    8 exception count
+#      232    8 snapshot-delete pass cursor (logical chunk)
+#      240    8 creation time (unix nanoseconds)
+#      248    8 last open time (unix nanoseconds)
+
+SUPER = struct.Struct("<8sIIIIIII I16sQQQ QI I Q Q I I Q Q Q Q I I Q Q Q Q Q Q Q Q")
+SUPER_OFFSET = HEADER_SIZE
+assert SUPER.size == 224, SUPER.size
+
+
+@dataclass(slots=True)
+class SuperFields:
+    """Decoded superblock; see the table above for meaning and layout."""
+
+    version: int
+    incompat: int
+    compat: int
+    autoclear: int
+    block_size: int
+    chunk_size: int
+    max_snapshots: int
+    flags: int
+    uuid: bytes
+    store_chunks: int
+    origin_bytes: int
+    origin_chunks: int
+    snaptab_start: int
+    snaptab_blocks: int
+    cbitmap_blocks: int
+    cbitmap_start: int
+    mbitmap_start: int
+    mbitmap_blocks: int
+    journal_blocks: int
+    journal_start: int
+    data_start_chunk: int
+    generation: int
+    journal_seq: int
+    journal_tail: int
+    depth: int
+    root: int
+    free_chunks: int
+    alloc_cursor: int
+    meta_chunk: int
+    exceptions: int
+    delete_cursor: int
+    created_ns: int
+    opened_ns: int
+
+    @property
+    def store_id(self) -> int:
+        return int.from_bytes(self.uuid[:8], "little")
+
+
+_SUPER_ORDER = (
+    "version incompat compat autoclear block_size chunk_size max_snapshots flags uuid "
+    "store_chunks origin_bytes origin_chunks snaptab_start snaptab_blocks cbitmap_blocks "
+    "cbitmap_start mbitmap_start mbitmap_blocks journal_blocks journal_start data_start_chunk "
+    "generation journal_seq journal_tail depth root free_chunks alloc_cursor meta_chunk "
+    "exceptions delete_cursor created_ns opened_ns"
+).split()
+
+
+def encode_super(sb: SuperFields) -> bytes:
+    """Payload bytes of a superblock."""
+    return SUPER.pack(SUPER_MAGIC, *(getattr(sb, name) for name in _SUPER_ORDER))
+
+
+def decode_super(block: bytes, slot: int) -> SuperFields:
+    """Verify and decode a superblock image read from ``slot``."""
+    verify(block, BlockKind.SUPER, slot, None)
+    values = SUPER.unpack_from(block, SUPER_OFFSET)
+    if values[0] != SUPER_MAGIC:
+        raise CorruptionError(slot, "SUPER", "bad superblock magic")
+    sb = SuperFields(*values[1:])
+    if HEADER.unpack_from(block, 0)[6] != sb.store_id:
+        raise CorruptionError(slot, "SUPER", "store id in header does not match UUID")
+    return sb
+
+
+# ---------------------------------------------------------------------------
+# Journal commit block (kind COMMIT).  A transaction occupies 1 + n consecutive
+# journal blocks (wrapping at the end of the journal): the commit block first,
+# then the n block images in the order of the address list.
+#
+#   OFFSET SIZE DESCRIPTION
+#       12    4 (header count) n, the number of block images that follow
+#       16    8 (header self address) this commit block's own block number
+#       32    8 transaction sequence number
+#       40    4 n again (cross-check)
+#       44    4 reserved, zero
+#       48  8*n home block number of each image (0 = the superblock)
+#
+# The header CRC of a commit block is special: it is the CRC32C, seeded with
+# the COMMIT salt, of the commit block (CRC field zeroed) followed by all n
+# images.  A transaction is committed iff that CRC matches, so a torn or
+# partly written transaction is never replayed.
+
+COMMIT = struct.Struct("<QII")
+COMMIT_FIXED = HEADER_SIZE + COMMIT.size
+
+
+def commit_capacity(block_size: int) -> int:
+    """How many block images one commit block can describe."""
+    return (block_size - COMMIT_FIXED) // 8
+
+
+def seal_commit(addr: int, store_id: int, seq: int, homes: list[int],
+                images: list[bytes], block_size: int) -> bytes:
+    """Build a commit block whose CRC covers itself and every image."""
+    n = len(homes)
+    buf = bytearray(block_size)
+    HEADER.pack_into(buf, 0, BLOCK_MAGIC, BlockKind.COMMIT, 0, 0, n, addr, store_id)
+    COMMIT.pack_into(buf, HEADER_SIZE, seq, n, 0)
+    struct.pack_into(f"<{n}Q", buf, COMMIT_FIXED, *homes)
+    value = _crc_of(buf, KIND_SALT[BlockKind.COMMIT])
+    for image in images:
+        value = _crc.crc32c(image, value)
+    struct.pack_into("<I", buf, 8, value)
+    return bytes(buf)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    seq: int
+    homes: list[int]
+    crc: int
+
+
+def decode_commit(block: bytes, addr: int, store_id: int) -> CommitInfo | None:
+    """Parse a commit block's header; None if it is not a plausible commit.
+
+    The CRC cannot be checked until the images are read: see commit_valid().
+    """
+    hdr = peek_header(block)
+    if hdr is None or hdr.kind != BlockKind.COMMIT or hdr.addr != addr:
+        return None
+    if hdr.store_id != store_id:
+        return None
+    seq, n, _ = COMMIT.unpack_from(block, HEADER_SIZE)
+    if n != hdr.count or n > commit_capacity(len(block)):
+        return None
+    homes = list(struct.unpack_from(f"<{n}Q", block, COMMIT_FIXED))
+    return CommitInfo(seq, homes, hdr.crc)
+
+
+def commit_valid(block: bytes, images: list[bytes]) -> bool:
+    """True if the commit CRC covers exactly this commit block and images."""
+    value = _crc_of(block, KIND_SALT[BlockKind.COMMIT])
+    for image in images:
+        value = _crc.crc32c(image, value)
+    return value == block_crc(block)
+
+
+# ---------------------------------------------------------------------------
+# B-tree index node (kind NODE).  count = number of children n (>= 1).
+#
+#   OFFSET     SIZE DESCRIPTION
+#       32+16i    8 key i: lowest logical chunk routed to child i; key 0 is the
+#                   lower bound of the whole node's range
+#       40+16i    8 child i block number
+#
+# Keys are strictly increasing.  Child i covers [key i, key i+1) and the last
+# child covers [key n-1, the node's own upper bound).
+
+NODE_ENTRY = struct.Struct("<QQ")
+
+
+def node_capacity(block_size: int) -> int:
+    return (block_size - HEADER_SIZE) // NODE_ENTRY.size
+
+
+def encode_node(keys: list[int], children: list[int]) -> bytes:
+    flat = [v for pair in zip(keys, children, strict=True) for v in pair]
+    return struct.pack(f"<{len(flat)}Q", *flat)
+
+
+def decode_node(block: bytes, addr: int, count: int) -> tuple[list[int], list[int]]:
+    if count < 1 or count > node_capacity(len(block)):
+        raise CorruptionError(addr, "NODE", f"child count {count} out of range")
+    flat = struct.unpack_from(f"<{2 * count}Q", block, HEADER_SIZE)
+    keys, children = list(flat[0::2]), list(flat[1::2])
+    for i in range(1, count):
+        if keys[i] <= keys[i - 1]:
+            raise CorruptionError(addr, "NODE", f"keys out of order at entry {i}")
+    for child in children:
+        if child == NO_BLOCK:
+            raise CorruptionError(addr, "NODE", "null child pointer")
+    return keys, children
+
+
+# ---------------------------------------------------------------------------
+# B-tree leaf (kind LEAF).  count = number of logical chunks listed.  Each
+# logical chunk entry is variable length; entries are sorted by chunk:
+#
+#   SIZE DESCRIPTION
+#      8 logical chunk
+#      2 number of exceptions m (>= 1)
+#   then m exceptions, each:
+#      8 store chunk holding the copy
+#      2 sharemap byte offset o
+#      2 sharemap byte length l (>= 1)
+#      l sharemap bytes: bit (8*(o+j) + b) is bit b of byte j; bit s set means
+#        snapshot slot s uses this copy
+#
+# Sharemaps are trimmed to the bytes that hold set bits, so a copy used by one
+# snapshot costs 13 bytes whatever --max-snapshots is.
+
+LEAF_ENTRY = struct.Struct("<QH")
+LEAF_EXC = struct.Struct("<QHH")
+ENTRY_OVERHEAD = LEAF_ENTRY.size
+EXC_OVERHEAD = LEAF_EXC.size
+
+
+def leaf_capacity(block_size: int) -> int:
+    return block_size - HEADER_SIZE
+
+
+def sharemap_size(sharemap: int) -> int:
+    """Encoded bytes of one exception carrying ``sharemap``."""
+    low = (sharemap & -sharemap).bit_length() - 1
+    return EXC_OVERHEAD + (sharemap.bit_length() + 7) // 8 - low // 8
+
+
+def entry_size(excs: list[list[int]]) -> int:
+    """Encoded bytes of one logical chunk entry with exceptions ``excs``."""
+    return ENTRY_OVERHEAD + sum(sharemap_size(sm) for _, sm in excs)
+
+
+def encode_leaf(keys: list[int], vals: list[list[list[int]]]) -> bytes:
+    out = bytearray()
+    for chunk, excs in zip(keys, vals, strict=True):
+        out += LEAF_ENTRY.pack(chunk, len(excs))
+        for store, sharemap in excs:
+            low = ((sharemap & -sharemap).bit_length() - 1) // 8
+            raw = (sharemap >> (8 * low)).to_bytes((sharemap.bit_length() + 7) // 8 - low, "little")
+            out += LEAF_EXC.pack(store, low, len(raw))
+            out += raw
+    return bytes(out)
+
+
+def decode_leaf(block: bytes, addr: int, count: int) -> tuple[list[int], list[list[list[int]]], int]:
+    """Return keys, exception lists and the payload bytes used."""
+    keys: list[int] = []
+    vals: list[list[list[int]]] = []
+    pos, end = HEADER_SIZE, len(block)
+    prev = -1
+    try:
+        for _ in range(count):
+            chunk, m = LEAF_ENTRY.unpack_from(block, pos)
+            pos += ENTRY_OVERHEAD
+            if chunk <= prev or m == 0:
+                raise CorruptionError(addr, "LEAF", f"bad entry for chunk {chunk}")
+            prev = chunk
+            excs = []
+            for _ in range(m):
+                store, off, length = LEAF_EXC.unpack_from(block, pos)
+                pos += EXC_OVERHEAD
+                if length == 0 or pos + length > end:
+                    raise CorruptionError(addr, "LEAF", f"bad sharemap for chunk {chunk}")
+                sharemap = int.from_bytes(block[pos:pos + length], "little") << (8 * off)
+                if sharemap == 0:
+                    raise CorruptionError(addr, "LEAF", f"empty sharemap for chunk {chunk}")
+                pos += length
+                excs.append([store, sharemap])
+            keys.append(chunk)
+            vals.append(excs)
+    except struct.error as exc:
+        raise CorruptionError(addr, "LEAF", "entries run past the end of the block") from exc
+    return keys, vals, pos - HEADER_SIZE
+
+
+# ---------------------------------------------------------------------------
+# Bitmaps (kinds CBITMAP and MBITMAP).  count = 0.  The payload is a bit array:
+# bit i of the store-wide map is bit (i % 8) of payload byte (i // 8) % P of
+# bitmap block i // (8 * P), P = block_size - 32.  A set bit in the chunk
+# bitmap means the chunk is allocated (data, metadata or reserved); a set bit in
+# the metadata bitmap means that *block* holds metadata.  Bits past the end of
+# the store are set so they are never allocated.
+
+
+def bitmap_bits_per_block(block_size: int) -> int:
+    return (block_size - HEADER_SIZE) * 8
+
+
+# ---------------------------------------------------------------------------
+# Snapshot table (kind SNAPTAB).  count = 0.  Fixed 128-byte entries; entry i
+# of the table (block i // E, E = (block_size - 32) // 128) describes sharemap
+# slot i.
+#
+#   OFFSET SIZE DESCRIPTION
+#        0    1 state: 0 free, 1 live, 2 deleting (queued), 3 deleting (in the
+#               current delete pass)
+#        1    1 flags: bit 0 squashed
+#        2    1 priority (signed; lower is squashed first when the store fills)
+#        3    1 name length in bytes (1..96)
+#        4    4 user tag (uint32)
+#        8    8 creation time (unix nanoseconds)
+#       16    4 use count
+#       20   12 reserved, zero
+#       32   96 name, UTF-8, zero padded
+
+SNAP_ENTRY = struct.Struct("<BBbBIQI12s96s")
+SNAP_ENTRY_SIZE = 128
+assert SNAP_ENTRY.size == SNAP_ENTRY_SIZE
+MAX_NAME_BYTES = 96
+
+SNAP_FREE, SNAP_LIVE, SNAP_DELETING, SNAP_IN_PASS = 0, 1, 2, 3
+SNAP_FLAG_SQUASHED = 1
+
+
+def snap_entries_per_block(block_size: int) -> int:
+    return (block_size - HEADER_SIZE) // SNAP_ENTRY_SIZE
+
+
+@dataclass(slots=True)
+class SnapEntry:
+    """One snapshot table slot; ``slot`` is also the snapshot's sharemap bit."""
+
+    slot: int
+    state: int = SNAP_FREE
+    flags: int = 0
+    priority: int = 0
+    tag: int = 0
+    created_ns: int = 0
+    use_count: int = 0
+    name: str = ""
+
+    @property
+    def live(self) -> bool:
+        return self.state == SNAP_LIVE
+
+    @property
+    def squashed(self) -> bool:
+        return bool(self.flags & SNAP_FLAG_SQUASHED)
+
+
+def encode_snap_entry(e: SnapEntry) -> bytes:
+    raw = e.name.encode("utf-8")
+    return SNAP_ENTRY.pack(e.state, e.flags, e.priority, len(raw), e.tag, e.created_ns,
+                           e.use_count, b"", raw)
+
+
+def decode_snap_entry(raw: bytes, slot: int, addr: int) -> SnapEntry:
+    state, flags, prio, nlen, tag, created, use, _, name = SNAP_ENTRY.unpack(raw)
+    if state == SNAP_FREE:
+        return SnapEntry(slot)
+    if state > SNAP_IN_PASS or not 1 <= nlen <= MAX_NAME_BYTES:
+        raise CorruptionError(addr, "SNAPTAB", f"bad entry for slot {slot}")
+    try:
+        text = name[:nlen].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptionError(addr, "SNAPTAB", f"name of slot {slot} is not UTF-8") from exc
+    return SnapEntry(slot, state, flags, prio, tag, created, use, text)

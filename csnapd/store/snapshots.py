@@ -1,0 +1,117 @@
+"""The snapshot table: names, tags and sharemap slots of every snapshot.
+
+Slot i of the table is sharemap bit i.  A slot stays taken while its snapshot
+is being deleted (its bit may still be set in sharemaps) and becomes free only
+when the delete pass that clears the bit has finished.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import format as fmt
+from .blocks import SnapTable
+from .cache import BlockCache
+from .errors import LimitError, NoSuchSnapshot, SnapshotExists, TooManySnapshots
+from .superblock import SuperState
+
+MAX_TAG = 2**32 - 1
+
+
+class Snapshots:
+    """In-memory view of the snapshot table, written back through the cache."""
+
+    def __init__(self, cache: BlockCache, sbs: SuperState) -> None:
+        self.cache, self.sbs = cache, sbs
+        f = sbs.f
+        self.per_block = fmt.snap_entries_per_block(f.block_size)
+        self.entries: list[fmt.SnapEntry] = []
+        for b in range(f.snaptab_blocks):
+            table = cache.get(f.snaptab_start + b, fmt.BlockKind.SNAPTAB)
+            self.entries.extend(table.entries)
+        self.entries = self.entries[:f.max_snapshots]
+        self._recompute()
+
+    def _recompute(self) -> None:
+        self.live_mask = 0
+        self.deleting_mask = 0
+        for e in self.entries:
+            if e.state == fmt.SNAP_LIVE and not e.squashed:
+                self.live_mask |= 1 << e.slot
+            elif e.state in (fmt.SNAP_DELETING, fmt.SNAP_IN_PASS):
+                self.deleting_mask |= 1 << e.slot
+
+    def _save(self, e: fmt.SnapEntry) -> None:
+        f = self.sbs.f
+        table: SnapTable = self.cache.get(f.snaptab_start + e.slot // self.per_block,
+                                          fmt.BlockKind.SNAPTAB)
+        table.entries[e.slot % self.per_block] = e
+        self.entries[e.slot] = e
+        self.cache.mark_dirty(table)
+        self._recompute()
+
+    # -- queries ----------------------------------------------------------
+    def visible(self) -> list[fmt.SnapEntry]:
+        """Snapshots users can see: live ones, squashed or not."""
+        return sorted((e for e in self.entries if e.state == fmt.SNAP_LIVE),
+                      key=lambda e: (e.created_ns, e.slot))
+
+    def find(self, ident: str | int) -> fmt.SnapEntry:
+        """A live snapshot by name, or by tag when ``ident`` is an int."""
+        for e in self.entries:
+            if e.state != fmt.SNAP_LIVE:
+                continue
+            if (isinstance(ident, int) and e.tag == ident) or e.name == ident:
+                return e
+        raise NoSuchSnapshot(f"no snapshot {ident!r}")
+
+    def in_pass_mask(self) -> int:
+        return sum(1 << e.slot for e in self.entries if e.state == fmt.SNAP_IN_PASS)
+
+    # -- changes ----------------------------------------------------------
+    def create(self, name: str, tag: int | None = None, priority: int = 0) -> fmt.SnapEntry:
+        raw = name.encode("utf-8")
+        if not 1 <= len(raw) <= fmt.MAX_NAME_BYTES or name.isdigit():
+            raise LimitError(f"snapshot name must be 1..{fmt.MAX_NAME_BYTES} UTF-8 bytes "
+                             "and not all digits (digits name a tag)")
+        if not -128 <= priority <= 127:
+            raise LimitError("priority must be between -128 and 127")
+        taken_tags = {e.tag for e in self.entries if e.state != fmt.SNAP_FREE}
+        for e in self.entries:
+            if e.state == fmt.SNAP_LIVE and e.name == name:
+                raise SnapshotExists(f"a snapshot named {name!r} exists")
+        if tag is None:
+            tag = next(t for t in range(1, len(self.entries) + 2) if t not in taken_tags)
+        elif not 0 <= tag <= MAX_TAG:
+            raise LimitError(f"tag must be between 0 and {MAX_TAG}")
+        elif tag in taken_tags:
+            raise SnapshotExists(f"tag {tag} is in use")
+        free = next((e for e in self.entries if e.state == fmt.SNAP_FREE), None)
+        if free is None:
+            raise TooManySnapshots(f"all {len(self.entries)} snapshot slots are in use "
+                                   "(live or still being deleted)")
+        entry = fmt.SnapEntry(free.slot, fmt.SNAP_LIVE, 0, priority, tag, time.time_ns(), 0, name)
+        self._save(entry)
+        return entry
+
+    def mark_deleting(self, entry: fmt.SnapEntry) -> None:
+        entry.state = fmt.SNAP_DELETING
+        self._save(entry)
+
+    def mark_squashed(self, entry: fmt.SnapEntry) -> None:
+        entry.flags |= fmt.SNAP_FLAG_SQUASHED
+        self._save(entry)
+
+    def start_pass(self) -> int:
+        """Move queued deletions into a new pass; return its mask."""
+        for e in self.entries:
+            if e.state == fmt.SNAP_DELETING:
+                e.state = fmt.SNAP_IN_PASS
+                self._save(e)
+        return self.in_pass_mask()
+
+    def finish_pass(self) -> list[fmt.SnapEntry]:
+        done = [e for e in self.entries if e.state == fmt.SNAP_IN_PASS]
+        for e in done:
+            self._save(fmt.SnapEntry(e.slot))
+        return done

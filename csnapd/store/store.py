@@ -1,0 +1,562 @@
+"""The store facade: every metadata operation, made durable through the journal.
+
+Operations edit cached blocks; ``commit()`` makes everything since the last
+commit durable as one journal transaction (so a server can group many
+requests into one commit).  An operation may commit on its own part-way when
+its changes approach the transaction limit: each step it commits leaves the
+store consistent, and nothing has been acknowledged yet.
+
+Order of a commit (the durability rules of journal.py):
+  1. perform the pending copy-outs (coalesced into large reads and writes);
+  2. flush the store, so copied data is durable before anything points at it;
+  3. write the transaction to the journal and flush;
+  4. only later (at a checkpoint) write blocks home, flush, then write the
+     superblock naming the new journal tail, and flush.
+
+Chunks freed by a transaction are quarantined until a checkpoint (bitmap.py),
+so no copy-out can overwrite data that a crash could bring back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import format as fmt
+from . import journal as jnl
+from . import superblock as sbk
+from .bitmap import Allocator
+from .blocks import Bitmap, Leaf, Node, snaptab_decoder
+from .btree import BTree
+from .cache import BlockCache
+from .copier import Copier
+from .device import Device
+from .errors import (
+    CorruptionError,
+    FormatError,
+    GeometryError,
+    LimitError,
+    OutOfRange,
+    ReadOnlyError,
+    StoreFullError,
+)
+from .snapshots import Snapshots
+from .superblock import SuperState
+
+Ranges = Iterable[tuple[int, int]] | Iterable[list[int]]
+Progress = Callable[[int, int], None]
+DEFAULT_CACHE = 64 << 20
+#: Chunks handled per leaf visit before the store re-checks its reserves.
+BATCH = 64
+
+
+@dataclasses.dataclass
+class Recovery:
+    """What open() found and did."""
+
+    unclean: bool = False
+    transactions: int = 0
+    blocks: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class Store:
+    """An open snapshot store."""
+
+    def __init__(self, dev: Device, origin: Device, f: fmt.SuperFields, cache_size: int,
+                 readonly: bool) -> None:
+        self.dev, self.origin, self.readonly = dev, origin, readonly
+        self.sbs = SuperState(f)
+        self.block_size, self.chunk_size = f.block_size, f.chunk_size
+        per = fmt.snap_entries_per_block(f.block_size)
+        decoders = {
+            fmt.BlockKind.LEAF: Leaf.decode,
+            fmt.BlockKind.NODE: Node.decode,
+            fmt.BlockKind.CBITMAP: Bitmap.decoder(fmt.BlockKind.CBITMAP),
+            fmt.BlockKind.MBITMAP: Bitmap.decoder(fmt.BlockKind.MBITMAP),
+            fmt.BlockKind.SNAPTAB: snaptab_decoder(f.snaptab_start, per),
+        }
+        self.cache = BlockCache(dev, f.block_size, f.store_id, cache_size, decoders)
+        self.alloc = Allocator(self.cache, self.sbs)
+        self.cache.is_meta = self.alloc.is_meta
+        self.tree = BTree(self.cache, self.alloc, self.sbs)
+        self.journal = jnl.Journal(dev, f.journal_start, f.journal_blocks, f.block_size,
+                                   f.store_id, f.journal_tail, f.journal_seq)
+        self.copier = Copier(dev, origin, f.chunk_size, self.alloc)
+        self.recovery = Recovery()
+        self.committed_super = self.sbs.snapshot()
+        self.snaps: Snapshots  # set by _load_tables
+        self.failed: str = ""
+        self.stats = {"commits": 0, "checkpoints": 0, "copyouts": 0, "bytes_copied": 0,
+                      "flushes": 0, "ops_committed": 0}
+        self._ops_since_commit = 0
+
+    # ------------------------------------------------------------------
+    # geometry
+    @property
+    def sb(self) -> fmt.SuperFields:
+        return self.sbs.f
+
+    @property
+    def origin_chunks(self) -> int:
+        return self.sb.origin_chunks
+
+    @property
+    def store_chunks(self) -> int:
+        return self.sb.store_chunks
+
+    # ------------------------------------------------------------------
+    # opening and closing
+    @classmethod
+    def open(cls, dev: Device, origin: Device, cache_size: int = DEFAULT_CACHE,
+             readonly: bool = False, check_origin: bool = True) -> Store:
+        """Open a store, replaying the journal first (in memory if readonly)."""
+        f, _slot, notes = sbk.load(dev)
+        if check_origin and origin.size != f.origin_bytes:
+            raise GeometryError(
+                f"origin {origin.path} is {origin.size} bytes but this store was made for an "
+                f"origin of {f.origin_bytes} bytes: wrong origin device?")
+        if dev.size < f.store_chunks * f.chunk_size:
+            raise GeometryError(f"store {dev.path} is smaller than its superblock says")
+        store = cls(dev, origin, f, cache_size, readonly)
+        store.recovery.notes = notes
+        store._recover()
+        store._load_tables()
+        if not readonly:
+            store._mark_open()
+        return store
+
+    def _recover(self) -> None:
+        f = self.sb
+        self.recovery.unclean = bool(f.flags & fmt.FLAG_BUSY)
+        scan = jnl.scan(self.dev, f.journal_start, f.journal_blocks, f.block_size,
+                        f.store_id, f.journal_tail, f.journal_seq)
+        for txn in scan.transactions:
+            for home, image in txn.images:
+                if home == 0:
+                    self._adopt_journaled_super(image)
+                else:
+                    self.cache.pending_home[home] = image
+        self.recovery.transactions = len(scan.transactions)
+        self.recovery.blocks = sum(len(t.images) for t in scan.transactions)
+        self.journal.head, self.journal.seq, self.journal.used = (
+            scan.head, scan.next_seq, scan.blocks_used)
+        self.committed_super = self.sbs.snapshot()
+
+    def _adopt_journaled_super(self, image: bytes) -> None:
+        f = fmt.decode_super(image, 0)
+        if (f.uuid, f.block_size, f.chunk_size) != (self.sb.uuid, self.block_size, self.chunk_size):
+            raise CorruptionError(0, "SUPER", "journaled superblock belongs to another store")
+        self.sbs.f = f
+
+    def _load_tables(self) -> None:
+        self.snaps = Snapshots(self.cache, self.sbs)
+
+    def _mark_open(self) -> None:
+        f = self.sb
+        f.flags |= fmt.FLAG_BUSY
+        f.autoclear &= fmt.AUTOCLEAR_KNOWN
+        f.opened_ns = time.time_ns()
+        self.sbs.touch()
+        self.committed_super = self.sbs.snapshot()
+        self._checkpoint()
+
+    def close(self) -> None:
+        """Commit, checkpoint and mark the store clean."""
+        if not self.readonly and not self.failed:
+            self.commit()
+            self.sb.flags &= ~fmt.FLAG_BUSY
+            self.sbs.touch()
+            self.committed_super = self.sbs.snapshot()
+            self._checkpoint()
+        self.dev.close()
+        self.origin.close()
+
+    # ------------------------------------------------------------------
+    # transactions
+    def _writable(self) -> None:
+        if self.readonly:
+            raise ReadOnlyError("store is open read-only")
+        if self.failed:
+            raise ReadOnlyError(f"store refuses changes after an error: {self.failed}")
+
+    def commit(self) -> int:
+        """Make every change so far durable; return the journal sequence (or -1)."""
+        if self.readonly or (not self.cache.dirty and not self.sbs.dirty
+                             and not self.copier.pending):
+            return -1
+        try:
+            if self.copier.pending:
+                moved = self.copier.run()
+                self.stats["bytes_copied"] += moved
+                self._flush()
+            images = self.cache.take_dirty()
+            if self.sbs.dirty or images:
+                images.append((0, self.sbs.seal(0)))
+            self.sbs.dirty = False
+            if not self.journal.fits(len(images)):
+                self._checkpoint()
+            seq = self.journal.write(images)
+            self._flush()
+        except OSError as exc:
+            self._fail(f"I/O error during commit: {exc}")
+            raise
+        self.cache.committed([(a, i) for a, i in images if a != 0])
+        self.committed_super = self.sbs.snapshot()
+        self.alloc.transaction_committed()
+        self.stats["commits"] += 1
+        self.stats["ops_committed"] += self._ops_since_commit
+        self._ops_since_commit = 0
+        self.cache.trim()
+        return seq
+
+    def _flush(self) -> None:
+        self.dev.flush()
+        self.stats["flushes"] += 1
+
+    def _checkpoint(self) -> None:
+        """Write committed blocks home, then advance the journal tail."""
+        self.cache.write_home()
+        self._flush()
+        f = dataclasses.replace(self.committed_super)
+        f.generation = self.sb.generation + 1
+        f.journal_tail, f.journal_seq = self.journal.head, self.journal.seq
+        sbk.write_slot(self.dev, self.sbs, f)
+        self._flush()
+        self.sb.generation = f.generation
+        self.committed_super.generation = f.generation
+        self.journal.checkpointed()
+        self.alloc.checkpointed()
+        self.stats["checkpoints"] += 1
+
+    def _fail(self, why: str) -> None:
+        self.failed = why
+        self.cache.drop_all()
+        self.copier.pending.clear()
+
+    def _reserve(self, data_chunks: int) -> int:
+        """Make room for one batch; return how many data chunks it may use.
+
+        Commits early when the transaction is near the journal's limit, and
+        checkpoints when only quarantined chunks stand between us and full.
+        """
+        depth = self.sb.depth
+        meta_blocks = 2 * depth + 4
+        if len(self.cache.dirty) + meta_blocks + 8 > self.journal.max_images:
+            self.commit()
+        k = self.alloc.k
+        meta_chunks = -(-meta_blocks // k) + 1
+        need = data_chunks + meta_chunks
+        if self.alloc.available < need and self.alloc.quarantined:
+            self.commit()
+            self._checkpoint()
+        room = self.alloc.available - meta_chunks
+        if room < 1 and data_chunks > 0:
+            raise StoreFullError(
+                f"snapshot store full: {self.sb.free_chunks} free chunks, "
+                f"{self.alloc.quarantined} awaiting checkpoint")
+        return min(data_chunks, room)
+
+    def _alloc_data(self) -> int:
+        chunk = self.alloc.alloc_chunk()
+        if chunk is None:
+            raise StoreFullError("snapshot store full")
+        return chunk
+
+    # ------------------------------------------------------------------
+    # validation
+    def check_ranges(self, ranges: Ranges) -> list[tuple[int, int]]:
+        """Validate [chunk, count] ranges against the origin size."""
+        out = []
+        limit = self.sb.origin_chunks
+        for start, count in ranges:
+            if count < 1 or start < 0 or start + count > limit:
+                raise OutOfRange(f"chunks {start}..{start + count - 1} are outside the origin "
+                                 f"(0..{limit - 1})")
+            out.append((start, count))
+        return out
+
+    # ------------------------------------------------------------------
+    # origin writes
+    def origin_write(self, ranges: Ranges) -> int:
+        """Make origin chunks unshared by copying out what live snapshots need.
+
+        Returns the number of chunks copied.  Not durable until commit().
+        """
+        self._writable()
+        ranges = self.check_ranges(ranges)
+        live = self.snaps.live_mask
+        self._ops_since_commit += 1
+        if not live:
+            return 0
+        copied = 0
+        for start, count in ranges:
+            chunk, end = start, start + count
+            while chunk < end:
+                chunk, n = self._origin_batch(chunk, end, live)
+                copied += n
+        return copied
+
+    def _origin_batch(self, chunk: int, end: int, live: int) -> tuple[int, int]:
+        room = self._reserve(min(BATCH, end - chunk))
+        path, leaf, _lo, hi = self.tree.find(chunk)
+        stop = min(end, hi, chunk + room)
+        keys, vals = leaf.keys, leaf.vals
+        copied = 0
+        changed = False
+        while chunk < stop:
+            i = bisect_left(keys, chunk)
+            if i < len(keys) and keys[i] == chunk:
+                used = 0
+                for exc in vals[i]:
+                    used |= exc[1]
+                need = live & ~used
+                if need:
+                    self._add_exception(leaf, i, need, chunk, None)
+                    copied += 1
+                    changed = True
+            else:
+                self._new_entry(leaf, i, chunk, live, None)
+                copied += 1
+                changed = True
+            chunk += 1
+            if leaf.nbytes > self.tree.leaf_cap:
+                break
+        if changed:
+            self.tree.fixup(path, leaf)
+        return chunk, copied
+
+    def _new_entry(self, leaf: Leaf, i: int, chunk: int, sharemap: int,
+                   source: int | None) -> int:
+        store = self._alloc_data()
+        leaf.keys.insert(i, chunk)
+        leaf.vals.insert(i, [[store, sharemap]])
+        leaf.nbytes += fmt.ENTRY_OVERHEAD + fmt.sharemap_size(sharemap)
+        self._copy(chunk, source, store)
+        return store
+
+    def _add_exception(self, leaf: Leaf, i: int, sharemap: int, chunk: int,
+                       source: int | None) -> int:
+        grow = fmt.sharemap_size(sharemap)
+        if fmt.entry_size(leaf.vals[i]) + grow > self.tree.entry_max:
+            raise LimitError(f"chunk {chunk} has too many exceptions for a "
+                             f"{self.block_size}-byte leaf; use a larger --block-size")
+        store = self._alloc_data()
+        leaf.vals[i].append([store, sharemap])
+        leaf.nbytes += grow
+        self._copy(chunk, source, store)
+        return store
+
+    def _copy(self, chunk: int, source: int | None, dest: int) -> None:
+        """Queue a copy of origin ``chunk`` (or store chunk ``source``) to ``dest``."""
+        self.sb.exceptions += 1
+        self.stats["copyouts"] += 1
+        self.copier.queue(source if source is not None else chunk, source is not None, dest)
+
+    # ------------------------------------------------------------------
+    # snapshot reads and writes
+    def snapshot_lookup(self, slot: int, chunk: int) -> int | None:
+        """Store chunk holding snapshot ``slot``'s copy of ``chunk``, or None (origin)."""
+        _path, leaf, _lo, _hi = self.tree.find(chunk)
+        i = bisect_left(leaf.keys, chunk)
+        if i < len(leaf.keys) and leaf.keys[i] == chunk:
+            bit = 1 << slot
+            for store, sharemap in leaf.vals[i]:
+                if sharemap & bit:
+                    return store
+        return None
+
+    def snapshot_map(self, slot: int, ranges: Ranges) -> list[tuple[int, int | None]]:
+        """(chunk, store chunk or None) for every chunk in ``ranges``."""
+        bit = 1 << slot
+        out: list[tuple[int, int | None]] = []
+        for start, count in self.check_ranges(ranges):
+            chunk, end = start, start + count
+            while chunk < end:
+                _path, leaf, _lo, hi = self.tree.find(chunk)
+                keys, vals = leaf.keys, leaf.vals
+                stop = min(end, hi)
+                i = bisect_left(keys, chunk)
+                while chunk < stop:
+                    while i < len(keys) and keys[i] < chunk:
+                        i += 1
+                    found = None
+                    if i < len(keys) and keys[i] == chunk:
+                        for store, sharemap in vals[i]:
+                            if sharemap & bit:
+                                found = store
+                                break
+                    out.append((chunk, found))
+                    chunk += 1
+        return out
+
+    def snapshot_write(self, slot: int, ranges: Ranges) -> list[tuple[int, int]]:
+        """Make chunks unique to snapshot ``slot``; return (chunk, store chunk) pairs."""
+        self._writable()
+        self._live_slot(slot)
+        out: list[tuple[int, int]] = []
+        self._ops_since_commit += 1
+        for start, count in self.check_ranges(ranges):
+            chunk, end = start, start + count
+            while chunk < end:
+                chunk = self._snapshot_batch(slot, chunk, end, out)
+        return out
+
+    def _live_slot(self, slot: int) -> None:
+        if not (self.snaps.live_mask >> slot) & 1:
+            raise LimitError(f"snapshot slot {slot} is not a live snapshot")
+
+    def _snapshot_batch(self, slot: int, chunk: int, end: int,
+                        out: list[tuple[int, int]]) -> int:
+        bit = 1 << slot
+        room = self._reserve(min(BATCH, end - chunk))
+        path, leaf, _lo, hi = self.tree.find(chunk)
+        stop = min(end, hi, chunk + room)
+        changed = False
+        while chunk < stop:
+            i = bisect_left(leaf.keys, chunk)
+            if i < len(leaf.keys) and leaf.keys[i] == chunk:
+                store, edited = self._unshare(leaf, i, chunk, bit)
+                changed |= edited
+            else:
+                store = self._new_entry(leaf, i, chunk, bit, None)
+                changed = True
+            out.append((chunk, store))
+            chunk += 1
+            if leaf.nbytes > self.tree.leaf_cap:
+                break
+        if changed:
+            self.tree.fixup(path, leaf)
+        return chunk
+
+    def _unshare(self, leaf: Leaf, i: int, chunk: int, bit: int) -> tuple[int, bool]:
+        excs = leaf.vals[i]
+        for exc in excs:
+            if exc[1] & bit:
+                if exc[1] == bit:
+                    return exc[0], False
+                old = fmt.sharemap_size(exc[1])
+                source = exc[0]
+                store = self._add_exception(leaf, i, bit, chunk, source)
+                exc[1] &= ~bit
+                leaf.nbytes += fmt.sharemap_size(exc[1]) - old
+                return store, True
+        return self._add_exception(leaf, i, bit, chunk, None), True
+
+    # ------------------------------------------------------------------
+    # snapshots
+    def create_snapshot(self, name: str, tag: int | None = None,
+                        priority: int = 0) -> fmt.SnapEntry:
+        """Create a snapshot of the origin as it is now (O(1)); commit to make durable."""
+        self._writable()
+        self._ops_since_commit += 1
+        return self.snaps.create(name, tag, priority)
+
+    def delete_snapshot(self, ident: str | int) -> fmt.SnapEntry:
+        """Hide a snapshot at once and queue the freeing of its chunks."""
+        self._writable()
+        entry = self.snaps.find(ident)
+        self.snaps.mark_deleting(entry)
+        self._ops_since_commit += 1
+        return entry
+
+    def squash_snapshot(self, entry: fmt.SnapEntry) -> None:
+        """Mark a snapshot squashed (unreadable) and queue its space for freeing."""
+        self._writable()
+        self.snaps.mark_squashed(entry)
+        self.snaps.mark_deleting(entry)
+
+    @property
+    def deleting(self) -> bool:
+        return bool(self.snaps.deleting_mask)
+
+    def delete_step(self, max_leaves: int = 32) -> bool:
+        """Advance background deletion by up to ``max_leaves`` leaves.
+
+        Returns True while work remains.  Each leaf's changes are committed
+        with the next commit; the pass cursor is in the superblock, so a crash
+        resumes where the last commit left off.
+        """
+        self._writable()
+        mask = self.snaps.in_pass_mask()
+        if not mask:
+            if not self.snaps.deleting_mask:
+                return False
+            mask = self.snaps.start_pass()
+            self.sb.delete_cursor = 0
+            self.sbs.touch()
+        for _ in range(max_leaves):
+            self._reserve(0)
+            path, leaf, _lo, hi = self.tree.find(self.sb.delete_cursor)
+            worst = len(self.cache.dirty) + 2 * self.sb.depth + 12 + sum(map(len, leaf.vals))
+            if worst > self.journal.max_images:
+                self.commit()
+            if self._clear_bits(leaf, mask):
+                self.tree.fixup(path, leaf)
+            self.sb.delete_cursor = hi if hi < (1 << 64) else 0
+            self.sbs.touch()
+            if hi >= (1 << 64):
+                self.snaps.finish_pass()
+                return bool(self.snaps.deleting_mask)
+        return True
+
+    def _clear_bits(self, leaf: Leaf, mask: int) -> bool:
+        changed = False
+        keep_keys, keep_vals = [], []
+        for chunk, excs in zip(leaf.keys, leaf.vals, strict=True):
+            kept = []
+            for exc in excs:
+                if exc[1] & mask:
+                    changed = True
+                    exc[1] &= ~mask
+                    if not exc[1]:
+                        self.alloc.free_chunk(exc[0])
+                        self.sb.exceptions -= 1
+                        continue
+                kept.append(exc)
+            if kept:
+                keep_keys.append(chunk)
+                keep_vals.append(kept)
+        if changed:
+            leaf.keys, leaf.vals = keep_keys, keep_vals
+            leaf.recount()
+        return changed
+
+    def delete_progress(self) -> dict[str, Any]:
+        """How far the current delete pass has come (for status)."""
+        mask = self.snaps.in_pass_mask() | self.snaps.deleting_mask
+        total = max(1, self.sb.origin_chunks)
+        done = min(self.sb.delete_cursor, total) if self.snaps.in_pass_mask() else 0
+        return {"active": bool(mask), "cursor": self.sb.delete_cursor,
+                "fraction": done / total if mask else 1.0}
+
+    # ------------------------------------------------------------------
+    # status
+    def status(self) -> dict[str, Any]:
+        """Counters that are cheap to report (no tree walk)."""
+        f, j = self.sb, self.journal
+        return {
+            "chunk_size": f.chunk_size, "block_size": f.block_size,
+            "store_chunks": f.store_chunks, "origin_chunks": f.origin_chunks,
+            "free_chunks": f.free_chunks, "used_chunks": f.store_chunks - f.free_chunks,
+            "exceptions": f.exceptions, "tree_depth": f.depth,
+            "journal_blocks": j.nblocks, "journal_used": j.used, "journal_seq": j.seq,
+            "cache_blocks": len(self.cache), "cache_bytes": self.cache.used,
+            "cache_hits": self.cache.hits, "cache_misses": self.cache.misses,
+            "snapshots": len(self.snaps.visible()), "deleting": self.delete_progress(),
+            "failed": self.failed, **self.stats,
+        }
+
+
+def geometry_from(f: fmt.SuperFields) -> dict[str, int]:
+    """Static layout fields, for dump and tests."""
+    names = ("block_size chunk_size store_chunks origin_chunks snaptab_start snaptab_blocks "
+             "cbitmap_start cbitmap_blocks mbitmap_start mbitmap_blocks journal_start "
+             "journal_blocks data_start_chunk max_snapshots").split()
+    return {n: getattr(f, n) for n in names}
+
+
+__all__ = ["Store", "Recovery", "FormatError", "geometry_from"]
