@@ -140,6 +140,11 @@ class Store:
                     self._adopt_journaled_super(image)
                 else:
                     self.cache.pending_home[home] = image
+        # A block freed by a later transaction keeps its older images in the
+        # journal; its chunk is quarantined until a checkpoint, so skipping
+        # them is safe, and writing them would trip the overlap check.
+        for home in [h for h in self.cache.pending_home if not self.alloc.is_meta(h)]:
+            del self.cache.pending_home[home]
         self.recovery.transactions = len(scan.transactions)
         self.recovery.blocks = sum(len(t.images) for t in scan.transactions)
         self.journal.head, self.journal.seq, self.journal.used = (

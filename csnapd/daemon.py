@@ -1,0 +1,144 @@
+"""csnapd: open and recover the store, serve clients, shut down cleanly.
+
+Startup order: take the store's exclusive lock (a second csnapd on the same
+store is refused), replay the journal and log what was replayed, mark the
+store busy, and only then listen.  SIGTERM/SIGINT stop accepting, let the
+queued requests finish, commit, checkpoint, mark the store clean, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from csnap_client.units import parse_size
+from csnapd.engine.service import Engine
+from csnapd.net.server import Server
+from csnapd.store.errors import StoreError
+from csnapd.store.paths import open_store
+from csnapd.store.store import Store
+
+log = logging.getLogger("csnapd")
+DEFAULT_LISTEN = "127.0.0.1:4270"
+DEFAULT_CONTROL = "/run/csnapd/control.sock"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="csnapd", description="csnap snapshot metadata server")
+    p.add_argument("--store", required=True, help="snapshot store (made by csnap-init)")
+    p.add_argument("--origin", required=True, help="origin file or block device")
+    p.add_argument("--listen", default=DEFAULT_LISTEN,
+                   help=f"TCP address for clients (default {DEFAULT_LISTEN})")
+    p.add_argument("--control", default=DEFAULT_CONTROL,
+                   help=f"unix control socket, created mode 0600 (default {DEFAULT_CONTROL})")
+    p.add_argument("--cache-size", default="64M", help="metadata cache budget (default 64M)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default info")
+    p.add_argument("--lease", type=float, default=10.0,
+                   help="client lease in seconds: a client that lost contact this long stops "
+                        "writing; snapshot create waits at most twice this (default 10)")
+    p.add_argument("--lock-lease", type=float, default=30.0,
+                   help="seconds a snapshot read lock may be held before it is broken (default 30)")
+    return p
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--listen wants HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s")
+
+
+def open_for_serving(args: argparse.Namespace) -> Store:
+    try:
+        store = open_store(args.store, args.origin, cache_size=parse_size(args.cache_size))
+    except BlockingIOError:
+        raise SystemExit(f"csnapd: {args.store} is in use by another process "
+                         "(another csnapd holds its lock); refusing to start") from None
+    except (OSError, StoreError, ValueError) as exc:
+        raise SystemExit(f"csnapd: cannot open store: {exc}") from None
+    r = store.recovery
+    if r.unclean:
+        log.warning("store was not shut down cleanly; replayed %d journal transaction(s), "
+                    "%d block(s)", r.transactions, r.blocks)
+    elif r.transactions:
+        log.info("replayed %d journal transaction(s)", r.transactions)
+    for note in r.notes:
+        log.warning("%s", note)
+    return store
+
+
+async def serve(args: argparse.Namespace, store: Store) -> None:
+    host, port = parse_listen(args.listen)
+    engine = Engine(store, epoch=store.sb.generation, lease=args.lease,
+                    lock_lease=args.lock_lease)
+    server = Server(engine)
+    tcp = await server.listen_tcp(host, port)
+    control_dir = os.path.dirname(os.path.abspath(args.control))
+    os.makedirs(control_dir, mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.control)
+    old = os.umask(0o177)
+    try:
+        await server.listen_unix(args.control)
+    finally:
+        os.umask(old)
+    os.chmod(args.control, 0o600)
+    addr = tcp.sockets[0].getsockname()
+    log.info("serving store=%s origin=%s listen=%s:%d control=%s chunk_size=%d", args.store,
+             args.origin, addr[0], addr[1], args.control, store.chunk_size)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, server, sig)
+    runner = loop.create_task(server.run())
+    await server.stopping.wait()
+    log.info("shutting down: no new connections; finishing queued requests")
+    await server.stop_listening()
+    server.submit(("tick",))
+    await runner
+    server.close_all()
+    await loop.run_in_executor(server.worker, store.close)
+    server.worker.shutdown()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.control)
+    log.info("store closed cleanly")
+
+
+def _on_signal(server: Server, sig: int) -> None:
+    log.info("received %s", signal.Signals(sig).name)
+    server.stopping.set()
+    server.wake.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        parse_listen(args.listen)
+        parse_size(args.cache_size)
+    except ValueError as exc:
+        print(f"csnapd: {exc}", file=sys.stderr)
+        return 2
+    store = open_for_serving(args)
+    try:
+        import uvloop
+        uvloop.run(serve(args, store))
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        store.close()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""The server core: requests in, replies out, no sockets and no asyncio.
+
+The net layer feeds validated messages with ``handle(conn, msg, now)`` and
+calls ``flush(now)`` once per batch; ``flush`` commits the store (one journal
+transaction for the whole batch: group commit) and only then returns the
+replies that needed it, so no reply saying "done" leaves before its changes
+are durable.  A release may produce replies for other connections (origin
+writes that were waiting on the released read lock).
+
+Everything here runs on the single store thread, so it needs no locking.
+
+Snapshot creation follows the original design: every origin connection is
+sent a NEW_SNAPSHOT advice, must finish the writes it holds approval for,
+drop its cache of unique chunks and acknowledge; new origin queries wait
+meanwhile.  A connection that does not acknowledge within the advice timeout
+(longer than the lease, after which a cut-off client stops writing by itself)
+is disconnected.  Deleting a snapshot revokes its clients the same way before
+the background delete may free any of its chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from csnap_client.protocol import ErrorCode
+from csnap_client.protocol import messages as m
+from csnapd.engine import locks as lk
+from csnapd.store import errors as se
+from csnapd.store import format as fmt
+from csnapd.store.store import Store
+from csnapd.store.walk import snapshot_usage
+
+log = logging.getLogger("csnapd.engine")
+
+Out = tuple[int, dict[str, Any]]  # (connection id, message)
+
+
+@dataclass
+class Conn:
+    """One data or control connection."""
+
+    id: int
+    control: bool = False
+    peer: str = ""
+    client_id: int | None = None
+    slot: int | None = None  # None: origin (or not identified yet)
+    snap_name: str = ""
+    identified: bool = False
+    read_only: bool = False
+    inflight: int = 0
+
+
+@dataclass
+class Advice:
+    """A snapshot create or delete waiting for connections to acknowledge."""
+
+    advice_id: int
+    kind: str
+    name: str
+    reply_to: tuple[int, int]
+    deadline: float
+    awaiting: set[int] = field(default_factory=set)
+    entry: fmt.SnapEntry | None = None
+    tag: int | None = None
+    priority: int = 0
+
+
+_STORE_ERRORS: list[tuple[type[Exception], int]] = [
+    (se.OutOfRange, ErrorCode.OUT_OF_RANGE),
+    (se.StoreFullError, ErrorCode.STORE_FULL),
+    (se.NoSuchSnapshot, ErrorCode.UNKNOWN_SNAPSHOT),
+    (se.SnapshotExists, ErrorCode.SNAPSHOT_EXISTS),
+    (se.TooManySnapshots, ErrorCode.LIMIT_EXCEEDED),
+    (se.LimitError, ErrorCode.LIMIT_EXCEEDED),
+    (se.ReadOnlyError, ErrorCode.STORE_CORRUPT),
+    (se.CorruptionError, ErrorCode.STORE_CORRUPT),
+    (lk.LockLimitExceeded, ErrorCode.LIMIT_EXCEEDED),
+    (lk.DuplicateRequest, ErrorCode.DUPLICATE_ID),
+    (lk.InvalidRanges, ErrorCode.BAD_REQUEST),
+]
+
+
+class Engine:
+    """Sans-IO request handling over one open store."""
+
+    def __init__(self, store: Store, *, epoch: int = 1, lease: float = 10.0,
+                 lock_lease: float = 30.0, advice_timeout: float | None = None,
+                 grace_clients: set[int] | None = None, grace: float = 0.0,
+                 now: float = 0.0) -> None:
+        self.store, self.epoch, self.lease = store, epoch, lease
+        self.advice_timeout = advice_timeout if advice_timeout is not None else 2 * lease
+        self.locks = lk.LockTable(lease=lock_lease)
+        self.conns: dict[int, Conn] = {}
+        self.by_client: dict[int, int] = {}
+        self._after_commit: list[Out] = []
+        self._now_out: list[Out] = []
+        self.closing: set[int] = set()
+        self._waiting_writes: dict[tuple[int, int], tuple[int, int]] = {}
+        self._queued_reads: dict[tuple[int, int], tuple[int, int, list[list[int]]]] = {}
+        self._advice: Advice | None = None
+        self._advice_queue: list[tuple[int, dict[str, Any]]] = []
+        self._held_origin: list[tuple[int, dict[str, Any]]] = []
+        self._next_advice = 1
+        self.revoked = True  # no deletion waits for revocation
+        self.shutdown_requested = False
+        self.counters: dict[str, int] = {}
+        if grace_clients:
+            self.locks.begin_grace(grace_clients, now + grace)
+
+    # ------------------------------------------------------------------
+    # connections
+    def open_conn(self, conn_id: int, control: bool = False, peer: str = "") -> None:
+        self.conns[conn_id] = Conn(conn_id, control=control, peer=peer)
+
+    def close_conn(self, conn_id: int, now: float) -> None:
+        """Forget a connection: its read locks go, waiters proceed."""
+        conn = self.conns.pop(conn_id, None)
+        if conn is None:
+            return
+        self.closing.discard(conn_id)
+        if conn.client_id is not None and self.by_client.get(conn.client_id) == conn_id:
+            del self.by_client[conn.client_id]
+            self._events(self.locks.drop_client(conn.client_id, now))
+        for key in [k for k in self._waiting_writes if k[0] == conn_id]:
+            del self._waiting_writes[key]
+        for key in [k for k in self._queued_reads if k[0] == conn_id]:
+            del self._queued_reads[key]
+        self._held_origin = [(c, msg) for c, msg in self._held_origin if c != conn_id]
+        if self._advice and conn_id in self._advice.awaiting:
+            self._advice.awaiting.discard(conn_id)
+            self._advance_advice(now)
+
+    # ------------------------------------------------------------------
+    # dispatch
+    def handle(self, conn_id: int, msg: dict[str, Any], now: float) -> None:
+        """Process one validated request (replies come out of ``flush``)."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return
+        op, rid = msg["op"], msg.get("id", 0)
+        self.counters[op] = self.counters.get(op, 0) + 1
+        try:
+            if conn.control:
+                self._control(conn, op, msg, now)
+            elif op == "IDENTIFY":
+                self._identify(conn, msg)
+            elif not conn.identified:
+                self._error(conn_id, rid, ErrorCode.NOT_IDENTIFIED, "send IDENTIFY first")
+            else:
+                if conn.client_id is not None:
+                    self.locks.renew_client(conn.client_id, now)
+                self._data(conn, op, msg, now)
+        except tuple(e for e, _ in _STORE_ERRORS) as exc:
+            code = next(c for e, c in _STORE_ERRORS if isinstance(exc, e))
+            if isinstance(exc, se.CorruptionError):
+                log.error("store corruption: %s", exc)
+            self._error(conn_id, rid, code, str(exc))
+
+    def _data(self, conn: Conn, op: str, msg: dict[str, Any], now: float) -> None:
+        rid = msg["id"]
+        if op == "PING":
+            self._now_out.append((conn.id, m.pong(rid)))
+        elif op == "QUERY_WRITE":
+            if conn.slot is None:
+                self._origin_write(conn, msg, now)
+            else:
+                self._snapshot_write(conn, msg)
+        elif op == "QUERY_SNAPSHOT_READ":
+            self._snapshot_read(conn, msg, now)
+        elif op == "FINISH_SNAPSHOT_READ":
+            valid, events = self.locks.release(conn.client_id, msg["lock"], msg.get("ranges"), now)
+            self._now_out.append((conn.id, m.finish_ok(rid, valid)))
+            self._events(events)
+        elif op == "UPLOAD_LOCK":
+            self.locks.upload(conn.client_id, msg["lock"], msg["ranges"], now)
+            self._now_out.append((conn.id, m.upload_ok(rid)))
+        elif op == "FINISH_UPLOAD_LOCK":
+            self._events(self.locks.finish_upload(conn.client_id, now))
+            self._now_out.append((conn.id, m.upload_done(rid)))
+        elif op == "ACK_ADVICE":
+            self._now_out.append((conn.id, m.ack_ok(rid)))
+            adv = self._advice
+            if adv and adv.advice_id == msg["advice"] and conn.id in adv.awaiting:
+                adv.awaiting.discard(conn.id)
+                self._advance_advice(now)
+        else:
+            self._error(conn.id, rid, ErrorCode.UNKNOWN_OP, f"{op} is not a data request")
+
+    def _error(self, conn_id: int, rid: int, code: int, text: str) -> None:
+        self._now_out.append((conn_id, m.reply_error(rid, code, text)))
+
+    # ------------------------------------------------------------------
+    # identify
+    def _identify(self, conn: Conn, msg: dict[str, Any]) -> None:
+        rid = msg["id"]
+        if conn.identified:
+            self._error(conn.id, rid, ErrorCode.ALREADY_IDENTIFIED, "already identified")
+            return
+        if msg["version"] != m.PROTOCOL_VERSION:
+            self._error(conn.id, rid, ErrorCode.VERSION_MISMATCH,
+                        f"server speaks protocol {m.PROTOCOL_VERSION}, not {msg['version']}")
+            return
+        volume, snap = msg["volume"], None
+        if volume != "origin":
+            snap = self._find_snapshot(volume)
+            if snap is None:
+                return self._error(conn.id, rid, ErrorCode.UNKNOWN_SNAPSHOT,
+                                   f"no snapshot {volume!r}")
+            if snap.squashed:
+                return self._error(conn.id, rid, ErrorCode.SNAPSHOT_SQUASHED,
+                                   f"snapshot {snap.name!r} was squashed to free store space")
+        old = self.by_client.get(msg["client_id"])
+        if old is not None and old != conn.id:
+            log.info("client %d reconnected; dropping its old connection", msg["client_id"])
+            self.closing.add(old)
+            self.close_conn(old, 0.0)
+        conn.client_id, conn.identified = msg["client_id"], True
+        self.by_client[conn.client_id] = conn.id
+        info = None
+        if snap is not None:
+            conn.slot, conn.snap_name = snap.slot, snap.name
+            info = m.snapshot_info(snap.name, snap.tag, snap.created_ns / 1e9)
+        f = self.store.sb
+        self._now_out.append((conn.id, m.identify_ok(
+            rid, chunk_size=f.chunk_size, origin_chunks=f.origin_chunks,
+            origin_bytes=f.origin_bytes, store_uuid=f.uuid.hex(), server_epoch=self.epoch,
+            lease_ms=int(self.lease * 1000), snapshot=info, read_only=conn.read_only)))
+        log.info("client %d identified for %s from %s", conn.client_id,
+                 conn.snap_name or "origin", conn.peer)
+
+    def _find_snapshot(self, ident: str | int) -> fmt.SnapEntry | None:
+        try:
+            return self.store.snaps.find(ident)
+        except se.NoSuchSnapshot:
+            if isinstance(ident, str) and ident.isdigit():
+                try:
+                    return self.store.snaps.find(int(ident))
+                except se.NoSuchSnapshot:
+                    return None
+            return None
+
+    def _snapshot_gone(self, conn: Conn, rid: int) -> bool:
+        """Refuse requests of a snapshot that was deleted or squashed."""
+        entry = self.store.snaps.entries[conn.slot]
+        if entry.state == fmt.SNAP_LIVE and entry.name == conn.snap_name and not entry.squashed:
+            return False
+        code = ErrorCode.SNAPSHOT_SQUASHED if entry.squashed else ErrorCode.SNAPSHOT_DELETED
+        self._error(conn.id, rid, code, f"snapshot {conn.snap_name!r} is gone")
+        return True
+
+    # ------------------------------------------------------------------
+    # origin writes
+    def _origin_write(self, conn: Conn, msg: dict[str, Any], now: float) -> None:
+        if self._advice is not None and self._advice.kind == "NEW_SNAPSHOT":
+            self._held_origin.append((conn.id, msg))
+            return
+        rid, ranges = msg["id"], msg["ranges"]
+        self.store.origin_write(ranges)
+        if self.locks.wait_write(conn.client_id, rid, ranges):
+            self._after_commit.append((conn.id, m.write_ok(rid)))
+        else:
+            self._waiting_writes[(conn.id, rid)] = (conn.id, rid)
+
+    # ------------------------------------------------------------------
+    # snapshot I/O
+    def _snapshot_write(self, conn: Conn, msg: dict[str, Any]) -> None:
+        rid = msg["id"]
+        if conn.read_only:
+            return self._error(conn.id, rid, ErrorCode.READ_ONLY, "this identity is read-only")
+        if self._snapshot_gone(conn, rid):
+            return
+        pairs = self.store.snapshot_write(conn.slot, msg["ranges"])
+        self._after_commit.append((conn.id, m.snapshot_write_ok(rid, m.compress_mapping(pairs))))
+
+    def _snapshot_read(self, conn: Conn, msg: dict[str, Any], now: float) -> None:
+        rid = msg["id"]
+        if self._snapshot_gone(conn, rid):
+            return
+        origin, store = self._read_map(conn.slot, msg["ranges"])
+        if not origin:
+            self._after_commit.append((conn.id, self._read_reply(rid, origin, store)))
+            return
+        result = self.locks.acquire_read(conn.client_id, rid, origin, now)
+        if isinstance(result, lk.ReadGrant):
+            self._after_commit.append((conn.id, self._read_reply(rid, origin, store)))
+        else:
+            self._queued_reads[(conn.id, rid)] = (conn.id, conn.slot, msg["ranges"])
+
+    def _read_map(self, slot: int, ranges: list[list[int]]) -> tuple[list, list]:
+        pairs = self.store.snapshot_map(slot, ranges)
+        origin = m.compress_ranges(c for c, s in pairs if s is None)
+        store = m.compress_mapping((c, s) for c, s in pairs if s is not None)
+        return origin, store
+
+    def _read_reply(self, rid: int, origin: list, store: list) -> dict[str, Any]:
+        return m.snapshot_read_ok(rid, origin, store, int(self.locks.lease * 1000)
+                                  if self.locks.lease else 0)
+
+    # ------------------------------------------------------------------
+    # lock events
+    def _events(self, events: list[Any]) -> None:
+        for ev in events:
+            if isinstance(ev, lk.WriteReady):
+                conn_id = self.by_client.get(ev.client)
+                key = (conn_id, ev.write_id)
+                if conn_id is not None and self._waiting_writes.pop(key, None):
+                    self._after_commit.append((conn_id, m.write_ok(ev.write_id)))
+            elif isinstance(ev, lk.ReadGranted):
+                self._granted(ev)
+            elif isinstance(ev, lk.LockBroken):
+                log.warning("read lock %s of client %s broken: lease expired", ev.lock_id,
+                            ev.client)
+            elif isinstance(ev, lk.GraceEnded):
+                log.info("restart grace ended%s", " (timed out)" if ev.timed_out else "")
+
+    def _granted(self, ev: lk.ReadGranted) -> None:
+        conn_id = self.by_client.get(ev.client)
+        queued = self._queued_reads.pop((conn_id, ev.lock_id), None)
+        if queued is None:
+            return
+        _, slot, ranges = queued
+        origin, store = self._read_map(slot, ranges)
+        locked = set(m.expand_ranges([list(r) for r in ev.ranges]))
+        moved = m.compress_ranges(sorted(c for c in m.expand_ranges([[a, n] for a, n, _ in store])
+                                         if c in locked))
+        if moved:
+            _, events = self.locks.release(ev.client, ev.lock_id, moved)
+            self._events(events)
+        self._after_commit.append((conn_id, self._read_reply(ev.lock_id, origin, store)))
+
+    # ------------------------------------------------------------------
+    # control socket
+    def _control(self, conn: Conn, op: str, msg: dict[str, Any], now: float) -> None:
+        rid = msg["id"]
+        if op == "LIST_SNAPSHOTS":
+            self._now_out.append((conn.id, m.ok(rid, self.list_snapshots())))
+        elif op == "STATUS":
+            self._now_out.append((conn.id, m.ok(rid, self.status())))
+        elif op == "SHUTDOWN":
+            self.shutdown_requested = True
+            self._now_out.append((conn.id, m.ok(rid, "shutting down")))
+        elif op in ("CREATE_SNAPSHOT", "DELETE_SNAPSHOT"):
+            if self._advice is not None:
+                self._advice_queue.append((conn.id, msg))
+            else:
+                self._start_advice(conn.id, msg, now)
+        else:
+            self._error(conn.id, rid, ErrorCode.UNKNOWN_OP, f"{op} is not a control request")
+
+    def _start_advice(self, conn_id: int, msg: dict[str, Any], now: float) -> None:
+        rid = msg["id"]
+        try:
+            if msg["op"] == "CREATE_SNAPSHOT":
+                self._begin_create(conn_id, msg, now)
+            else:
+                self._begin_delete(conn_id, msg, now)
+        except tuple(e for e, _ in _STORE_ERRORS) as exc:
+            code = next(c for e, c in _STORE_ERRORS if isinstance(exc, e))
+            self._error(conn_id, rid, code, str(exc))
+            self._next_queued_advice(now)
+
+    def _begin_create(self, conn_id: int, msg: dict[str, Any], now: float) -> None:
+        name = msg["name"]
+        if any(e.name == name for e in self.store.snaps.visible()):
+            raise se.SnapshotExists(f"a snapshot named {name!r} exists")
+        adv = Advice(self._next_advice, "NEW_SNAPSHOT", name, (conn_id, msg["id"]),
+                     now + self.advice_timeout, tag=msg.get("tag"),
+                     priority=msg.get("priority") or 0)
+        adv.awaiting = {c.id for c in self.conns.values()
+                        if c.identified and c.slot is None and not c.control}
+        self._send_advice(adv)
+
+    def _begin_delete(self, conn_id: int, msg: dict[str, Any], now: float) -> None:
+        ident = msg["snapshot"]
+        entry = self._find_snapshot(ident)
+        if entry is None:
+            raise se.NoSuchSnapshot(f"no snapshot {ident!r}")
+        self.store.delete_snapshot(entry.name)
+        adv = Advice(self._next_advice, "DELETE_SNAPSHOT", entry.name, (conn_id, msg["id"]),
+                     now + self.advice_timeout, entry=entry)
+        adv.awaiting = {c.id for c in self.conns.values() if c.slot == entry.slot}
+        self.revoked = False
+        self._send_advice(adv)
+
+    def _send_advice(self, adv: Advice) -> None:
+        self._next_advice += 1
+        self._advice = adv
+        msg = m.advice(adv.advice_id, adv.kind, adv.name, int(self.lease * 1000))
+        for conn_id in adv.awaiting:
+            self._now_out.append((conn_id, msg))
+        log.info("%s %s: waiting for %d client(s) to acknowledge", adv.kind, adv.name,
+                 len(adv.awaiting))
+        self._advance_advice(0.0)
+
+    def _advance_advice(self, now: float) -> None:
+        adv = self._advice
+        if adv is None or adv.awaiting:
+            return
+        self._advice = None
+        conn_id, rid = adv.reply_to
+        if adv.kind == "NEW_SNAPSHOT":
+            try:
+                entry = self.store.create_snapshot(adv.name, adv.tag, adv.priority)
+                self._after_commit.append((conn_id, m.ok(rid, self._snap_dict(entry))))
+                log.info("created snapshot %s (tag %d, slot %d)", entry.name, entry.tag, entry.slot)
+            except tuple(e for e, _ in _STORE_ERRORS) as exc:
+                code = next(c for e, c in _STORE_ERRORS if isinstance(exc, e))
+                self._error(conn_id, rid, code, str(exc))
+            held, self._held_origin = self._held_origin, []
+            for held_conn, msg in held:
+                self.handle(held_conn, msg, now)
+        else:
+            self.revoked = True
+            self._after_commit.append((conn_id, m.ok(rid, {"deleted": adv.name})))
+            log.info("deleted snapshot %s; freeing its chunks in the background", adv.name)
+        self._next_queued_advice(now)
+
+    def _next_queued_advice(self, now: float) -> None:
+        if self._advice is None and self._advice_queue:
+            conn_id, msg = self._advice_queue.pop(0)
+            if conn_id in self.conns:
+                self._start_advice(conn_id, msg, now)
+
+    # ------------------------------------------------------------------
+    # time and batches
+    def tick(self, now: float) -> None:
+        """Expire leases and advice deadlines."""
+        self._events(self.locks.expire(now))
+        adv = self._advice
+        if adv is not None and now >= adv.deadline and adv.awaiting:
+            log.warning("%s %s: disconnecting %d client(s) that did not acknowledge in time",
+                        adv.kind, adv.name, len(adv.awaiting))
+            for conn_id in list(adv.awaiting):
+                self.closing.add(conn_id)
+                self.close_conn(conn_id, now)
+            self._advance_advice(now)
+
+    def flush(self, now: float) -> list[Out]:
+        """Commit the batch; return every reply that may now be sent."""
+        out, self._now_out = self._now_out, []
+        if self._after_commit or self.store.cache.dirty or self.store.sbs.dirty:
+            self.store.commit()
+        out.extend(self._after_commit)
+        self._after_commit = []
+        return out
+
+    def background(self, budget_leaves: int = 16) -> bool:
+        """Run a slice of snapshot deletion; True while more work remains."""
+        if not self.revoked or not self.store.deleting:
+            return False
+        more = self.store.delete_step(budget_leaves)
+        self.store.commit()
+        return more
+
+    # ------------------------------------------------------------------
+    # reporting
+    def _snap_dict(self, e: fmt.SnapEntry) -> dict[str, Any]:
+        return {"name": e.name, "tag": e.tag, "slot": e.slot, "created": e.created_ns / 1e9,
+                "priority": e.priority, "squashed": e.squashed}
+
+    def list_snapshots(self) -> list[dict[str, Any]]:
+        return [self._snap_dict(e) for e in self.store.snaps.visible()]
+
+    def status(self) -> dict[str, Any]:
+        usage = snapshot_usage(self.store)
+        snaps = []
+        for d in self.list_snapshots():
+            u = usage.get(d["slot"], {"unique": 0, "shared": 0})
+            snaps.append({**d, **u})
+        stats = self.locks.stats()
+        clients = [{"client_id": c.client_id, "volume": c.snap_name or "origin", "peer": c.peer}
+                   for c in self.conns.values() if c.identified]
+        return {
+            "store": self.store.status(), "snapshots": snaps, "clients": clients,
+            "locks": {"held_locks": stats.held_locks, "held_chunks": stats.held_chunks,
+                      "queued_reads": stats.queued_reads,
+                      "waiting_writes": stats.waiting_writes, "grace_active": stats.grace_active},
+            "operations": self._operations(), "requests": dict(self.counters),
+        }
+
+    def _operations(self) -> list[dict[str, Any]]:
+        ops = []
+        if self._advice is not None:
+            ops.append({"operation": self._advice.kind.lower(), "snapshot": self._advice.name,
+                        "waiting_for_clients": len(self._advice.awaiting)})
+        progress = self.store.delete_progress()
+        if progress["active"]:
+            ops.append({"operation": "delete", "progress": round(progress["fraction"], 4)})
+        return ops
