@@ -15,10 +15,12 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from csnap_client.units import parse_size
 from csnapd.engine.service import Engine
 from csnapd.net.server import Server
+from csnapd.registry import ClientRegistry
 from csnapd.store.errors import StoreError
 from csnapd.store.paths import open_store
 from csnapd.store.store import Store
@@ -42,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=float, default=10.0,
                    help="client lease in seconds: a client that lost contact this long stops "
                         "writing; snapshot create waits at most twice this (default 10)")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="after an unclean restart, hold origin writes at most this many seconds "
+                        "for snapshot clients to re-upload their read locks (default 10)")
+    p.add_argument("--state", default=None,
+                   help="client registry file (default: the control socket path + .clients)")
     p.add_argument("--lock-lease", type=float, default=30.0,
                    help="seconds a snapshot read lock may be held before it is broken (default 30)")
     return p
@@ -80,12 +87,15 @@ def open_for_serving(args: argparse.Namespace) -> Store:
 
 async def serve(args: argparse.Namespace, store: Store) -> None:
     host, port = parse_listen(args.listen)
-    engine = Engine(store, epoch=store.sb.generation, lease=args.lease,
-                    lock_lease=args.lock_lease)
-    server = Server(engine)
-    tcp = await server.listen_tcp(host, port)
     control_dir = os.path.dirname(os.path.abspath(args.control))
     os.makedirs(control_dir, mode=0o700, exist_ok=True)
+    registry = ClientRegistry(args.state or f"{args.control}.clients")
+    expected = registry.load() if store.recovery.unclean else set()
+    engine = Engine(store, epoch=store.sb.generation, lease=args.lease,
+                    lock_lease=args.lock_lease, grace_clients=expected, grace=args.grace,
+                    now=time.monotonic(), on_clients_changed=registry.save)
+    server = Server(engine)
+    tcp = await server.listen_tcp(host, port)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.control)
     old = os.umask(0o177)
@@ -108,6 +118,7 @@ async def serve(args: argparse.Namespace, store: Store) -> None:
     await runner
     server.close_all()
     await loop.run_in_executor(server.worker, store.close)
+    registry.save(set())
     server.worker.shutdown()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.control)

@@ -21,6 +21,7 @@ the background delete may free any of its chunks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +89,8 @@ class Engine:
     def __init__(self, store: Store, *, epoch: int = 1, lease: float = 10.0,
                  lock_lease: float = 30.0, advice_timeout: float | None = None,
                  grace_clients: set[int] | None = None, grace: float = 0.0,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0,
+                 on_clients_changed: Callable[[set[int]], None] | None = None) -> None:
         self.store, self.epoch, self.lease = store, epoch, lease
         self.advice_timeout = advice_timeout if advice_timeout is not None else 2 * lease
         self.locks = lk.LockTable(lease=lock_lease)
@@ -106,8 +108,20 @@ class Engine:
         self.revoked = True  # no deletion waits for revocation
         self.shutdown_requested = False
         self.counters: dict[str, int] = {}
+        self.on_clients_changed = on_clients_changed
         if grace_clients:
+            log.info("holding origin writes for up to %.1fs until %d snapshot client(s) "
+                     "re-upload their read locks", grace, len(grace_clients))
             self.locks.begin_grace(grace_clients, now + grace)
+
+    def snapshot_clients(self) -> set[int]:
+        """Client ids of identified snapshot connections (they may hold read locks)."""
+        return {c.client_id for c in self.conns.values()
+                if c.identified and c.slot is not None and c.client_id is not None}
+
+    def _clients_changed(self) -> None:
+        if self.on_clients_changed is not None:
+            self.on_clients_changed(self.snapshot_clients())
 
     # ------------------------------------------------------------------
     # connections
@@ -123,6 +137,8 @@ class Engine:
         if conn.client_id is not None and self.by_client.get(conn.client_id) == conn_id:
             del self.by_client[conn.client_id]
             self._events(self.locks.drop_client(conn.client_id, now))
+            if conn.slot is not None:
+                self._clients_changed()
         for key in [k for k in self._waiting_writes if k[0] == conn_id]:
             del self._waiting_writes[key]
         for key in [k for k in self._queued_reads if k[0] == conn_id]:
@@ -222,6 +238,7 @@ class Engine:
         if snap is not None:
             conn.slot, conn.snap_name = snap.slot, snap.name
             info = m.snapshot_info(snap.name, snap.tag, snap.created_ns / 1e9)
+            self._clients_changed()
         f = self.store.sb
         self._now_out.append((conn.id, m.identify_ok(
             rid, chunk_size=f.chunk_size, origin_chunks=f.origin_chunks,

@@ -245,3 +245,44 @@ def test_unacknowledged_advice_times_out(tmp_path):
     with pytest.raises((ConnectionError, OSError)):
         silent.recv(timeout=5)
     assert handle.stop() == 0
+
+
+def test_restart_holds_writes_until_locks_are_reuploaded(tmp_path):
+    handle = make_server(tmp_path)
+    handle.start("--grace", "30")
+    origin = handle.client("origin", client_id=1)
+    _create(handle, origin, "snap")
+    reader = handle.client("snap", client_id=2)
+    read = reader.call(m.query_snapshot_read(0, [[0, 4]]))
+    assert read["origin"] == [[0, 4]]
+    handle.kill()
+    handle.start("--grace", "30")
+    origin = handle.client("origin", client_id=1)
+    wid = origin.send(m.query_write(0, [[1, 1]]))
+    with pytest.raises(TimeoutError):
+        origin.wait_for(wid, timeout=0.5)
+    reader = handle.client("snap", client_id=2)
+    assert reader.call(m.upload_lock(0, read["id"], [[0, 4]]))["op"] == "UPLOAD_OK"
+    assert reader.call(m.finish_upload_lock(0))["op"] == "UPLOAD_DONE"
+    with pytest.raises(TimeoutError):
+        origin.wait_for(wid, timeout=0.5)
+    assert reader.call(m.finish_snapshot_read(0, read["id"]))["valid"] is True
+    assert origin.wait_for(wid)["op"] == "WRITE_OK"
+    assert handle.stop() == 0
+
+
+def test_restart_grace_expires_when_a_reader_never_returns(tmp_path):
+    handle = make_server(tmp_path)
+    handle.start("--grace", "1")
+    origin = handle.client("origin", client_id=1)
+    _create(handle, origin, "snap")
+    reader = handle.client("snap", client_id=2)
+    assert reader.call(m.query_snapshot_read(0, [[0, 4]]))["origin"] == [[0, 4]]
+    handle.kill()
+    handle.start("--grace", "1")
+    origin = handle.client("origin", client_id=1)
+    start = time.monotonic()
+    assert origin.call(m.query_write(0, [[1, 1]]), timeout=10)["op"] == "WRITE_OK"
+    assert time.monotonic() - start >= 0.5
+    assert "holding origin writes" in handle.log_text()
+    assert handle.stop() == 0
