@@ -1,0 +1,639 @@
+"""The data-connection session: one TCP connection to csnapd serving one volume.
+
+Owns: the socket (an :class:`asyncio.Protocol` with one streaming :class:`Framer` that
+accepts server frames up to ``MAX_SERVER_FRAME``), request ids, the table of requests in
+flight, reply matching, ERROR -> exception mapping, the IDENTIFY handshake, reconnection
+with exponential backoff, read-lock re-upload, heartbeat and the client-side lease.
+
+It does *not* know about bytes, devices or caches: :mod:`csnap_client.volume` builds on it
+and plugs in two hooks, ``advice_handler`` (unsolicited ADVICE) and ``on_reset`` (all
+server-derived knowledge that depends on the connection is void: disconnect, lease loss).
+
+Invariants:
+  * request ids start at 1 and only grow; 0 is never sent (it marks unsolicited messages);
+    since ids are never reused, an id never collides with a held read lock;
+  * every request gets exactly one outcome: the reply, a :class:`RemoteError` (ERROR
+    reply), or a local :class:`ConnectionError` subclass;
+  * resendable requests (QUERY_*, FINISH_SNAPSHOT_READ) survive a reconnect: after the new
+    IDENTIFY and the lock upload they are sent again, in id order, with their old ids.
+    PING and ACK_ADVICE are bound to one connection and fail with
+    :class:`ConnectionLostError` instead;
+  * ``held_locks`` holds every read lock the server granted us (SNAPSHOT_READ_OK with a
+    non-empty ``origin``) until its FINISH_SNAPSHOT_READ is answered; those are the locks
+    re-uploaded after a reconnect;
+  * the lease: :meth:`Client.lease_fresh` is False once nothing has been heard from the
+    server for ``lease_ms`` (times ``LEASE_SAFETY``). The volume checks it, synchronously,
+    right before every origin write it does without asking, so a cut-off client stops
+    writing before the server gives up on it.
+
+Must not import csnapd. Uses only asyncio and csnap_client.protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .protocol import (
+    CATALOGUE,
+    MAX_CHUNKS_PER_REQUEST,
+    MAX_INFLIGHT,
+    MAX_RANGES,
+    MAX_READ_LOCKS,
+    MAX_SERVER_FRAME,
+    PROTOCOL_VERSION,
+    SERVER_MESSAGES,
+    BadRequest,
+    BusyError,
+    Framer,
+    FramingError,
+    Message,
+    RemoteError,
+    RemoteProtocolError,
+    ShuttingDownError,
+    ack_advice,
+    encode,
+    error_from_reply,
+    finish_snapshot_read,
+    finish_upload_lock,
+    identify,
+    ping,
+    upload_lock,
+    validate,
+)
+
+log = logging.getLogger("csnap_client")
+
+LEASE_SAFETY = 0.9  # stop trusting approvals a little before the server's lease ends
+RESENDABLE = frozenset({"QUERY_WRITE", "QUERY_SNAPSHOT_READ", "FINISH_SNAPSHOT_READ"})
+UPLOAD_BATCH = 64  # UPLOAD_LOCK requests pipelined at once during a reconnect
+
+
+class ConnectionLostError(ConnectionError):
+    """The connection dropped and this request cannot be resent (or reconnecting is off)."""
+
+
+class ClientClosedError(ConnectionError):
+    """The client was closed (by :meth:`Client.close`) before the request completed."""
+
+
+class ReconnectFailedError(ConnectionError):
+    """The server stayed unreachable for longer than ``reconnect_timeout`` seconds."""
+
+
+class StoreChangedError(ConnectionError):
+    """After a reconnect the server reports a different store: cached knowledge is void."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What IDENTIFY_OK told us about the volume and the server (see docs/protocol.md)."""
+
+    chunk_size: int
+    origin_chunks: int
+    origin_bytes: int
+    store_uuid: str
+    server_epoch: int
+    lease_ms: int
+    snapshot: dict[str, Any] | None
+    read_only: bool
+    max_ranges: int = MAX_RANGES
+    max_chunks: int = MAX_CHUNKS_PER_REQUEST
+    max_inflight: int = MAX_INFLIGHT
+    max_read_locks: int = MAX_READ_LOCKS
+
+    @classmethod
+    def from_reply(cls, msg: Message) -> SessionInfo:
+        """Build from a validated IDENTIFY_OK (``limits`` overrides the defaults)."""
+        limits = msg.get("limits") or {}
+        extra = {k: limits[k] for k in ("max_ranges", "max_chunks", "max_inflight",
+                                         "max_read_locks") if type(limits.get(k)) is int}
+        return cls(chunk_size=msg["chunk_size"], origin_chunks=msg["origin_chunks"],
+                   origin_bytes=msg["origin_bytes"], store_uuid=msg["store_uuid"],
+                   server_epoch=msg["server_epoch"], lease_ms=msg["lease_ms"],
+                   snapshot=msg["snapshot"], read_only=msg["read_only"], **extra)
+
+
+class Slots:
+    """A resizable counting semaphore (the server may announce its own limits)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting (FIFO) while all are in use."""
+        if self.used < self.size and not self._waiters:
+            self.used += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # the releaser counted us in already
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back (or hand it straight to the first waiter)."""
+        self.used -= 1
+        self._wake()
+
+    def resize(self, size: int) -> None:
+        """Change the capacity; extra capacity is handed to waiters at once."""
+        self.size = max(1, size)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used < self.size:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.used += 1
+                fut.set_result(None)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One request awaiting its reply."""
+
+    msg: Message
+    fut: asyncio.Future[Message]
+    resend: bool
+    counted: bool = field(default=True)
+
+
+class _Wire(asyncio.Protocol):
+    """The asyncio side of one TCP connection: bytes in -> Framer -> messages -> Client."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.framer = Framer(max_frame_size=MAX_SERVER_FRAME)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Remember the transport."""
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        """Decode every complete frame and hand the messages to the client, in order."""
+        try:
+            msgs = self.framer.feed_many(data)
+        except FramingError as exc:
+            log.error("framing error from server, dropping the connection: %s", exc)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        on_message = self.client._on_message
+        for msg in msgs:
+            on_message(self, msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Tell the client; it decides whether to reconnect."""
+        self.client._on_lost(self, exc)
+
+    def close(self) -> None:
+        """Close the transport (idempotent)."""
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Client:
+    """A session with csnapd for one volume: requests, replies, reconnects, leases.
+
+    Create with the address and volume, then ``await client.connect()``. ``request`` sends a
+    message built by a protocol builder and returns the success reply (or raises the
+    ``RemoteError`` subclass of an ERROR reply).
+    """
+
+    def __init__(self, host: str, port: int, volume: str | int = "origin", *,
+                 client_id: int | None = None, timeout: float = 10.0,
+                 reconnect: bool = True, reconnect_delay: float = 0.05,
+                 reconnect_max_delay: float = 2.0, reconnect_timeout: float | None = 60.0,
+                 heartbeat: float | None = None) -> None:
+        self.host, self.port, self.volume = host, port, volume
+        self.client_id = client_id if client_id is not None else int.from_bytes(
+            os.urandom(8), "big") >> 1
+        self.timeout = timeout
+        self.reconnect = reconnect
+        self.reconnect_delay = reconnect_delay
+        self.reconnect_max_delay = reconnect_max_delay
+        self.reconnect_timeout = reconnect_timeout
+        self.heartbeat = heartbeat
+        self.info: SessionInfo | None = None
+        self.held_locks: dict[int, list[list[int]]] = {}
+        self.advice_handler: Callable[[Message], Awaitable[None]] | None = None
+        self.on_reset: Callable[[str], None] | None = None
+        self.reconnects = 0
+        self._next_id = 1
+        self._pending: dict[int, _Pending] = {}
+        self._slots = Slots(MAX_INFLIGHT)
+        self._wire: _Wire | None = None
+        self._identified = False
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._last_heard = time.monotonic()
+        self._lease_lost = False
+        self._state = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._outbuf: list[bytes] = []
+        self._flush_scheduled = False
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def connected(self) -> bool:
+        """True while identified on a live connection."""
+        return self._identified and self._wire is not None
+
+    @property
+    def lease_s(self) -> float:
+        """The server's lease in seconds (from IDENTIFY_OK)."""
+        return (self.info.lease_ms if self.info else 30000) / 1000.0
+
+    def lease_fresh(self) -> bool:
+        """True if connected and the server was heard from within the lease (with margin).
+
+        Noticing an expired lease here (not only in the heartbeat) voids the unique
+        knowledge at once, through ``on_reset``.
+        """
+        if not self.connected or self._lease_lost:
+            return False
+        silent = time.monotonic() - self._last_heard
+        if silent < self.lease_s * LEASE_SAFETY:
+            return True
+        self._lose_lease(silent)
+        return False
+
+    def _lose_lease(self, silent: float) -> None:
+        log.warning("no word from the server for %.1f s: lease lost, holding writes", silent)
+        self._lease_lost = True
+        self._reset("lease expired")
+        self._notify()
+
+    async def connect(self) -> SessionInfo:
+        """Open the connection and IDENTIFY; raises OSError or the IDENTIFY's RemoteError."""
+        await self._open_session(first=True)
+        interval = self.heartbeat if self.heartbeat is not None else self.lease_s / 3
+        self._heartbeat_task = self._spawn(self._heartbeat_loop(max(interval, 0.01)))
+        assert self.info is not None
+        return self.info
+
+    async def request(self, build: Callable[..., Message], *args: Any,
+                      resend: bool | None = None) -> Message:
+        """Send ``build(id, *args)`` and return its success reply.
+
+        Raises the ERROR reply as a :class:`RemoteError` subclass, :class:`ClientClosedError`
+        after :meth:`close`, :class:`ConnectionLostError` if the connection dropped and the
+        request may not be resent, or the fatal error that ended the session.
+        """
+        self._check_open()
+        await self._slots.acquire()
+        try:
+            self._check_open()
+            rid = self._take_id()
+            msg = build(rid, *args)
+            if resend is None:
+                resend = msg["op"] in RESENDABLE
+            fut = asyncio.get_running_loop().create_future()
+            self._pending[rid] = _Pending(msg, fut, resend)
+            if self.connected:
+                self._send(msg)
+            elif not resend:
+                self._pending.pop(rid)
+                raise ConnectionLostError(f"not connected to {self.host}:{self.port}")
+            try:
+                return await fut
+            finally:
+                p = self._pending.pop(rid, None)
+                if p is not None and not fut.done():
+                    self._abandoned(p)
+        finally:
+            self._slots.release()
+
+    async def wait_ready(self) -> None:
+        """Wait until connected with a fresh lease (writes may proceed); raise if dead."""
+        while True:
+            self._check_open()
+            if self.lease_fresh():
+                return
+            if self.connected and not self._lease_lost:
+                # connected but silent: poke the server; any reply renews the lease
+                self._spawn(self._ping_quietly())
+            ev = self._state
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=max(self.lease_s / 3, 0.01))
+            except TimeoutError:
+                pass
+
+    async def ack_advice(self, msg: Message) -> None:
+        """Acknowledge an ADVICE; a lost connection makes the ack moot, so it is ignored."""
+        try:
+            await self.request(ack_advice, msg["advice"], resend=False)
+        except (ConnectionError, RemoteError) as exc:
+            log.warning("ACK_ADVICE %s not delivered: %s", msg["advice"], exc)
+
+    async def close(self) -> None:
+        """Close the connection and fail whatever is still pending. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        self._fail_pending(ClientClosedError("client closed"), everything=True)
+        if self._wire is not None:
+            self._wire.close()
+            self._wire = None
+        self._identified = False
+        self._notify()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                try:
+                    await task
+                except BaseException:  # noqa: BLE001 - tasks were cancelled on purpose
+                    pass
+
+    def drop_connection(self) -> None:
+        """Abort the current TCP connection (tests, or a detected dead peer): reconnects."""
+        if self._wire is not None and self._wire.transport is not None:
+            self._wire.transport.abort()
+
+    # ------------------------------------------------------------------ internals: sending
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("client closed")
+        if self._failed is not None:
+            raise self._failed
+
+    def _take_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    def _send(self, msg: Message) -> None:
+        """Queue one frame; frames queued in the same loop iteration go out in one write."""
+        self._outbuf.append(encode(msg))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
+        self._flush_scheduled = False
+        data, self._outbuf = self._outbuf, []
+        wire = self._wire
+        if wire is not None and wire.transport is not None and not wire.transport.is_closing():
+            wire.transport.write(b"".join(data))
+
+    async def _call_direct(self, wire: _Wire, msg: Message) -> Message:
+        """Send on ``wire`` even before IDENTIFY completed (handshake messages)."""
+        rid = msg["id"]
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = _Pending(msg, fut, resend=False, counted=False)
+        assert wire.transport is not None
+        wire.transport.write(encode(msg))
+        try:
+            return await fut
+        finally:
+            self._pending.pop(rid, None)
+
+    def _abandoned(self, p: _Pending) -> None:
+        """A caller gave up on a request (cancelled). Nothing to undo except read locks,
+        which are released when their reply arrives with no one waiting (see _on_message)."""
+
+    # ------------------------------------------------------------------ internals: receiving
+
+    def _on_message(self, wire: _Wire, msg: Message) -> None:
+        """Dispatch one decoded server message (called from data_received)."""
+        if wire is not self._wire:
+            return
+        self._last_heard = time.monotonic()
+        if self._lease_lost:
+            self._lease_lost = False
+            self._notify()
+        try:
+            validate(msg, SERVER_MESSAGES)
+        except BadRequest as exc:
+            log.error("invalid message from server: %s", exc)
+            p = self._pending.get(exc.request_id)
+            if p is not None and not p.fut.done():
+                p.fut.set_exception(RemoteProtocolError(str(exc)))
+            return
+        rid = msg["id"]
+        if rid == 0:
+            self._on_unsolicited(msg)
+            return
+        p = self._pending.get(rid)
+        op = msg["op"]
+        if p is None:
+            self._on_orphan(msg)
+            return
+        req_op = p.msg["op"]
+        if op == "ERROR":
+            if req_op == "FINISH_SNAPSHOT_READ" and "ranges" not in p.msg:
+                self.held_locks.pop(p.msg["lock"], None)
+            if not p.fut.done():
+                p.fut.set_exception(error_from_reply(msg))
+            return
+        if op not in CATALOGUE[req_op].replies:
+            if not p.fut.done():
+                p.fut.set_exception(RemoteProtocolError(f"{op} is no answer to {req_op}"))
+            return
+        if op == "SNAPSHOT_READ_OK" and msg["origin"]:
+            self.held_locks[rid] = msg["origin"]
+        elif op == "FINISH_OK" and "ranges" not in p.msg:
+            self.held_locks.pop(p.msg["lock"], None)
+        if not p.fut.done():
+            p.fut.set_result(msg)
+
+    def _on_orphan(self, msg: Message) -> None:
+        """A reply nobody waits for: release a read lock it may have created."""
+        if msg["op"] == "SNAPSHOT_READ_OK" and msg["origin"]:
+            self._spawn(self._release_orphan_lock(msg["id"]))
+
+    async def _release_orphan_lock(self, lock: int) -> None:
+        try:
+            await self.request(finish_snapshot_read, lock)
+        except (ConnectionError, RemoteError):
+            pass
+
+    def _on_unsolicited(self, msg: Message) -> None:
+        if msg["op"] == "ADVICE":
+            handler = self.advice_handler
+            aw = handler(msg) if handler is not None else self.ack_advice(msg)
+            self._spawn(aw)
+        elif msg["op"] == "ERROR":
+            exc = error_from_reply(msg)
+            log.warning("server notice: %s", exc)
+        else:
+            log.warning("unexpected unsolicited %s ignored", msg["op"])
+
+    def _on_lost(self, wire: _Wire, exc: Exception | None) -> None:
+        """The TCP connection ended: fail unresendable requests, then reconnect."""
+        if wire is not self._wire:
+            return
+        self._wire = None
+        was_identified = self._identified
+        self._identified = False
+        self._fail_pending(ConnectionLostError(f"connection to {self.host}:{self.port} lost"))
+        self._reset("disconnected")
+        if self._closed:
+            return
+        if was_identified and self.reconnect:
+            log.warning("connection to %s:%s lost (%s); reconnecting", self.host, self.port,
+                        exc or "closed by server")
+            if self._reconnect_task is None or self._reconnect_task.done():
+                self._reconnect_task = self._spawn(self._reconnect_loop())
+        elif was_identified:
+            self._fatal(ConnectionLostError(f"connection to {self.host}:{self.port} lost"))
+        self._notify()
+
+    # ------------------------------------------------------------------ internals: state
+
+    def _fail_pending(self, exc: BaseException, everything: bool = False) -> None:
+        for p in list(self._pending.values()):
+            if (everything or not p.resend) and not p.fut.done():
+                p.fut.set_exception(exc)
+
+    def _fatal(self, exc: BaseException) -> None:
+        """The session cannot continue: every current and future request raises ``exc``."""
+        if self._failed is None:
+            log.error("csnap session ended: %s", exc)
+            self._failed = exc
+        self._fail_pending(exc, everything=True)
+        self._notify()
+
+    def _reset(self, why: str) -> None:
+        if self.on_reset is not None:
+            self.on_reset(why)
+
+    def _notify(self) -> None:
+        self._state.set()
+        self._state = asyncio.Event()
+
+    def _spawn(self, aw: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(aw)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ handshake, reconnect
+
+    async def _open_session(self, first: bool) -> None:
+        """Connect, IDENTIFY, upload held locks, resend pending requests."""
+        loop = asyncio.get_running_loop()
+        _, wire = await asyncio.wait_for(
+            loop.create_connection(lambda: _Wire(self), self.host, self.port), self.timeout)
+        self._wire = wire
+        try:
+            reply = await asyncio.wait_for(self._call_direct(wire, identify(
+                self._take_id(), self.client_id, self.volume, PROTOCOL_VERSION)), self.timeout)
+            info = SessionInfo.from_reply(reply)
+            old, self.info = self.info, info
+            if old is not None and old.store_uuid != info.store_uuid:
+                raise StoreChangedError(f"store changed from {old.store_uuid} to "
+                                        f"{info.store_uuid}")
+            if old is not None and old.server_epoch != info.server_epoch:
+                log.info("server restarted (epoch %s -> %s)", old.server_epoch,
+                         info.server_epoch)
+                self._reset("server restarted")
+            self._slots.resize(info.max_inflight)
+            if not first and info.snapshot is not None:
+                await self._upload_locks(wire)
+        except BaseException:
+            if self._wire is wire:
+                self._wire = None
+            wire.close()
+            raise
+        if wire is not self._wire:
+            raise ConnectionLostError("connection lost during handshake")
+        self._identified = True
+        self._last_heard = time.monotonic()
+        self._lease_lost = False
+        for rid in sorted(self._pending):
+            p = self._pending[rid]
+            if p.resend and not p.fut.done():
+                self._send(p.msg)
+        self._notify()
+
+    async def _upload_locks(self, wire: _Wire) -> None:
+        """Re-declare every held read lock on the new connection, then FINISH_UPLOAD_LOCK."""
+        assert self.info is not None
+        max_ranges = self.info.max_ranges
+        msgs = []
+        for lock, ranges in sorted(self.held_locks.items()):
+            for i in range(0, len(ranges), max_ranges):
+                msgs.append(upload_lock(self._take_id(), lock, ranges[i:i + max_ranges]))
+        for i in range(0, len(msgs), UPLOAD_BATCH):
+            batch = msgs[i:i + UPLOAD_BATCH]
+            results = await asyncio.wait_for(asyncio.gather(
+                *(self._call_direct(wire, m) for m in batch), return_exceptions=True),
+                self.timeout)
+            for m, res in zip(batch, results, strict=True):
+                if isinstance(res, RemoteError):
+                    # not held any more: FINISH will say UNKNOWN_LOCK and the read is redone
+                    log.warning("UPLOAD_LOCK %s refused: %s", m["lock"], res)
+                elif isinstance(res, BaseException):
+                    raise res
+        await asyncio.wait_for(self._call_direct(wire, finish_upload_lock(self._take_id())),
+                               self.timeout)
+        log.info("uploaded %d read locks after reconnect", len(self.held_locks))
+
+    async def _reconnect_loop(self) -> None:
+        """Retry the handshake with exponential backoff until it works or time runs out."""
+        delay = self.reconnect_delay
+        start = time.monotonic()
+        while not self._closed and self._failed is None:
+            try:
+                await self._open_session(first=False)
+                self.reconnects += 1
+                log.info("reconnected to %s:%s", self.host, self.port)
+                return
+            except (OSError, TimeoutError, ConnectionLostError, ShuttingDownError,
+                    BusyError) as exc:
+                log.debug("reconnect attempt failed: %s", exc)
+            except (RemoteError, StoreChangedError, RemoteProtocolError) as exc:
+                self._fatal(exc)
+                return
+            if (self.reconnect_timeout is not None
+                    and time.monotonic() - start > self.reconnect_timeout):
+                self._fatal(ReconnectFailedError(
+                    f"{self.host}:{self.port} unreachable for {self.reconnect_timeout} s"))
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_delay)
+
+    # ------------------------------------------------------------------ heartbeat, lease
+
+    async def _heartbeat_loop(self, interval: float) -> None:
+        """PING every ``interval``; track the lease; drop a connection silent for 2 leases."""
+        while not self._closed:
+            await asyncio.sleep(interval)
+            if not self.connected:
+                continue
+            silent = time.monotonic() - self._last_heard
+            if silent >= self.lease_s * LEASE_SAFETY and not self._lease_lost:
+                self._lose_lease(silent)
+            if silent >= 2 * self.lease_s:
+                log.warning("server silent for %.1f s; dropping the connection", silent)
+                self.drop_connection()
+                continue
+            self._spawn(self._ping_quietly())
+
+    async def _ping_quietly(self) -> None:
+        try:
+            await self.request(ping, resend=False)
+        except (ConnectionError, RemoteError):
+            pass

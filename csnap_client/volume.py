@@ -1,0 +1,429 @@
+"""Byte-level volumes: read and write any byte range of the origin or of a snapshot.
+
+Owns: splitting byte ranges into chunks, the chunk queries that make I/O safe, the data
+I/O itself on the shared origin and store devices, and the client caches' use.
+
+How each operation works (the "why" is docs/protocol.md and the design paper):
+
+* **origin write**: chunks in the unique cache are written at once; for the others one
+  QUERY_WRITE (split only when over the protocol limits); on WRITE_OK they are cached as
+  unique and written. Partial-chunk writes are fine: the server already copied the whole
+  chunk out.
+* **origin read**: straight from the origin device, no message.
+* **snapshot read**: chunks cached with a unique store address are read from the store;
+  for the rest QUERY_SNAPSHOT_READ, then store chunks from the store and origin chunks from
+  the origin (read-locked by the server), then FINISH_SNAPSHOT_READ. ``valid: false`` (the
+  server broke the lock) means the origin data may be torn: those chunks are queried again.
+* **snapshot write**: QUERY_WRITE answers with the store chunks to write (SNAPSHOT_WRITE_OK);
+  the client writes there and caches the addresses as unique to this snapshot.
+
+NEW_SNAPSHOT advice (origin): new writes wait, writes already past their approval check are
+finished, the origin is fdatasync'ed, the unique cache is cleared, then ACK_ADVICE.
+DELETE_SNAPSHOT advice (snapshot): the cache is dropped, running I/O finishes, ACK_ADVICE,
+and every later call raises :class:`SnapshotDeletedError`.
+
+Invariant (origin safety): an origin chunk is written without a fresh WRITE_OK only if it
+is in the unique cache, the cache generation is unchanged since the approval, no advice is
+being handled and the lease is fresh; all checked synchronously right before the write is
+counted as active (``_active``), which is what the advice handler waits for.
+
+Data I/O uses os.pread/os.pwrite (preadv into the result buffer) in a small thread pool so
+the event loop never blocks. Must not import csnapd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+from .cache import DEFAULT_MAX_RUNS, RunSet, StoreMap
+from .client import Client, SessionInfo, Slots
+from .protocol import (
+    ORIGIN,
+    ErrorCode,
+    Message,
+    SnapshotDeletedError,
+    UnknownLockError,
+    finish_snapshot_read,
+    query_snapshot_read,
+    query_write,
+)
+
+log = logging.getLogger("csnap_client")
+
+Piece = tuple[int, int, int, int]
+"""``(fd, device_offset, buffer_offset, nbytes)``: one contiguous device transfer."""
+
+
+def batch_ranges(ranges: list[list[int]], max_ranges: int, max_chunks: int
+                 ) -> list[list[list[int]]]:
+    """Split ``[[start, count], ...]`` into requests within the protocol's limits."""
+    batches: list[list[list[int]]] = []
+    cur: list[list[int]] = []
+    chunks = 0
+    for start, count in ranges:
+        while count > 0:
+            if len(cur) >= max_ranges or chunks >= max_chunks:
+                batches.append(cur)
+                cur, chunks = [], 0
+            take = min(count, max_chunks - chunks)
+            cur.append([start, take])
+            chunks += take
+            start += take
+            count -= take
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def chunk_span(offset: int, length: int, chunk_size: int) -> tuple[int, int]:
+    """``(first_chunk, count)`` of the chunks touched by bytes ``[offset, offset+length)``."""
+    first = offset // chunk_size
+    last = (offset + length - 1) // chunk_size
+    return first, last - first + 1
+
+
+def map_pieces(fd: int, chunk: int, count: int, dev_chunk: int, chunk_size: int,
+               offset: int, length: int) -> Piece | None:
+    """The transfer for logical chunks ``[chunk, chunk+count)`` living at device chunk
+    ``dev_chunk`` onwards, clipped to the request's bytes ``[offset, offset+length)``."""
+    lo = max(offset, chunk * chunk_size)
+    hi = min(offset + length, (chunk + count) * chunk_size)
+    if hi <= lo:
+        return None
+    return (fd, dev_chunk * chunk_size + lo - chunk * chunk_size, lo - offset, hi - lo)
+
+
+def _pread_into(fd: int, buf: memoryview, dev_off: int) -> None:
+    """Fill ``buf`` from ``fd`` at ``dev_off``; bytes past end-of-file read as zeros."""
+    done = 0
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], dev_off + done)
+        if n == 0:
+            buf[done:] = bytes(len(buf) - done)
+            return
+        done += n
+
+
+def _pwrite_all(fd: int, buf: memoryview, dev_off: int) -> None:
+    """Write all of ``buf`` to ``fd`` at ``dev_off``."""
+    done = 0
+    while done < len(buf):
+        done += os.pwrite(fd, buf[done:], dev_off + done)
+
+
+class Volume:
+    """The origin or one snapshot, as a byte-addressed device shared with other machines.
+
+    Obtain one with :func:`connect`. ``size`` and ``chunk_size`` are in bytes.
+    """
+
+    def __init__(self, client: Client, origin: str | os.PathLike[str],
+                 store: str | os.PathLike[str] | None, *, io_threads: int = 4,
+                 cache_runs: int = DEFAULT_MAX_RUNS) -> None:
+        info = client.info
+        if info is None:
+            raise ValueError("the client must be connected first")
+        self.client = client
+        self.info: SessionInfo = info
+        self.is_origin = info.snapshot is None
+        self.name: str | int = ORIGIN if self.is_origin else info.snapshot["name"]  # type: ignore[index]
+        self.size = info.origin_bytes
+        self.chunk_size = info.chunk_size
+        self.read_only = info.read_only
+        self.unique = RunSet(cache_runs)  # origin: chunks known unshared
+        self.store_map = StoreMap(cache_runs)  # snapshot: chunks known unique in the store
+        self._gen = 0  # bumped whenever approvals obtained earlier become void
+        self._active = 0  # data transfers past their safety checks, not yet finished
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._advising = 0  # advices being handled; writes wait while > 0
+        self._advice_done = asyncio.Event()
+        self._advice_done.set()
+        self._deleted: SnapshotDeletedError | None = None
+        self._dirty_origin = self._dirty_store = False
+        self._read_locks = Slots(info.max_read_locks)
+        self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="csnap-io")
+        self._closed = False
+        self._origin_fd = os.open(origin, os.O_RDWR if self.is_origin and not self.read_only
+                                  else os.O_RDONLY)
+        self._store_fd = -1
+        try:
+            if not self.is_origin:
+                if store is None:
+                    raise ValueError("a snapshot volume needs the store device path")
+                self._store_fd = os.open(store, os.O_RDONLY if self.read_only else os.O_RDWR)
+        except BaseException:
+            os.close(self._origin_fd)
+            self._pool.shutdown(wait=False)
+            raise
+        client.advice_handler = self._handle_advice
+        client.on_reset = self._on_reset
+
+    # ------------------------------------------------------------------ public API
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes of the volume from ``offset``."""
+        self._check_range(offset, length)
+        if length == 0:
+            return b""
+        buf = bytearray(length)
+        if self.is_origin:
+            await self._io(_pread_into, [(self._origin_fd, offset, 0, length)], buf)
+        else:
+            await self._read_snapshot(offset, length, buf)
+        return bytes(buf)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at ``offset`` (any alignment); returns when the data is written
+        (not necessarily durable: see :meth:`flush`)."""
+        length = len(data)
+        self._check_range(offset, length)
+        if length == 0:
+            return
+        buf = memoryview(data).cast("B")
+        if self.is_origin:
+            await self._write_origin(offset, buf)
+        else:
+            await self._write_snapshot(offset, buf)
+
+    async def flush(self) -> None:
+        """Make every completed write durable (fdatasync of the devices written)."""
+        loop = asyncio.get_running_loop()
+        if self._dirty_origin:
+            self._dirty_origin = False
+            await loop.run_in_executor(self._pool, os.fdatasync, self._origin_fd)
+        if self._dirty_store:
+            self._dirty_store = False
+            await loop.run_in_executor(self._pool, os.fdatasync, self._store_fd)
+
+    async def close(self) -> None:
+        """Flush, close the session and the devices. Idempotent."""
+        if self._closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            await self.client.close()
+            self._pool.shutdown(wait=True)
+            os.close(self._origin_fd)
+            if self._store_fd >= 0:
+                os.close(self._store_fd)
+
+    async def __aenter__(self) -> Volume:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return (f"<Volume {self.name!r} size={self.size} chunk_size={self.chunk_size} "
+                f"server={self.client.host}:{self.client.port}>")
+
+    # ------------------------------------------------------------------ checks and helpers
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if self._closed:
+            raise ValueError("I/O on a closed volume")
+        if self._deleted is not None:
+            raise self._deleted
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"range [{offset}, {offset + length}) outside the volume "
+                             f"(size {self.size})")
+
+    def _check_alive(self) -> None:
+        if self._deleted is not None:
+            raise self._deleted
+
+    async def _io(self, fn: Any, pieces: list[Piece], buf: bytearray | memoryview) -> None:
+        """Run ``fn(fd, buffer_slice, device_offset)`` for every piece in the thread pool."""
+        loop = asyncio.get_running_loop()
+        mv = memoryview(buf)
+        jobs = [loop.run_in_executor(self._pool, fn, fd, mv[b:b + n], dev)
+                for fd, dev, b, n in pieces]
+        self._active += 1
+        self._idle.clear()
+        try:
+            await asyncio.gather(*jobs)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def _query_all(self, build: Any, ranges: list[list[int]]) -> list[Message]:
+        """Send one query per batch of ranges (normally one) concurrently; all replies."""
+        info = self.client.info or self.info
+        batches = batch_ranges(ranges, info.max_ranges, info.max_chunks)
+        return list(await asyncio.gather(*(self.client.request(build, b) for b in batches)))
+
+    # ------------------------------------------------------------------ origin
+
+    async def _wait_writable(self) -> None:
+        """Wait until no advice is being handled and the session lease is fresh."""
+        while True:
+            self._check_alive()
+            if self._advising:
+                await self._advice_done.wait()
+                continue
+            await self.client.wait_ready()
+            if not self._advising:
+                return
+
+    async def _write_origin(self, offset: int, buf: memoryview) -> None:
+        c0, n = chunk_span(offset, len(buf), self.chunk_size)
+        while True:
+            await self._wait_writable()
+            gen = self._gen
+            missing = self.unique.missing(c0, n)
+            if missing:
+                await self._query_all(query_write, missing)
+                if gen != self._gen:
+                    continue  # an advice or reset came in between: approvals may be stale
+                for start, count in missing:
+                    self.unique.add(start, count)
+            # Synchronous safety check, then counted as active (see module invariant).
+            if self._advising or gen != self._gen or not self.client.lease_fresh():
+                continue
+            self._dirty_origin = True
+            await self._io(_pwrite_all, [(self._origin_fd, offset, 0, len(buf))], buf)
+            return
+
+    def _on_reset(self, why: str) -> None:
+        """The session lost its guarantees (disconnect, lease, restart): forget approvals."""
+        self._gen += 1
+        if self.is_origin and len(self.unique):
+            log.info("origin unique cache cleared: %s", why)
+            self.unique.clear()
+
+    # ------------------------------------------------------------------ advice
+
+    async def _handle_advice(self, msg: Message) -> None:
+        """ADVICE handler; the synchronous part (closing the write gate) runs at once."""
+        kind = msg["kind"]
+        if kind == "NEW_SNAPSHOT" and self.is_origin:
+            self._advising += 1
+            self._advice_done.clear()
+            self._gen += 1
+            try:
+                await self._idle.wait()
+                if self._dirty_origin:
+                    self._dirty_origin = False
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._pool, os.fdatasync, self._origin_fd)
+                self.unique.clear()
+                await self.client.ack_advice(msg)
+            finally:
+                self._advising -= 1
+                if not self._advising:
+                    self._advice_done.set()
+        elif kind == "DELETE_SNAPSHOT" and not self.is_origin and msg["snapshot"] == self.name:
+            self._deleted = SnapshotDeletedError(
+                ErrorCode.SNAPSHOT_DELETED, f"snapshot {self.name!r} was deleted")
+            self.store_map.clear()
+            await self._idle.wait()
+            await self.client.ack_advice(msg)
+        else:
+            await self.client.ack_advice(msg)
+
+    # ------------------------------------------------------------------ snapshot
+
+    async def _write_snapshot(self, offset: int, buf: memoryview) -> None:
+        self._check_alive()
+        c0, n = chunk_span(offset, len(buf), self.chunk_size)
+        segs = self.store_map.lookup(c0, n)
+        located = [(c, k, s) for c, k, s in segs if s is not None]
+        missing = [[c, k] for c, k, s in segs if s is None]
+        if missing:
+            for reply in await self._query_all(query_write, missing):
+                self._check_alive()
+                self.store_map.add_mapping(reply["map"])
+                located.extend(tuple(e) for e in reply["map"])
+        pieces = [p for c, k, s in sorted(located)
+                  if (p := map_pieces(self._store_fd, c, k, s, self.chunk_size, offset,
+                                      len(buf))) is not None]
+        self._check_alive()
+        self._dirty_store = True
+        await self._io(_pwrite_all, pieces, buf)
+
+    async def _read_snapshot(self, offset: int, length: int, buf: bytearray) -> None:
+        cs, length_ = self.chunk_size, length
+        c0, n = chunk_span(offset, length, cs)
+        pieces: list[Piece] = []
+        missing: list[list[int]] = []
+        for c, k, s in self.store_map.lookup(c0, n):
+            if s is None:
+                missing.append([c, k])
+            elif (p := map_pieces(self._store_fd, c, k, s, cs, offset, length_)) is not None:
+                pieces.append(p)
+        if pieces:
+            await self._io(_pread_into, pieces, buf)
+        rounds = 0
+        while missing:
+            self._check_alive()
+            rounds += 1
+            batches = batch_ranges(missing, self.info.max_ranges, self.info.max_chunks)
+            results = await asyncio.gather(
+                *(self._read_locked(b, offset, length, buf) for b in batches))
+            missing = [r for redo in results for r in redo]
+            if missing:
+                log.info("snapshot read lock broken; re-reading %d ranges (round %d)",
+                         len(missing), rounds)
+
+    async def _read_locked(self, ranges: list[list[int]], offset: int, length: int,
+                           buf: bytearray) -> list[list[int]]:
+        """One QUERY_SNAPSHOT_READ round; returns the origin ranges to read again."""
+        cs = self.chunk_size
+        await self._read_locks.acquire()
+        try:
+            reply = await self.client.request(query_snapshot_read, ranges)
+            pieces = [p for c, k, s in reply["store"]
+                      if (p := map_pieces(self._store_fd, c, k, s, cs, offset, length))]
+            pieces += [p for c, k in reply["origin"]
+                       if (p := map_pieces(self._origin_fd, c, k, c, cs, offset, length))]
+            if not reply["origin"]:
+                await self._io(_pread_into, pieces, buf)
+                return []
+            try:
+                await self._io(_pread_into, pieces, buf)
+            finally:
+                valid = await self._finish(reply["id"])
+            return [] if valid else [list(r) for r in reply["origin"]]
+        finally:
+            self._read_locks.release()
+
+    async def _finish(self, lock: int) -> bool:
+        """Release read lock ``lock``; False if the server broke it (data must be re-read)."""
+        try:
+            reply = await self.client.request(finish_snapshot_read, lock)
+        except UnknownLockError:
+            return False  # lost across a reconnect: we cannot know, so re-read
+        return bool(reply["valid"])
+
+
+async def connect(host: str, port: int, volume: str | int = ORIGIN, *,
+                  origin: str | os.PathLike[str], store: str | os.PathLike[str] | None = None,
+                  client_id: int | None = None, timeout: float = 10.0,
+                  io_threads: int = 4, cache_runs: int = DEFAULT_MAX_RUNS,
+                  **client_options: Any) -> Volume:
+    """Connect to csnapd at ``host:port`` and open ``volume`` ("origin", a snapshot name or
+    an int tag) with the shared ``origin`` and ``store`` device paths.
+
+    Extra keyword options go to :class:`~csnap_client.client.Client` (``reconnect``,
+    ``reconnect_delay``, ``reconnect_max_delay``, ``reconnect_timeout``, ``heartbeat``).
+    Raises OSError if the server is unreachable and the IDENTIFY's RemoteError (e.g.
+    UnknownSnapshotError) if it refuses the volume.
+    """
+    client = Client(host, port, volume, client_id=client_id, timeout=timeout,
+                    **client_options)
+    try:
+        await client.connect()
+        return Volume(client, origin, store, io_threads=io_threads, cache_runs=cache_runs)
+    except BaseException:
+        await client.close()
+        raise

@@ -1,0 +1,195 @@
+"""csnapctl: administer a running csnapd through its control socket.
+
+Commands: create, delete, list, status, shutdown. Human-readable output by default,
+``--json`` for scripts. Exit codes: 0 ok, 1 the server refused (error message on stderr),
+2 usage error, 3 cannot connect to the control socket.
+
+The control socket path is, in order: ``--control PATH``, the environment variable
+``CSNAP_CONTROL``, ``/run/csnapd/control.sock`` if it exists, else ``data/csnapd.sock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from csnap_client.control import ControlClient
+from csnap_client.protocol import ProtocolError, RemoteError
+from csnap_client.units import format_size
+
+SYSTEM_SOCKET = "/run/csnapd/control.sock"
+LOCAL_SOCKET = "data/csnapd.sock"
+EXIT_SERVER, EXIT_USAGE, EXIT_CONNECT = 1, 2, 3
+
+
+def default_control() -> str:
+    """The control socket to use when --control is not given (see the module docstring)."""
+    env = os.environ.get("CSNAP_CONTROL")
+    if env:
+        return env
+    return SYSTEM_SOCKET if os.path.exists(SYSTEM_SOCKET) else LOCAL_SOCKET
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(
+        prog="csnapctl", description="Administer csnapd snapshots through its control socket.",
+        epilog="Control socket: --control, else $CSNAP_CONTROL, else "
+               f"{SYSTEM_SOCKET} if it exists, else {LOCAL_SOCKET}. Exit codes: 0 ok, "
+               "1 server error, 2 usage, 3 cannot connect.")
+    p.add_argument("--control", metavar="PATH", default=None,
+                   help="control socket path (default: see below)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for the server's answer (default 120)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    c = sub.add_parser("create", help="create a snapshot of the origin as of now")
+    c.add_argument("name", help="snapshot name")
+    c.add_argument("--tag", type=int, default=None, help="snapshot tag (default: lowest free)")
+    c.add_argument("--priority", type=int, default=None,
+                   help="-128..127; lower priorities are squashed first when the store fills")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    d = sub.add_parser("delete", help="delete a snapshot (a string of digits means a tag)")
+    d.add_argument("snapshot", metavar="NAME|TAG")
+    d.add_argument("--json", action="store_true", help="print the result as JSON")
+    for name, text in (("list", "list snapshots"), ("status", "show server status")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.add_parser("shutdown", help="shut the server down gracefully")
+    return p
+
+
+def snapshot_ref(text: str) -> str | int:
+    """A string of digits is a tag, anything else a name."""
+    return int(text) if text.isdigit() else text
+
+
+def _when(created: Any) -> str:
+    if isinstance(created, int | float):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+    return "-"
+
+
+def format_list(snaps: list[dict[str, Any]]) -> str:
+    """A table of snapshots (extra keys shown when present)."""
+    if not snaps:
+        return "no snapshots"
+    extra = sorted({k for s in snaps for k in s} - {"name", "tag", "created", "priority"})
+    head = ["TAG", "NAME", "CREATED", "PRIO", *(k.upper() for k in extra)]
+    rows = [[str(s.get("tag", "-")), str(s.get("name", "-")), _when(s.get("created")),
+             str(s.get("priority", "-")), *(_cell(s.get(k)) for k in extra)]
+            for s in sorted(snaps, key=lambda s: s.get("tag", 0))]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [head, *rows])
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, dict | list):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+def format_status(st: Any, indent: int = 0) -> str:
+    """Status as an indented outline: sections for nested maps, tables for lists of maps.
+
+    The server's keys are informational and may change, so every key is shown; sizes whose
+    key ends in ``_bytes`` are also printed in human units.
+    """
+    pad = "  " * indent
+    if not isinstance(st, dict):
+        return pad + _cell(st)
+    lines = []
+    for key, value in st.items():
+        if isinstance(value, dict):
+            lines.append(f"{pad}{key}:")
+            lines.append(format_status(value, indent + 1) if value else f"{pad}  (none)")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            lines.append(f"{pad}{key}:")
+            lines.extend(pad + "  " + line for line in _table(value).splitlines())
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: {', '.join(_cell(v) for v in value) or '(none)'}")
+        elif key.endswith("_bytes") and isinstance(value, int):
+            lines.append(f"{pad}{key}: {value} ({format_size(value)})")
+        else:
+            lines.append(f"{pad}{key}: {_cell(value)}")
+    return "\n".join(lines)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    cells = [[k.upper() for k in keys]] + [[_cell(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(keys))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)
+
+
+async def run(args: argparse.Namespace) -> Any:
+    """Execute the parsed command; returns the server's result."""
+    async with ControlClient(args.control, timeout=args.timeout) as ctl:
+        if args.command == "create":
+            return await ctl.create(args.name, args.tag, args.priority)
+        if args.command == "delete":
+            return await ctl.delete(snapshot_ref(args.snapshot))
+        if args.command == "list":
+            return await ctl.list()
+        if args.command == "status":
+            return await ctl.status()
+        return await ctl.shutdown()
+
+
+def render(args: argparse.Namespace, result: Any) -> str:
+    """Human (or --json) text for a command's result."""
+    if getattr(args, "json", False):
+        return json.dumps(result, indent=2, sort_keys=True, default=str)
+    if args.command == "create":
+        return (f"created snapshot {result.get('name')!r} tag {result.get('tag')} "
+                f"at {_when(result.get('created'))}")
+    if args.command == "delete":
+        return f"deleted snapshot {args.snapshot}"
+    if args.command == "list":
+        return format_list(result or [])
+    if args.command == "status":
+        return format_status(result or {})
+    return "server shutting down"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``csnapctl`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.control is None:
+        args.control = default_control()
+    if args.command == "create" and args.priority is not None \
+            and not -128 <= args.priority <= 127:
+        print("csnapctl: --priority must be within -128..127", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = asyncio.run(run(args))
+    except RemoteError as exc:
+        print(f"csnapctl: {args.command} failed: {exc}", file=sys.stderr)
+        return EXIT_SERVER
+    except ProtocolError as exc:
+        print(f"csnapctl: protocol error from server: {exc}", file=sys.stderr)
+        return EXIT_SERVER
+    except TimeoutError:
+        print(f"csnapctl: no answer from {args.control} within {args.timeout} s",
+              file=sys.stderr)
+        return EXIT_SERVER
+    except OSError as exc:
+        print(f"csnapctl: cannot connect to control socket {args.control}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONNECT
+    print(render(args, result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
