@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "for snapshot clients to re-upload their read locks (default 10)")
     p.add_argument("--state", default=None,
                    help="client registry file (default: the control socket path + .clients)")
+    p.add_argument("--on-full", choices=["squash", "fail"], default="squash",
+                   help="when a copy-out finds the store full: squash the snapshot(s) that need "
+                        "it (lowest priority, then oldest; default) or fail the origin write")
     p.add_argument("--lock-lease", type=float, default=30.0,
                    help="seconds a snapshot read lock may be held before it is broken (default 30)")
     return p
@@ -93,7 +96,8 @@ async def serve(args: argparse.Namespace, store: Store) -> None:
     expected = registry.load() if store.recovery.unclean else set()
     engine = Engine(store, epoch=store.sb.generation, lease=args.lease,
                     lock_lease=args.lock_lease, grace_clients=expected, grace=args.grace,
-                    now=time.monotonic(), on_clients_changed=registry.save)
+                    now=time.monotonic(), on_clients_changed=registry.save,
+                    on_full=args.on_full)
     server = Server(engine)
     tcp = await server.listen_tcp(host, port)
     with contextlib.suppress(FileNotFoundError):

@@ -90,7 +90,8 @@ class Engine:
                  lock_lease: float = 30.0, advice_timeout: float | None = None,
                  grace_clients: set[int] | None = None, grace: float = 0.0,
                  now: float = 0.0,
-                 on_clients_changed: Callable[[set[int]], None] | None = None) -> None:
+                 on_clients_changed: Callable[[set[int]], None] | None = None,
+                 on_full: str = "squash") -> None:
         self.store, self.epoch, self.lease = store, epoch, lease
         self.advice_timeout = advice_timeout if advice_timeout is not None else 2 * lease
         self.locks = lk.LockTable(lease=lock_lease)
@@ -109,6 +110,11 @@ class Engine:
         self.shutdown_requested = False
         self.counters: dict[str, int] = {}
         self.on_clients_changed = on_clients_changed
+        if on_full not in ("squash", "fail"):
+            raise ValueError("on_full must be 'squash' or 'fail'")
+        self.on_full = on_full
+        self.now = now
+        self.revoke_until = 0.0
         if grace_clients:
             log.info("holding origin writes for up to %.1fs until %d snapshot client(s) "
                      "re-upload their read locks", grace, len(grace_clients))
@@ -152,6 +158,7 @@ class Engine:
     # dispatch
     def handle(self, conn_id: int, msg: dict[str, Any], now: float) -> None:
         """Process one validated request (replies come out of ``flush``)."""
+        self.now = now
         conn = self.conns.get(conn_id)
         if conn is None:
             return
@@ -274,11 +281,36 @@ class Engine:
             self._held_origin.append((conn.id, msg))
             return
         rid, ranges = msg["id"], msg["ranges"]
-        self.store.origin_write(ranges)
+        while True:
+            try:
+                self.store.origin_write(ranges)
+                break
+            except se.StoreFullError as exc:
+                victims = self.store.snapshots_needing(exc.chunk) if exc.chunk is not None else []
+                if self.on_full != "squash" or not victims:
+                    raise
+                self._squash(min(victims, key=lambda e: (e.priority, e.created_ns)), now)
         if self.locks.wait_write(conn.client_id, rid, ranges):
             self._after_commit.append((conn.id, m.write_ok(rid)))
         else:
             self._waiting_writes[(conn.id, rid)] = (conn.id, rid)
+
+    def _squash(self, entry: fmt.SnapEntry, now: float) -> None:
+        """Store full: sacrifice a snapshot so the origin write can go on."""
+        log.warning("store full: squashing snapshot %s (tag %d, priority %d) so origin writes "
+                    "can proceed; its space will be reclaimed", entry.name, entry.tag,
+                    entry.priority)
+        self.store.squash_snapshot(entry)
+        self.counters["squashed"] = self.counters.get("squashed", 0) + 1
+        for conn in list(self.conns.values()):
+            if conn.slot == entry.slot and not conn.control:
+                self._now_out.append((conn.id, m.reply_error(
+                    0, ErrorCode.SNAPSHOT_SQUASHED,
+                    f"snapshot {entry.name!r} was squashed to free store space")))
+                self.closing.add(conn.id)
+                self.close_conn(conn.id, now)
+        # a cut-off client of that snapshot stops using its cache after one lease
+        self.revoke_until = max(self.revoke_until, now + self.lease)
 
     # ------------------------------------------------------------------
     # snapshot I/O
@@ -444,6 +476,7 @@ class Engine:
     # time and batches
     def tick(self, now: float) -> None:
         """Expire leases and advice deadlines."""
+        self.now = now
         self._events(self.locks.expire(now))
         adv = self._advice
         if adv is not None and now >= adv.deadline and adv.awaiting:
@@ -465,7 +498,7 @@ class Engine:
 
     def background(self, budget_leaves: int = 16) -> bool:
         """Run a slice of snapshot deletion; True while more work remains."""
-        if not self.revoked or not self.store.deleting:
+        if not self.revoked or not self.store.deleting or self.now < self.revoke_until:
             return False
         more = self.store.delete_step(budget_leaves)
         self.store.commit()

@@ -21,7 +21,13 @@ class CorruptionError(StoreError):
 
 
 class StoreFullError(StoreError):
-    """No free chunk is left for a copy-out, a snapshot write or metadata."""
+    """No free chunk is left for a copy-out, a snapshot write or metadata.
+
+    ``chunk`` is the logical chunk whose copy could not be made, when known,
+    so a policy can pick the snapshots that needed it.
+    """
+
+    chunk: int | None = None
 
 
 class FormatError(StoreError):

@@ -493,7 +493,9 @@ def bitmap_bits_per_block(block_size: int) -> int:
 #   OFFSET SIZE DESCRIPTION
 #        0    1 state: 0 free, 1 live, 2 deleting (queued), 3 deleting (in the
 #               current delete pass)
-#        1    1 flags: bit 0 squashed
+#        1    1 flags: bit 0 squashed (unreadable; its space was or is being
+#               reclaimed), bit 1 cleared (a squashed snapshot's bits are gone
+#               from every sharemap; the entry stays as a tombstone until deleted)
 #        2    1 priority (signed; lower is squashed first when the store fills)
 #        3    1 name length in bytes (1..96)
 #        4    4 user tag (uint32)
@@ -509,6 +511,7 @@ MAX_NAME_BYTES = 96
 
 SNAP_FREE, SNAP_LIVE, SNAP_DELETING, SNAP_IN_PASS = 0, 1, 2, 3
 SNAP_FLAG_SQUASHED = 1
+SNAP_FLAG_CLEARED = 2
 
 
 def snap_entries_per_block(block_size: int) -> int:

@@ -51,15 +51,19 @@ class Snapshots:
         self._recompute()
 
     # -- queries ----------------------------------------------------------
+    @staticmethod
+    def _shown(e: fmt.SnapEntry) -> bool:
+        return e.state == fmt.SNAP_LIVE or (e.state != fmt.SNAP_FREE and e.squashed)
+
     def visible(self) -> list[fmt.SnapEntry]:
-        """Snapshots users can see: live ones, squashed or not."""
-        return sorted((e for e in self.entries if e.state == fmt.SNAP_LIVE),
+        """Snapshots users can see: live ones, and squashed ones (as tombstones)."""
+        return sorted((e for e in self.entries if self._shown(e)),
                       key=lambda e: (e.created_ns, e.slot))
 
     def find(self, ident: str | int) -> fmt.SnapEntry:
-        """A live snapshot by name, or by tag when ``ident`` is an int."""
+        """A visible snapshot by name, or by tag when ``ident`` is an int."""
         for e in self.entries:
-            if e.state != fmt.SNAP_LIVE:
+            if not self._shown(e):
                 continue
             if (isinstance(ident, int) and e.tag == ident) or e.name == ident:
                 return e
@@ -78,7 +82,7 @@ class Snapshots:
             raise LimitError("priority must be between -128 and 127")
         taken_tags = {e.tag for e in self.entries if e.state != fmt.SNAP_FREE}
         for e in self.entries:
-            if e.state == fmt.SNAP_LIVE and e.name == name:
+            if self._shown(e) and e.name == name:
                 raise SnapshotExists(f"a snapshot named {name!r} exists")
         if tag is None:
             tag = next(t for t in range(1, len(self.entries) + 2) if t not in taken_tags)
@@ -95,11 +99,21 @@ class Snapshots:
         return entry
 
     def mark_deleting(self, entry: fmt.SnapEntry) -> None:
+        """User delete: hide the snapshot and queue its bits for clearing."""
+        if entry.squashed:
+            if entry.flags & fmt.SNAP_FLAG_CLEARED:
+                self._save(fmt.SnapEntry(entry.slot))
+                return
+            entry.flags &= ~fmt.SNAP_FLAG_SQUASHED
+            self._save(entry)
+            return
         entry.state = fmt.SNAP_DELETING
         self._save(entry)
 
     def mark_squashed(self, entry: fmt.SnapEntry) -> None:
+        """Store full: make the snapshot unreadable and queue its space for reclaim."""
         entry.flags |= fmt.SNAP_FLAG_SQUASHED
+        entry.state = fmt.SNAP_DELETING
         self._save(entry)
 
     def start_pass(self) -> int:
@@ -111,7 +125,13 @@ class Snapshots:
         return self.in_pass_mask()
 
     def finish_pass(self) -> list[fmt.SnapEntry]:
+        """End a delete pass: free deleted slots, keep squashed ones as tombstones."""
         done = [e for e in self.entries if e.state == fmt.SNAP_IN_PASS]
         for e in done:
-            self._save(fmt.SnapEntry(e.slot))
+            if e.squashed:
+                e.state = fmt.SNAP_LIVE
+                e.flags |= fmt.SNAP_FLAG_CLEARED
+                self._save(e)
+            else:
+                self._save(fmt.SnapEntry(e.slot))
         return done

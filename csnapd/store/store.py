@@ -258,17 +258,21 @@ class Store:
         if self.alloc.available < need and self.alloc.quarantined:
             self.commit()
             self._checkpoint()
-        room = self.alloc.available - meta_chunks
-        if room < 1 and data_chunks > 0:
-            raise StoreFullError(
-                f"snapshot store full: {self.sb.free_chunks} free chunks, "
-                f"{self.alloc.quarantined} awaiting checkpoint")
-        return min(data_chunks, room)
+        return min(data_chunks, self.alloc.available - meta_chunks)
 
-    def _alloc_data(self) -> int:
+    def _full(self, chunk: int) -> StoreFullError:
+        exc = StoreFullError(f"snapshot store full: no free chunk for a copy of chunk {chunk} "
+                             f"({self.sb.free_chunks} free, {self.alloc.quarantined} awaiting "
+                             "a checkpoint, the rest reserved for metadata)")
+        exc.chunk = chunk
+        return exc
+
+    def _alloc_data(self, for_chunk: int | None = None) -> int:
         chunk = self.alloc.alloc_chunk()
         if chunk is None:
-            raise StoreFullError("snapshot store full")
+            exc = StoreFullError("snapshot store full")
+            exc.chunk = for_chunk
+            raise exc
         return chunk
 
     # ------------------------------------------------------------------
@@ -308,35 +312,36 @@ class Store:
     def _origin_batch(self, chunk: int, end: int, live: int) -> tuple[int, int]:
         room = self._reserve(min(BATCH, end - chunk))
         path, leaf, _lo, hi = self.tree.find(chunk)
-        stop = min(end, hi, chunk + room)
+        stop = min(end, hi, chunk + BATCH)
         keys, vals = leaf.keys, leaf.vals
         copied = 0
-        changed = False
         while chunk < stop:
             i = bisect_left(keys, chunk)
-            if i < len(keys) and keys[i] == chunk:
-                used = 0
+            found = i < len(keys) and keys[i] == chunk
+            need = live
+            if found:
                 for exc in vals[i]:
-                    used |= exc[1]
-                need = live & ~used
-                if need:
+                    need &= ~exc[1]
+            if need:
+                if copied >= room:
+                    if copied:
+                        break
+                    raise self._full(chunk)
+                if found:
                     self._add_exception(leaf, i, need, chunk, None)
-                    copied += 1
-                    changed = True
-            else:
-                self._new_entry(leaf, i, chunk, live, None)
+                else:
+                    self._new_entry(leaf, i, chunk, need, None)
                 copied += 1
-                changed = True
             chunk += 1
             if leaf.nbytes > self.tree.leaf_cap:
                 break
-        if changed:
+        if copied:
             self.tree.fixup(path, leaf)
         return chunk, copied
 
     def _new_entry(self, leaf: Leaf, i: int, chunk: int, sharemap: int,
                    source: int | None) -> int:
-        store = self._alloc_data()
+        store = self._alloc_data(chunk)
         leaf.keys.insert(i, chunk)
         leaf.vals.insert(i, [[store, sharemap]])
         leaf.nbytes += fmt.ENTRY_OVERHEAD + fmt.sharemap_size(sharemap)
@@ -349,7 +354,7 @@ class Store:
         if fmt.entry_size(leaf.vals[i]) + grow > self.tree.entry_max:
             raise LimitError(f"chunk {chunk} has too many exceptions for a "
                              f"{self.block_size}-byte leaf; use a larger --block-size")
-        store = self._alloc_data()
+        store = self._alloc_data(chunk)
         leaf.vals[i].append([store, sharemap])
         leaf.nbytes += grow
         self._copy(chunk, source, store)
@@ -360,6 +365,11 @@ class Store:
         self.sb.exceptions += 1
         self.stats["copyouts"] += 1
         self.copier.queue(source if source is not None else chunk, source is not None, dest)
+
+    def snapshots_needing(self, chunk: int) -> list[fmt.SnapEntry]:
+        """Live snapshots that would need a copy-out if origin ``chunk`` were written."""
+        return [e for e in self.snaps.entries
+                if (self.snaps.live_mask >> e.slot) & 1 and self.snapshot_lookup(e.slot, chunk) is None]
 
     # ------------------------------------------------------------------
     # snapshot reads and writes
@@ -419,37 +429,40 @@ class Store:
         bit = 1 << slot
         room = self._reserve(min(BATCH, end - chunk))
         path, leaf, _lo, hi = self.tree.find(chunk)
-        stop = min(end, hi, chunk + room)
-        changed = False
+        stop = min(end, hi, chunk + BATCH)
+        made = 0
         while chunk < stop:
             i = bisect_left(leaf.keys, chunk)
-            if i < len(leaf.keys) and leaf.keys[i] == chunk:
-                store, edited = self._unshare(leaf, i, chunk, bit)
-                changed |= edited
-            else:
-                store = self._new_entry(leaf, i, chunk, bit, None)
-                changed = True
-            out.append((chunk, store))
+            found = i < len(leaf.keys) and leaf.keys[i] == chunk
+            unique = None
+            if found:
+                unique = next((e[0] for e in leaf.vals[i] if e[1] == bit), None)
+            if unique is None:
+                if made >= room:
+                    if made:
+                        break
+                    raise self._full(chunk)
+                unique = (self._unshare(leaf, i, chunk, bit) if found
+                          else self._new_entry(leaf, i, chunk, bit, None))
+                made += 1
+            out.append((chunk, unique))
             chunk += 1
             if leaf.nbytes > self.tree.leaf_cap:
                 break
-        if changed:
+        if made:
             self.tree.fixup(path, leaf)
         return chunk
 
-    def _unshare(self, leaf: Leaf, i: int, chunk: int, bit: int) -> tuple[int, bool]:
-        excs = leaf.vals[i]
-        for exc in excs:
+    def _unshare(self, leaf: Leaf, i: int, chunk: int, bit: int) -> int:
+        """Give snapshot ``bit`` its own copy of ``chunk`` (it has none, or a shared one)."""
+        for exc in leaf.vals[i]:
             if exc[1] & bit:
-                if exc[1] == bit:
-                    return exc[0], False
                 old = fmt.sharemap_size(exc[1])
-                source = exc[0]
-                store = self._add_exception(leaf, i, bit, chunk, source)
+                store = self._add_exception(leaf, i, bit, chunk, exc[0])
                 exc[1] &= ~bit
                 leaf.nbytes += fmt.sharemap_size(exc[1]) - old
-                return store, True
-        return self._add_exception(leaf, i, bit, chunk, None), True
+                return store
+        return self._add_exception(leaf, i, bit, chunk, None)
 
     # ------------------------------------------------------------------
     # snapshots
@@ -469,10 +482,14 @@ class Store:
         return entry
 
     def squash_snapshot(self, entry: fmt.SnapEntry) -> None:
-        """Mark a snapshot squashed (unreadable) and queue its space for freeing."""
+        """Mark a snapshot squashed (unreadable) and queue its space for freeing.
+
+        It stops needing copy-outs at once; its chunks are freed by the next
+        delete pass; the entry stays listed as squashed until deleted.
+        """
         self._writable()
         self.snaps.mark_squashed(entry)
-        self.snaps.mark_deleting(entry)
+        self._ops_since_commit += 1
 
     @property
     def deleting(self) -> bool:
