@@ -19,7 +19,7 @@ import time
 
 from csnap_client.units import parse_size
 from csnapd.engine.service import Engine
-from csnapd.net.server import Server
+from csnapd.net.server import Limits, Server
 from csnapd.registry import ClientRegistry
 from csnapd.store.errors import StoreError
 from csnapd.store.paths import open_store
@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-full", choices=["squash", "fail"], default="squash",
                    help="when a copy-out finds the store full: squash the snapshot(s) that need "
                         "it (lowest priority, then oldest; default) or fail the origin write")
+    p.add_argument("--max-inflight", type=int, default=256,
+                   help="unanswered requests allowed per connection (default 256)")
+    p.add_argument("--max-connections", type=int, default=1024, help="default 1024")
+    p.add_argument("--identify-timeout", type=float, default=10.0,
+                   help="seconds a new connection has to IDENTIFY (default 10)")
+    p.add_argument("--frame-timeout", type=float, default=30.0,
+                   help="seconds a started frame has to arrive completely (default 30)")
     p.add_argument("--lock-lease", type=float, default=30.0,
                    help="seconds a snapshot read lock may be held before it is broken (default 30)")
     return p
@@ -98,7 +105,8 @@ async def serve(args: argparse.Namespace, store: Store) -> None:
                     lock_lease=args.lock_lease, grace_clients=expected, grace=args.grace,
                     now=time.monotonic(), on_clients_changed=registry.save,
                     on_full=args.on_full)
-    server = Server(engine)
+    server = Server(engine, Limits(args.max_inflight, args.max_connections,
+                                   args.identify_timeout, args.frame_timeout))
     tcp = await server.listen_tcp(host, port)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.control)

@@ -50,7 +50,7 @@ class Conn:
     snap_name: str = ""
     identified: bool = False
     read_only: bool = False
-    inflight: int = 0
+    privileged: bool = True  # control connections: may change snapshots or stop the server
 
 
 @dataclass
@@ -131,8 +131,9 @@ class Engine:
 
     # ------------------------------------------------------------------
     # connections
-    def open_conn(self, conn_id: int, control: bool = False, peer: str = "") -> None:
-        self.conns[conn_id] = Conn(conn_id, control=control, peer=peer)
+    def open_conn(self, conn_id: int, control: bool = False, peer: str = "",
+                  privileged: bool = True) -> None:
+        self.conns[conn_id] = Conn(conn_id, control=control, peer=peer, privileged=privileged)
 
     def close_conn(self, conn_id: int, now: float) -> None:
         """Forget a connection: its read locks go, waiters proceed."""
@@ -383,6 +384,11 @@ class Engine:
     # control socket
     def _control(self, conn: Conn, op: str, msg: dict[str, Any], now: float) -> None:
         rid = msg["id"]
+        if op in ("SHUTDOWN", "CREATE_SNAPSHOT", "DELETE_SNAPSHOT") and not conn.privileged:
+            log.warning("refused %s from %s: only root or the server's user may", op, conn.peer)
+            self._error(conn.id, rid, ErrorCode.PERMISSION_DENIED,
+                        f"{op} needs root or the server's own user")
+            return
         if op == "LIST_SNAPSHOTS":
             self._now_out.append((conn.id, m.ok(rid, self.list_snapshots())))
         elif op == "STATUS":

@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from csnap_client.protocol import (
@@ -35,6 +39,16 @@ MAX_SERVER_FRAME = 2 << 20
 TICK = 0.2
 
 
+@dataclass
+class Limits:
+    """Per-connection limits: one client cannot exhaust the server or block others."""
+
+    max_inflight: int = 256  # unanswered requests per connection
+    max_connections: int = 1024
+    identify_timeout: float = 10.0  # a data connection must identify within this
+    frame_timeout: float = 30.0  # a started frame must complete within this
+
+
 class Connection(asyncio.Protocol):
     """One client or control connection."""
 
@@ -44,44 +58,117 @@ class Connection(asyncio.Protocol):
         self.framer = Framer(max_frame_size=MAX_FRAME)
         self.transport: asyncio.Transport | None = None
         self.accept = CONTROL_REQUESTS if control else CLIENT_REQUESTS
+        self.pending = 0
+        self.identified = control
+        self.peer = "control"
+        self._frame_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername") or "control"
+        loop = asyncio.get_running_loop()
+        privileged = True
+        if self.control:
+            uid = peer_uid(transport)
+            privileged = uid in (0, os.getuid())
+            self.peer = f"uid {uid}"
+        else:
+            self.peer = str(transport.get_extra_info("peername"))
+        if len(self.server.conns) >= self.server.limits.max_connections:
+            log.warning("refusing connection from %s: %d connections open", self.peer,
+                        len(self.server.conns))
+            self.send([m.reply_error(0, ErrorCode.BUSY, "too many connections")])
+            transport.close()
+            return
         self.server.conns[self.id] = self
-        self.server.submit(("open", self.id, self.control, str(peer)))
+        self.server.submit(("open", self.id, self.control, self.peer, privileged))
+        if not self.control:
+            loop.call_later(self.server.limits.identify_timeout, self._identify_deadline)
+
+    def _identify_deadline(self) -> None:
+        if not self.identified and self.transport and not self.transport.is_closing():
+            log.warning("closing connection %d from %s: no IDENTIFY within %.1fs", self.id,
+                        self.peer, self.server.limits.identify_timeout)
+            self.transport.close()
+
+    def _frame_deadline(self) -> None:
+        if self.framer.buffered and self.transport and not self.transport.is_closing():
+            log.warning("closing connection %d from %s: frame incomplete after %.1fs", self.id,
+                        self.peer, self.server.limits.frame_timeout)
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         try:
             msgs = self.framer.feed_many(data)
         except FramingError as exc:
-            log.warning("connection %d: framing error, closing: %s", self.id, exc)
+            log.warning("connection %d from %s: framing error, closing: %s", self.id,
+                        self.peer, exc)
             self.send([m.reply_error(0, ErrorCode.BAD_REQUEST, f"framing error: {exc}")])
             self.transport.close()
             return
+        self._watch_partial_frame()
         for msg in msgs:
             try:
                 m.validate(msg, accept=self.accept)
             except BadRequest as exc:
                 self.send([m.reply_error(exc.request_id, exc.code, exc.reason)])
                 continue
+            if self.pending >= self.server.limits.max_inflight:
+                self.send([m.reply_error(msg.get("id", 0), ErrorCode.LIMIT_EXCEEDED,
+                                         f"more than {self.pending} requests in flight")])
+                continue
+            self.pending += 1
             self.server.submit(("msg", self.id, msg))
 
+    def _watch_partial_frame(self) -> None:
+        if self.framer.buffered:
+            if self._frame_timer is None:
+                loop = asyncio.get_running_loop()
+                self._frame_timer = loop.call_later(self.server.limits.frame_timeout,
+                                                    self._frame_deadline)
+        elif self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
+
+    def pause_writing(self) -> None:
+        """The client is not reading its replies: stop reading its requests."""
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.conns.pop(self.id, None)
-        self.server.submit(("close", self.id))
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+        if self.server.conns.pop(self.id, None) is not None:
+            self.server.submit(("close", self.id))
 
     def send(self, msgs: list[dict[str, Any]]) -> None:
+        for msg in msgs:
+            if msg.get("id"):
+                self.pending = max(0, self.pending - 1)
+            if msg["op"] == "IDENTIFY_OK":
+                self.identified = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(encode(msg, max_frame_size=MAX_SERVER_FRAME)
                                           for msg in msgs))
 
 
+def peer_uid(transport: asyncio.BaseTransport) -> int:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[1]
+    except OSError:
+        return -1
+
+
 class Server:
     """Owns the listeners and runs engine batches on the store thread."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, limits: Limits | None = None) -> None:
         self.engine = engine
+        self.limits = limits or Limits()
         self.ids = itertools.count(1)
         self.conns: dict[int, Connection] = {}
         self.inbox: list[tuple] = []
@@ -141,7 +228,7 @@ class Server:
             if kind == "msg":
                 engine.handle(item[1], item[2], now)
             elif kind == "open":
-                engine.open_conn(item[1], control=item[2], peer=item[3])
+                engine.open_conn(item[1], control=item[2], peer=item[3], privileged=item[4])
             elif kind == "close":
                 engine.close_conn(item[1], now)
             elif kind == "tick":
