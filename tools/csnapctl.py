@@ -96,6 +96,46 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def summarize_status(st: dict[str, Any]) -> str:
+    """Human view of STATUS: a summary of the well-known parts, then everything else.
+
+    Known parts (csnapd's current keys): store use and journal, per-snapshot unique/shared
+    chunks, clients, read locks, operations in progress. Unknown keys are still shown.
+    """
+    lines: list[str] = []
+    store = st.get("store") if isinstance(st.get("store"), dict) else {}
+    cs = store.get("chunk_size")
+    total, used = store.get("store_chunks"), store.get("used_chunks")
+    if isinstance(cs, int) and isinstance(total, int) and isinstance(used, int) and total:
+        lines.append(f"store:      {format_size(used * cs)} used of {format_size(total * cs)} "
+                     f"({100 * used / total:.1f}%), {store.get('free_chunks', '?')} free "
+                     f"chunks of {format_size(cs)}, {store.get('exceptions', '?')} exceptions")
+    if "journal_used" in store:
+        lines.append(f"journal:    {store['journal_used']}/{store.get('journal_blocks', '?')} "
+                     f"blocks, seq {store.get('journal_seq', '?')}, "
+                     f"{store.get('commits', '?')} commits")
+    if store.get("failed"):
+        lines.append(f"FAILED:     {store['failed']}")
+    snaps = st.get("snapshots")
+    if isinstance(snaps, list):
+        lines.append("snapshots:" + ("" if snaps else " (none)"))
+        rows = [{"tag": s.get("tag"), "name": s.get("name"), "created": _when(s.get("created")),
+                 "unique": s.get("unique"), "shared": s.get("shared"),
+                 "priority": s.get("priority"), "squashed": s.get("squashed")}
+                for s in snaps if isinstance(s, dict)]
+        if rows:
+            lines.extend("  " + line for line in _table(rows).splitlines())
+    for key in ("clients", "locks", "operations"):
+        if key in st:
+            lines.append(format_status({key: st[key]}))
+    rest = {k: v for k, v in st.items() if k not in ("snapshots", "clients", "locks",
+                                                      "operations")}
+    if rest:
+        lines.append("details:")
+        lines.append(format_status(rest, 1))
+    return "\n".join(lines)
+
+
 def format_status(st: Any, indent: int = 0) -> str:
     """Status as an indented outline: sections for nested maps, tables for lists of maps.
 
@@ -158,7 +198,7 @@ def render(args: argparse.Namespace, result: Any) -> str:
     if args.command == "list":
         return format_list(result or [])
     if args.command == "status":
-        return format_status(result or {})
+        return summarize_status(result) if isinstance(result, dict) else format_status(result)
     return "server shutting down"
 
 

@@ -61,8 +61,9 @@ class Server:
             assert self.proc.poll() is None, (self.tmp / "csnapd.log").read_text()
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                if self.control.exists():
-                    return
+                with socket.socket(socket.AF_UNIX) as u:  # a stale socket file may exist
+                    u.connect(str(self.control))
+                return
             except OSError:
                 pass
             time.sleep(0.02)
@@ -181,15 +182,43 @@ async def test_csnap_io_roundtrip(server, tmp_path):
     assert out == data
 
 
-async def test_reconnect_after_server_restart(server):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["clean", "crash"])
+async def test_reconnect_after_server_restart(server, sig):
     async with await server.connect() as origin:
         async with await open_control(server.control) as ctl:
             await ctl.create("r")
         async with await server.connect("r") as snap:
             await origin.write(0, b"x" * CS)
-            server.stop()
+            server.stop(sig)
             server.start()
             assert await snap.read(0, CS) == original(0)
             await origin.write(CS, b"y" * CS)
             assert await snap.read(CS, CS) == original(1)
             assert origin.client.reconnects >= 1 and snap.client.reconnects >= 1
+
+
+async def test_read_lock_uploaded_across_crash(server):
+    async with await open_control(server.control) as ctl:
+        await ctl.create("u")
+    async with await server.connect("u") as snap:
+        gate = asyncio.Event()
+        real_finish = snap._finish
+
+        async def held_finish(lock):
+            await gate.wait()
+            return await real_finish(lock)
+
+        snap._finish = held_finish
+        task = asyncio.ensure_future(snap.read(5 * CS, 2 * CS))
+        deadline = time.monotonic() + 5
+        while not snap.client.held_locks:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        server.stop(signal.SIGKILL)
+        server.start()
+        while snap.client.reconnects < 1:
+            assert time.monotonic() < deadline + 10
+            await asyncio.sleep(0.01)
+        gate.set()
+        assert await task == original(5) + original(6)
+        assert snap.client.held_locks == {}
