@@ -14,22 +14,27 @@ reconnects, leases), ``cache`` (bounded run-length caches), ``volume`` (byte-lev
 the shared devices), ``control`` (the admin socket). Never imports csnapd.
 """
 
-from .cache import RunSet, StoreMap
-from .client import (
-    Client,
-    ClientClosedError,
-    ConnectionLostError,
-    ReconnectFailedError,
-    SessionInfo,
-    StoreChangedError,
-)
-from .control import ControlClient, open_control
-from .protocol import ProtocolError, RemoteError, SnapshotDeletedError
-from .volume import Volume, connect
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "connect", "Volume", "Client", "SessionInfo", "ControlClient", "open_control",
-    "RunSet", "StoreMap",
-    "ProtocolError", "RemoteError", "SnapshotDeletedError",
-    "ClientClosedError", "ConnectionLostError", "ReconnectFailedError", "StoreChangedError",
-]
+# Exports are loaded on first use, so importing only ``csnap_client.protocol`` (as the
+# server does) pulls in neither asyncio nor the data-path code.
+_EXPORTS = {
+    "RunSet": "cache", "StoreMap": "cache",
+    "Client": "client", "ClientClosedError": "client", "ConnectionLostError": "client",
+    "ReconnectFailedError": "client", "SessionInfo": "client", "StoreChangedError": "client",
+    "ControlClient": "control", "open_control": "control",
+    "ProtocolError": "protocol", "RemoteError": "protocol", "SnapshotDeletedError": "protocol",
+    "Volume": "volume", "connect": "volume",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - whatever the submodule exports
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'csnap_client' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

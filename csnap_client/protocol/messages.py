@@ -62,6 +62,10 @@ class Op(enum.StrEnum):
     PONG = "PONG"
     ACK_ADVICE = "ACK_ADVICE"
     ACK_OK = "ACK_OK"
+    LIST_VOLUMES = "LIST_VOLUMES"
+    VOLUMES = "VOLUMES"
+    QUERY_MAP = "QUERY_MAP"
+    MAP_OK = "MAP_OK"
     ADVICE = "ADVICE"
     ERROR = "ERROR"
     CREATE_SNAPSHOT = "CREATE_SNAPSHOT"
@@ -326,6 +330,10 @@ _SPECS = (
     _spec(Op.PONG, _S2C, {}),
     _spec(Op.ACK_ADVICE, _C2S, {"advice": UINT64}, replies=(Op.ACK_OK, _E)),
     _spec(Op.ACK_OK, _S2C, {}),
+    _spec(Op.LIST_VOLUMES, _C2S, {}, replies=(Op.VOLUMES, _E)),
+    _spec(Op.VOLUMES, _S2C, {"snapshots": ANY}),
+    _spec(Op.QUERY_MAP, _C2S, {"ranges": RANGES}, replies=(Op.MAP_OK, _E)),
+    _spec(Op.MAP_OK, _S2C, {"store": MAPPING}),
     _spec(Op.ADVICE, _S2C, {"advice": UINT64, "kind": ADVICE_KIND, "snapshot": NAME,
                             "lease_ms": UINT32}),
     _spec(Op.ERROR, _S2C, {"code": UINT32, "message": STR}),
@@ -498,6 +506,26 @@ def advice(advice_id: int, kind: str, snapshot: str, lease_ms: int) -> Message:
 def ack_advice(id: int, advice_id: int) -> Message:
     """ACK_ADVICE: the client has done what ADVICE ``advice_id`` asked."""
     return {"op": "ACK_ADVICE", "id": id, "advice": advice_id}
+
+
+def list_volumes(id: int) -> Message:
+    """LIST_VOLUMES: the snapshots a data connection may IDENTIFY as (any identity)."""
+    return {"op": "LIST_VOLUMES", "id": id}
+
+
+def volumes(id: int, snapshots: list[dict[str, Any]]) -> Message:
+    """VOLUMES: [{name, tag, created, squashed}, ...], oldest first."""
+    return {"op": "VOLUMES", "id": id, "snapshots": snapshots}
+
+
+def query_map(id: int, ranges: list[list[int]]) -> Message:
+    """QUERY_MAP: where a snapshot's chunks live, without taking read locks."""
+    return {"op": "QUERY_MAP", "id": id, "ranges": ranges}
+
+
+def map_ok(id: int, store: list[list[int]]) -> Message:
+    """MAP_OK: [[chunk, count, store_chunk], ...]; chunks not listed read the origin."""
+    return {"op": "MAP_OK", "id": id, "store": store}
 
 
 def ack_ok(id: int) -> Message:

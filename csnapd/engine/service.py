@@ -193,6 +193,16 @@ class Engine:
                 self._snapshot_write(conn, msg)
         elif op == "QUERY_SNAPSHOT_READ":
             self._snapshot_read(conn, msg, now)
+        elif op == "QUERY_MAP":
+            if conn.slot is None:
+                self._error(conn.id, rid, ErrorCode.UNKNOWN_OP, "QUERY_MAP needs a snapshot volume")
+            elif not self._snapshot_gone(conn, rid):
+                _, store = self._read_map(conn.slot, msg["ranges"])
+                self._after_commit.append((conn.id, m.map_ok(rid, store)))
+        elif op == "LIST_VOLUMES":
+            self._now_out.append((conn.id, m.volumes(rid, [
+                {k: d[k] for k in ("name", "tag", "created", "squashed")}
+                for d in self.list_snapshots()])))
         elif op == "FINISH_SNAPSHOT_READ":
             valid, events = self.locks.release(conn.client_id, msg["lock"], msg.get("ranges"), now)
             self._now_out.append((conn.id, m.finish_ok(rid, valid)))
