@@ -21,7 +21,7 @@ from typing import Any
 # server does) pulls in neither asyncio nor the data-path code.
 _EXPORTS = {
     "RunSet": "cache", "StoreMap": "cache",
-    "Client": "client", "ClientClosedError": "client", "ConnectionLostError": "client",
+    "AuthenticationError": "client", "Client": "client", "ClientClosedError": "client", "ConnectionLostError": "client",
     "ReconnectFailedError": "client", "SessionInfo": "client", "StoreChangedError": "client",
     "ControlClient": "control", "open_control": "control",
     "ProtocolError": "protocol", "RemoteError": "protocol", "SnapshotDeletedError": "protocol",

@@ -35,6 +35,7 @@ import asyncio
 import collections
 import logging
 import os
+import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from .protocol import (
     RemoteProtocolError,
     ShuttingDownError,
     ack_advice,
+    auth,
     encode,
     error_from_reply,
     finish_snapshot_read,
@@ -85,6 +87,10 @@ class ClientClosedError(ConnectionError):
 
 class ReconnectFailedError(ConnectionError):
     """The server stayed unreachable for longer than ``reconnect_timeout`` seconds."""
+
+
+class AuthenticationError(ConnectionError):
+    """The server did not challenge us, or could not prove it knows the shared secret."""
 
 
 class StoreChangedError(ConnectionError):
@@ -219,8 +225,14 @@ class Client:
                  client_id: int | None = None, timeout: float = 10.0,
                  reconnect: bool = True, reconnect_delay: float = 0.05,
                  reconnect_max_delay: float = 2.0, reconnect_timeout: float | None = 60.0,
-                 heartbeat: float | None = None) -> None:
+                 heartbeat: float | None = None, secret: bytes | None = None,
+                 ssl: ssl_module.SSLContext | bool | None = None,
+                 read_only: bool = False) -> None:
         self.host, self.port, self.volume = host, port, volume
+        self.read_only = read_only
+        self.secret = secret
+        self.ssl = ssl
+        self._challenge: asyncio.Future[bytes] | None = None
         self.client_id = client_id if client_id is not None else int.from_bytes(
             os.urandom(8), "big") >> 1
         self.timeout = timeout
@@ -417,6 +429,12 @@ class Client:
 
     def _on_message(self, wire: _Wire, msg: Message) -> None:
         """Dispatch one decoded server message (called from data_received)."""
+        if msg.get("op") == "CHALLENGE" and self._wire in (None, wire):
+            # may arrive before create_connection() has returned the new wire
+            if self._challenge is not None and not self._challenge.done():
+                nonce = msg.get("nonce")
+                self._challenge.set_result(nonce if isinstance(nonce, bytes) else b"")
+            return
         if wire is not self._wire:
             return
         self._last_heard = time.monotonic()
@@ -470,6 +488,10 @@ class Client:
             pass
 
     def _on_unsolicited(self, msg: Message) -> None:
+        if msg["op"] == "CHALLENGE":
+            if self._challenge is not None and not self._challenge.done():
+                self._challenge.set_result(msg["nonce"])
+            return
         if msg["op"] == "ADVICE":
             handler = self.advice_handler
             aw = handler(msg) if handler is not None else self.ack_advice(msg)
@@ -534,12 +556,19 @@ class Client:
     async def _open_session(self, first: bool) -> None:
         """Connect, IDENTIFY, upload held locks, resend pending requests."""
         loop = asyncio.get_running_loop()
+        self._challenge = loop.create_future() if self.secret is not None else None
         _, wire = await asyncio.wait_for(
-            loop.create_connection(lambda: _Wire(self), self.host, self.port), self.timeout)
+            loop.create_connection(lambda: _Wire(self), self.host, self.port, ssl=self.ssl),
+            self.timeout)
         self._wire = wire
         try:
+            proof, check = await self._answer_challenge()
             reply = await asyncio.wait_for(self._call_direct(wire, identify(
-                self._take_id(), self.client_id, self.volume, PROTOCOL_VERSION)), self.timeout)
+                self._take_id(), self.client_id, self.volume, PROTOCOL_VERSION, proof,
+                self.read_only)),
+                self.timeout)
+            if check is not None and not auth.verify(check, reply.get("auth")):
+                raise AuthenticationError("the server could not prove it knows the secret")
             info = SessionInfo.from_reply(reply)
             old, self.info = self.info, info
             if old is not None and old.store_uuid != info.store_uuid:
@@ -567,6 +596,20 @@ class Client:
             if p.resend and not p.fut.done():
                 self._send(p.msg)
         self._notify()
+
+    async def _answer_challenge(self) -> tuple[dict[str, bytes] | None, bytes | None]:
+        """Wait for CHALLENGE (when we have a secret) and build the IDENTIFY proof."""
+        if self._challenge is None or self.secret is None:
+            return None, None
+        try:
+            nonce = await asyncio.wait_for(self._challenge, self.timeout)
+        except TimeoutError:
+            raise AuthenticationError("server sent no CHALLENGE: it does not require a "
+                                      "secret, or is not csnapd") from None
+        cnonce = auth.new_nonce()
+        mac = auth.client_proof(self.secret, nonce, cnonce, self.client_id, self.volume)
+        return ({"cnonce": cnonce, "mac": mac},
+                auth.server_proof(self.secret, nonce, cnonce, self.client_id))
 
     async def _upload_locks(self, wire: _Wire) -> None:
         """Re-declare every held read lock on the new connection, then FINISH_UPLOAD_LOCK."""

@@ -14,9 +14,11 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 
+from csnap_client.protocol.auth import read_secret
 from csnap_client.units import parse_size
 from csnapd.engine.service import Engine
 from csnapd.net.server import Limits, Server
@@ -59,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a new connection has to IDENTIFY (default 10)")
     p.add_argument("--frame-timeout", type=float, default=30.0,
                    help="seconds a started frame has to arrive completely (default 30)")
+    p.add_argument("--secret-file", default=None,
+                   help="require clients to prove they know the secret in this file "
+                        "(HMAC-SHA256 challenge-response; at least 16 bytes)")
+    p.add_argument("--tls-cert", default=None, help="serve clients over TLS with this certificate")
+    p.add_argument("--tls-key", default=None, help="private key for --tls-cert")
+    p.add_argument("--tls-client-ca", default=None,
+                   help="require client certificates signed by this CA")
     p.add_argument("--lock-lease", type=float, default=30.0,
                    help="seconds a snapshot read lock may be held before it is broken (default 30)")
     return p
@@ -106,7 +115,9 @@ async def serve(args: argparse.Namespace, store: Store) -> None:
                     now=time.monotonic(), on_clients_changed=registry.save,
                     on_full=args.on_full)
     server = Server(engine, Limits(args.max_inflight, args.max_connections,
-                                   args.identify_timeout, args.frame_timeout))
+                                   args.identify_timeout, args.frame_timeout),
+                    secret=read_secret(args.secret_file) if args.secret_file else None,
+                    ssl_context=tls_context(args))
     tcp = await server.listen_tcp(host, port)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.control)
@@ -137,6 +148,19 @@ async def serve(args: argparse.Namespace, store: Store) -> None:
     log.info("store closed cleanly")
 
 
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """Server TLS context from --tls-cert/--tls-key (and --tls-client-ca), or None."""
+    if not args.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        ctx.load_verify_locations(args.tls_client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 def _on_signal(server: Server, sig: int) -> None:
     log.info("received %s", signal.Signals(sig).name)
     server.stopping.set()
@@ -149,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parse_listen(args.listen)
         parse_size(args.cache_size)
-    except ValueError as exc:
+        if args.secret_file:
+            read_secret(args.secret_file)
+        tls_context(args)
+    except (ValueError, OSError, ssl.SSLError) as exc:
         print(f"csnapd: {exc}", file=sys.stderr)
         return 2
     store = open_for_serving(args)

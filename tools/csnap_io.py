@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 
 import csnap_client
 from csnap_client.protocol import ProtocolError, RemoteError
+from csnap_client.protocol.auth import read_secret
 from csnap_client.units import parse_size
 
 DEFAULT_SERVER = "127.0.0.1:4270"
@@ -42,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=os.environ.get("CSNAP_STORE"),
                    help="snapshot store device or file (default $CSNAP_STORE)")
     p.add_argument("--timeout", type=float, default=10.0, help="connect timeout in seconds")
+    p.add_argument("--secret-file", default=os.environ.get("CSNAP_SECRET_FILE"),
+                   help="shared secret for servers started with --secret-file "
+                        "(env CSNAP_SECRET_FILE)")
+    p.add_argument("--tls-ca", default=os.environ.get("CSNAP_TLS_CA"),
+                   help="connect over TLS, trusting this CA file (env CSNAP_TLS_CA)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("read", help="write LENGTH bytes from OFFSET to stdout")
     r.add_argument("--offset", default="0", help="byte offset (default 0)")
@@ -67,9 +74,12 @@ def volume_ref(text: str) -> str | int:
 async def run(args: argparse.Namespace, host: str, port: int) -> int:
     """Do the transfer; returns the number of bytes moved."""
     offset = parse_size(args.offset)
+    secret = read_secret(args.secret_file) if args.secret_file else None
+    tls = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
     async with await csnap_client.connect(host, port, volume=volume_ref(args.volume),
                                           origin=args.origin, store=args.store,
-                                          timeout=args.timeout, reconnect_timeout=30.0) as vol:
+                                          timeout=args.timeout, reconnect_timeout=30.0,
+                                          secret=secret, ssl=tls) as vol:
         if args.command == "read":
             length = parse_size(args.length)
             out = sys.stdout.buffer

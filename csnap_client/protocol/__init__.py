@@ -80,6 +80,7 @@ from .messages import (
     ack_advice,
     ack_ok,
     advice,
+    challenge,
     compress_mapping,
     compress_ranges,
     count_chunks,
@@ -135,7 +136,7 @@ __all__ = [
     "MAX_READ_LOCKS", "ORIGIN", "PROTOCOL_VERSION", "AdviceKind", "Direction", "FieldType",
     "Limits", "Message", "Op", "OpSpec", "validate",
     # builders
-    "ack_advice", "ack_ok", "list_volumes", "map_ok", "query_map", "volumes", "advice", "create_snapshot", "delete_snapshot", "finish_ok",
+    "ack_advice", "ack_ok", "challenge", "list_volumes", "map_ok", "query_map", "volumes", "advice", "create_snapshot", "delete_snapshot", "finish_ok",
     "finish_snapshot_read", "finish_upload_lock", "identify", "identify_ok", "list_snapshots",
     "ok", "ping", "pong", "query_snapshot_read", "query_write", "reply_error", "shutdown",
     "snapshot_info", "snapshot_read_ok", "snapshot_write_ok", "status", "upload_done",

@@ -62,6 +62,7 @@ class Op(enum.StrEnum):
     PONG = "PONG"
     ACK_ADVICE = "ACK_ADVICE"
     ACK_OK = "ACK_OK"
+    CHALLENGE = "CHALLENGE"
     LIST_VOLUMES = "LIST_VOLUMES"
     VOLUMES = "VOLUMES"
     QUERY_MAP = "QUERY_MAP"
@@ -167,6 +168,18 @@ def _check_any(v: Any, limits: Limits) -> None:
     return None
 
 
+def _check_bin(v: Any, limits: Limits) -> None:
+    if type(v) is not bytes or len(v) > 1024:
+        _fail("expected bytes (msgpack bin) of at most 1024 bytes")
+
+
+def _check_auth(v: Any, limits: Limits) -> None:
+    if type(v) is not dict or set(v) != {"cnonce", "mac"}:
+        _fail("expected a map {cnonce: bin, mac: bin}")
+    _check_bin(v["cnonce"], limits)
+    _check_bin(v["mac"], limits)
+
+
 def _check_map(v: Any, limits: Limits) -> None:
     if type(v) is not dict or any(type(k) is not str for k in v):
         _fail(f"expected map with str keys, got {_show(v)}")
@@ -262,6 +275,8 @@ FLOAT = FieldType("float", _check_float)
 STR = FieldType("str", _check_str)
 ANY = FieldType("any", _check_any)
 MAP = FieldType("map", _check_map)
+BIN = FieldType("bin", _check_bin)
+AUTH = FieldType("auth", _check_auth)
 NAME = FieldType("snapshot-name", _check_name)
 SNAPSHOT_REF = FieldType("snapshot-name | uint32-tag", _check_snapshot_ref)
 VOLUME = FieldType('"origin" | snapshot-name | uint32-tag', _check_volume)
@@ -307,11 +322,12 @@ _E = Op.ERROR
 
 _SPECS = (
     _spec(Op.IDENTIFY, _C2S, {"client_id": UINT64, "volume": VOLUME, "version": UINT32},
-          replies=(Op.IDENTIFY_OK, _E)),
+          {"auth": AUTH, "read_only": BOOL}, replies=(Op.IDENTIFY_OK, _E)),
     _spec(Op.IDENTIFY_OK, _S2C, {
         "version": UINT32, "chunk_size": UINT32, "origin_chunks": UINT64,
         "origin_bytes": UINT64, "store_uuid": STR, "server_epoch": UINT64, "lease_ms": UINT32,
-        "snapshot": SNAPSHOT_INFO, "read_only": BOOL}, {"limits": MAP}),
+        "snapshot": SNAPSHOT_INFO, "read_only": BOOL}, {"limits": MAP, "auth": BIN}),
+    _spec(Op.CHALLENGE, _S2C, {"nonce": BIN}),
     _spec(Op.QUERY_WRITE, _C2S, {"ranges": RANGES},
           replies=(Op.WRITE_OK, Op.SNAPSHOT_WRITE_OK, _E)),
     _spec(Op.WRITE_OK, _S2C, {}),
@@ -401,10 +417,25 @@ def validate(msg: Any, accept: frozenset[str] | None = None,
 
 
 def identify(id: int, client_id: int, volume: str | int,
-             version: int = PROTOCOL_VERSION) -> Message:
-    """IDENTIFY: the first request on every data connection."""
-    return {"op": "IDENTIFY", "id": id, "client_id": client_id, "volume": volume,
-            "version": version}
+             version: int = PROTOCOL_VERSION, auth: dict[str, bytes] | None = None,
+             read_only: bool = False) -> Message:
+    """IDENTIFY: the first request on every data connection (``auth`` when challenged).
+
+    ``read_only`` asks for an identity that can never write: every QUERY_WRITE on
+    the connection is refused with READ_ONLY.
+    """
+    msg: Message = {"op": "IDENTIFY", "id": id, "client_id": client_id, "volume": volume,
+                    "version": version}
+    if auth is not None:
+        msg["auth"] = auth
+    if read_only:
+        msg["read_only"] = True
+    return msg
+
+
+def challenge(nonce: bytes) -> Message:
+    """CHALLENGE: sent by a server that requires authentication, before anything else."""
+    return {"op": "CHALLENGE", "id": 0, "nonce": nonce}
 
 
 def identify_ok(id: int, *, chunk_size: int, origin_chunks: int, origin_bytes: int,

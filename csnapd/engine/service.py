@@ -251,6 +251,7 @@ class Engine:
             self.closing.add(old)
             self.close_conn(old, 0.0)
         conn.client_id, conn.identified = msg["client_id"], True
+        conn.read_only = bool(msg.get("read_only", False))
         self.by_client[conn.client_id] = conn.id
         info = None
         if snap is not None:
@@ -288,6 +289,9 @@ class Engine:
     # ------------------------------------------------------------------
     # origin writes
     def _origin_write(self, conn: Conn, msg: dict[str, Any], now: float) -> None:
+        if conn.read_only:
+            self._error(conn.id, msg["id"], ErrorCode.READ_ONLY, "this identity is read-only")
+            return
         if self._advice is not None and self._advice.kind == "NEW_SNAPSHOT":
             self._held_origin.append((conn.id, msg))
             return

@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from csnap_client.protocol import (
     ErrorCode,
     Framer,
     FramingError,
+    auth,
     encode,
 )
 from csnap_client.protocol import (
@@ -62,6 +64,8 @@ class Connection(asyncio.Protocol):
         self.identified = control
         self.peer = "control"
         self._frame_timer: asyncio.TimerHandle | None = None
+        self.nonce: bytes | None = None  # set when the server requires authentication
+        self.proof: bytes | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -83,6 +87,9 @@ class Connection(asyncio.Protocol):
         self.server.submit(("open", self.id, self.control, self.peer, privileged))
         if not self.control:
             loop.call_later(self.server.limits.identify_timeout, self._identify_deadline)
+            if self.server.secret is not None:
+                self.nonce = auth.new_nonce()
+                self.send([m.challenge(self.nonce)])
 
     def _identify_deadline(self) -> None:
         if not self.identified and self.transport and not self.transport.is_closing():
@@ -112,12 +119,30 @@ class Connection(asyncio.Protocol):
             except BadRequest as exc:
                 self.send([m.reply_error(exc.request_id, exc.code, exc.reason)])
                 continue
+            if self.nonce is not None and not self._authenticate(msg):
+                return
             if self.pending >= self.server.limits.max_inflight:
                 self.send([m.reply_error(msg.get("id", 0), ErrorCode.LIMIT_EXCEEDED,
                                          f"more than {self.pending} requests in flight")])
                 continue
             self.pending += 1
             self.server.submit(("msg", self.id, msg))
+
+    def _authenticate(self, msg: dict[str, Any]) -> bool:
+        """Check the challenge answer in IDENTIFY; refuse and close on anything else."""
+        secret, nonce = self.server.secret, self.nonce
+        proof = msg.get("auth") if msg["op"] == "IDENTIFY" else None
+        if proof is not None and auth.verify(
+                auth.client_proof(secret, nonce, proof["cnonce"], msg["client_id"],
+                                  msg["volume"]), proof["mac"]):
+            self.nonce = None
+            self.proof = auth.server_proof(secret, nonce, proof["cnonce"], msg["client_id"])
+            return True
+        why = "authentication failed" if proof is not None else "authentication required"
+        log.warning("refusing connection %d from %s: %s", self.id, self.peer, why)
+        self.send([m.reply_error(msg.get("id", 0), ErrorCode.AUTH_FAILED, why)])
+        self.transport.close()
+        return False
 
     def _watch_partial_frame(self) -> None:
         if self.framer.buffered:
@@ -148,6 +173,8 @@ class Connection(asyncio.Protocol):
                 self.pending = max(0, self.pending - 1)
             if msg["op"] == "IDENTIFY_OK":
                 self.identified = True
+                if self.proof is not None:
+                    msg["auth"] = self.proof
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(encode(msg, max_frame_size=MAX_SERVER_FRAME)
                                           for msg in msgs))
@@ -166,9 +193,12 @@ def peer_uid(transport: asyncio.BaseTransport) -> int:
 class Server:
     """Owns the listeners and runs engine batches on the store thread."""
 
-    def __init__(self, engine: Engine, limits: Limits | None = None) -> None:
+    def __init__(self, engine: Engine, limits: Limits | None = None,
+                 secret: bytes | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.engine = engine
         self.limits = limits or Limits()
+        self.secret = secret
+        self.ssl_context = ssl_context
         self.ids = itertools.count(1)
         self.conns: dict[int, Connection] = {}
         self.inbox: list[tuple] = []
@@ -185,7 +215,7 @@ class Server:
     async def listen_tcp(self, host: str, port: int) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
         srv = await loop.create_server(lambda: Connection(self, False), host, port,
-                                       reuse_address=True)
+                                       reuse_address=True, ssl=self.ssl_context)
         self.listeners.append(srv)
         return srv
 

@@ -24,7 +24,8 @@ from csnap_client.protocol import (
 )
 
 EXAMPLES = {
-    Op.IDENTIFY: [P.identify(1, 2**64 - 1, "origin"), P.identify(2, 7, "snap-a"),
+    Op.IDENTIFY: [P.identify(1, 2, "origin", auth={"cnonce": b"c" * 32, "mac": b"m" * 32}),
+                  P.identify(1, 2**64 - 1, "origin"), P.identify(2, 7, "snap-a"),
                   P.identify(3, 7, 42, version=1)],
     Op.IDENTIFY_OK: [
         P.identify_ok(1, chunk_size=65536, origin_chunks=1000, origin_bytes=65536000,
@@ -53,6 +54,7 @@ EXAMPLES = {
     Op.PONG: [P.pong(2**64 - 1)],
     Op.ACK_ADVICE: [P.ack_advice(5, 77)],
     Op.ACK_OK: [P.ack_ok(5)],
+    Op.CHALLENGE: [P.challenge(b"\x01" * 32)],
     Op.LIST_VOLUMES: [P.list_volumes(3)],
     Op.VOLUMES: [P.volumes(3, [{"name": "s", "tag": 1, "created": 1.7e9, "squashed": False}]),
                  P.volumes(3, [])],
