@@ -292,6 +292,7 @@ class Volume:
                 continue
             self._dirty_origin = True
             await self._io(_pwrite_all, [(self._origin_fd, offset, 0, len(buf))], buf)
+            self._dirty_origin = True  # again: a flush() that ran meanwhile cleared the flag
             return
 
     def _on_reset(self, why: str) -> None:
@@ -350,6 +351,7 @@ class Volume:
         self._check_alive()
         self._dirty_store = True
         await self._io(_pwrite_all, pieces, buf)
+        self._dirty_store = True  # again: a flush() that ran meanwhile cleared the flag
 
     async def _read_snapshot(self, offset: int, length: int, buf: bytearray) -> None:
         cs, length_ = self.chunk_size, length

@@ -1,0 +1,130 @@
+"""csnap-nbd: serve the csnap origin and its snapshots to NBD clients.
+
+Example::
+
+    csnap-nbd --server 127.0.0.1:4270 --origin data/origin.img --store data/store.img \\
+              --listen 127.0.0.1:10809
+    qemu-img info nbd://127.0.0.1:10809/monday
+
+Export names: ``origin`` (also the default, empty name) and every live snapshot by name
+or by tag. Snapshots created later appear without a restart. See docs/nbd.md.
+Exit codes: 0 clean stop (SIGTERM/SIGINT), 2 usage, 3 cannot reach csnapd or listen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from csnap_nbd.exports import Gateway
+from csnap_nbd.server import NbdServer
+
+DEFAULT_SERVER = "127.0.0.1:4270"
+DEFAULT_LISTEN = "127.0.0.1:10809"
+EXIT_USAGE, EXIT_CONNECT = 2, 3
+
+log = logging.getLogger("csnap_nbd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(
+        prog="csnap-nbd", description="NBD gateway for csnap volumes (origin and snapshots).")
+    p.add_argument("--server", default=os.environ.get("CSNAP_SERVER", DEFAULT_SERVER),
+                   metavar="HOST:PORT", help="csnapd data address (default %(default)s)")
+    p.add_argument("--origin", default=os.environ.get("CSNAP_ORIGIN"), required=False,
+                   help="origin device or file (default $CSNAP_ORIGIN)")
+    p.add_argument("--store", default=os.environ.get("CSNAP_STORE"), required=False,
+                   help="snapshot store device or file (default $CSNAP_STORE)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--listen", metavar="HOST:PORT", default=None,
+                       help=f"TCP address to serve NBD on (default {DEFAULT_LISTEN})")
+    where.add_argument("--unix", metavar="PATH", default=None,
+                       help="serve NBD on this unix socket instead of TCP")
+    p.add_argument("--read-only", action="store_true",
+                   help="refuse every write (exports are announced read-only)")
+    p.add_argument("--io-threads", type=int, default=8,
+                   help="data I/O threads per open volume (default %(default)s)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="log verbosity")
+    return p
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); ValueError if malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{what} must be HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Connect to csnapd, listen, and serve until SIGTERM/SIGINT."""
+    host, port = parse_hostport(args.server, "--server")
+    gateway = Gateway(host, port, args.origin, args.store, read_only=args.read_only,
+                      io_threads=args.io_threads)
+    try:
+        await gateway.start()
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        print(f"csnap-nbd: cannot reach csnapd at {args.server}: {exc}", file=sys.stderr)
+        return EXIT_CONNECT
+    server = NbdServer(gateway)
+    try:
+        if args.unix:
+            await server.listen_unix(args.unix)
+            where = args.unix
+        else:
+            lhost, lport = parse_hostport(args.listen or DEFAULT_LISTEN, "--listen")
+            addrs = await server.listen_tcp(lhost, lport)
+            where = ", ".join(f"{a[0]}:{a[1]}" for a in addrs)
+    except OSError as exc:
+        print(f"csnap-nbd: cannot listen: {exc}", file=sys.stderr)
+        await gateway.close()
+        return EXIT_CONNECT
+    log.info("serving NBD on %s (origin %d bytes, chunk %d bytes)%s", where, gateway.size,
+             gateway.chunk_size, " read-only" if args.read_only else "")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await server.close()
+    await gateway.close()
+    if args.unix:
+        try:
+            os.unlink(args.unix)
+        except OSError:
+            pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``csnap-nbd`` console script."""
+    args = build_parser().parse_args(argv)
+    if not args.origin or not args.store:
+        print("csnap-nbd: --origin and --store (or CSNAP_ORIGIN, CSNAP_STORE) are required",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        parse_hostport(args.server, "--server")
+        if args.listen:
+            parse_hostport(args.listen, "--listen")
+    except ValueError as exc:
+        print(f"csnap-nbd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s csnap-nbd %(levelname)s %(message)s")
+    try:
+        import uvloop
+        return uvloop.run(serve(args))
+    except ImportError:
+        return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
