@@ -23,6 +23,7 @@ from csnap_client.units import parse_size
 from csnapd.engine.service import Engine
 from csnapd.net.server import Limits, Server
 from csnapd.registry import ClientRegistry
+from csnapd.store import format as fmt
 from csnapd.store.errors import StoreError
 from csnapd.store.paths import open_store
 from csnapd.store.store import Store
@@ -93,6 +94,12 @@ def open_for_serving(args: argparse.Namespace) -> Store:
                          "(another csnapd holds its lock); refusing to start") from None
     except (OSError, StoreError, ValueError) as exc:
         raise SystemExit(f"csnapd: cannot open store: {exc}") from None
+    flags = store.sb.flags
+    if flags & (fmt.FLAG_CORRUPT | fmt.FLAG_NEEDS_CHECK):
+        what = "corrupt" if flags & fmt.FLAG_CORRUPT else "in need of a check after an I/O error"
+        store.close()
+        raise SystemExit(f"csnapd: {args.store} is marked {what}; run csnap-check --store "
+                         f"{args.store} (and --repair if it says so) before serving it again")
     r = store.recovery
     if r.unclean:
         log.warning("store was not shut down cleanly; replayed %d journal transaction(s), "

@@ -179,7 +179,8 @@ class Engine:
         except tuple(e for e, _ in _STORE_ERRORS) as exc:
             code = next(c for e, c in _STORE_ERRORS if isinstance(exc, e))
             if isinstance(exc, se.CorruptionError):
-                log.error("store corruption: %s", exc)
+                log.error("store corruption: %s; refusing all changes from now on", exc)
+                self.store.mark_corrupt(str(exc))
             self._error(conn_id, rid, code, str(exc))
 
     def _data(self, conn: Conn, op: str, msg: dict[str, Any], now: float) -> None:
@@ -510,10 +511,20 @@ class Engine:
     def flush(self, now: float) -> list[Out]:
         """Commit the batch; return every reply that may now be sent."""
         out, self._now_out = self._now_out, []
-        if self._after_commit or self.store.cache.dirty or self.store.sbs.dirty:
-            self.store.commit()
-        out.extend(self._after_commit)
-        self._after_commit = []
+        done, self._after_commit = self._after_commit, []
+        try:
+            if done or self.store.cache.dirty or self.store.sbs.dirty:
+                self.store.commit()
+        except (se.StoreError, OSError) as exc:
+            # nothing in this batch is durable: every "done" becomes an error
+            log.error("commit failed: %s", exc)
+            if not self.store.failed:
+                self.store.mark_corrupt(str(exc))
+            code = (ErrorCode.STORE_CORRUPT if isinstance(exc, se.StoreError)
+                    else ErrorCode.INTERNAL)
+            done = [(conn_id, m.reply_error(msg["id"], code, f"not done: {exc}"))
+                    for conn_id, msg in done if msg.get("id")]
+        out.extend(done)
         return out
 
     def background(self, budget_leaves: int = 16) -> bool:

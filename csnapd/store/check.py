@@ -28,7 +28,7 @@ MAX_LISTED = 1000
 
 @dataclass(slots=True)
 class Problem:
-    severity: str  # "error", "leak" or "count"
+    severity: str  # "error" (data at risk), "leak", "count" or "flag" (safe to repair)
     message: str
     block: int | None = None
     path: str = ""
@@ -51,7 +51,7 @@ class Report:
 
     @property
     def repairable(self) -> bool:
-        return all(p.severity in ("leak", "count") for p in self.problems)
+        return all(p.severity in ("leak", "count", "flag") for p in self.problems)
 
     def add(self, severity: str, message: str, block: int | None = None, path: str = "") -> None:
         if len(self.problems) < MAX_LISTED:
@@ -69,9 +69,24 @@ class _Checker:
         self.tree_blocks: set[int] = set()
         self.exceptions = self.leaves = self.nodes = 0
         self.known_slots = {e.slot: e for e in store.snaps.entries if e.state != fmt.SNAP_FREE}
+        self.bad_bitmaps: set[int] = set()
 
     def error(self, exc: CorruptionError) -> None:
         self.report.add("error", str(exc), exc.block, exc.path)
+
+    def _bitmap_error(self, exc: CorruptionError) -> None:
+        """Report a damaged bitmap block once, however often it is consulted."""
+        if exc.block not in self.bad_bitmaps:
+            self.bad_bitmaps.add(exc.block)
+            self.error(exc)
+
+    def _bit(self, query: Callable[[int], bool], index: int) -> bool | None:
+        """A bitmap query; None (reported) when its bitmap block is damaged."""
+        try:
+            return query(index)
+        except CorruptionError as exc:
+            self._bitmap_error(exc)
+            return None
 
     def run(self) -> Report:
         for note in self.store.recovery.notes:
@@ -79,11 +94,23 @@ class _Checker:
         self._snapshot_table()
         self._tree()
         self._space()
+        self._flags()
         self.report.stats.update(exceptions=self.exceptions, leaves=self.leaves,
                                  nodes=self.nodes, depth=self.f.depth,
                                  free_chunks=self.f.free_chunks,
                                  store_chunks=self.f.store_chunks)
         return self.report
+
+    def _flags(self) -> None:
+        """A flag set by the server is only lifted once a check finds no damage."""
+        flags = self.f.flags & (fmt.FLAG_CORRUPT | fmt.FLAG_NEEDS_CHECK)
+        if not flags:
+            return
+        what = "corrupt" if flags & fmt.FLAG_CORRUPT else "needing a check after an I/O error"
+        damaged = any(p.severity == "error" for p in self.report.problems)
+        self.report.add("error" if damaged else "flag",
+                        f"the server marked this store {what}"
+                        + ("" if damaged else "; no damage found now (--repair clears the flag)"))
 
     def _snapshot_table(self) -> None:
         names, tags = set(), set()
@@ -103,7 +130,7 @@ class _Checker:
                 self.report.add("error", "block reached twice in the tree", visit.addr, visit.path)
                 continue
             self.tree_blocks.add(visit.addr)
-            if not self.store.alloc.is_meta(visit.addr):
+            if self._bit(self.store.alloc.is_meta, visit.addr) is False:
                 self.report.add("error", "tree block not marked in the metadata bitmap",
                                 visit.addr, visit.path)
             if visit.depth:
@@ -149,9 +176,9 @@ class _Checker:
         if self.referenced[byte] & bit:
             self.report.add("error", f"{where}: store chunk referenced twice", v.addr, v.path)
         self.referenced[byte] |= bit
-        if not self.store.alloc.is_allocated(store_chunk):
+        if self._bit(self.store.alloc.is_allocated, store_chunk) is False:
             self.report.add("error", f"{where}: store chunk is not allocated", v.addr, v.path)
-        if self.store.alloc.chunk_has_meta(store_chunk):
+        if self._bit(self.store.alloc.chunk_has_meta, store_chunk):
             self.report.add("error", f"{where}: store chunk holds metadata", v.addr, v.path)
         if sharemap & seen_bits:
             self.report.add("error", f"chunk {chunk}: a snapshot has two copies", v.addr, v.path)
@@ -162,13 +189,13 @@ class _Checker:
 
     def _space(self) -> None:
         f, k = self.f, self.k
-        allocated = bitmap_int(self.store, fmt.BlockKind.CBITMAP, self.error)
+        allocated = bitmap_int(self.store, fmt.BlockKind.CBITMAP, self._bitmap_error)
         valid = (1 << f.store_chunks) - 1
         free = f.store_chunks - bin(allocated & valid).count("1")
         if free != f.free_chunks:
             self.report.add("count", f"free chunk count is {f.free_chunks} but the bitmap has "
                             f"{free} free chunks")
-        meta = bitmap_int(self.store, fmt.BlockKind.MBITMAP, self.error)
+        meta = bitmap_int(self.store, fmt.BlockKind.MBITMAP, self._bitmap_error)
         meta &= (1 << (f.store_chunks * k)) - 1
         reserved_blocks = (1 << (f.data_start_chunk * k)) - 1
         reachable = reserved_blocks
@@ -223,6 +250,10 @@ def repair(store, report: Report) -> list[str]:  # noqa: ANN001
     if free != f.free_chunks:
         done.append(f"free chunk count {f.free_chunks} -> {free}")
         f.free_chunks = free
+    flags = fmt.FLAG_CORRUPT | fmt.FLAG_NEEDS_CHECK
+    if f.flags & flags:
+        f.flags &= ~flags
+        done.append("cleared the server's corrupt / needs-check flag")
     store.sbs.touch()
     store.commit()
     return done

@@ -155,6 +155,10 @@ class Store:
         f = fmt.decode_super(image, 0)
         if (f.uuid, f.block_size, f.chunk_size) != (self.sb.uuid, self.block_size, self.chunk_size):
             raise CorruptionError(0, "SUPER", "journaled superblock belongs to another store")
+        # flags and the generation are also written outside the journal (a slot
+        # written when the store was marked corrupt): never lose or lower them
+        f.flags |= self.sb.flags & (fmt.FLAG_CORRUPT | fmt.FLAG_NEEDS_CHECK)
+        f.generation = max(f.generation, self.sb.generation)
         self.sbs.f = f
 
     def _load_tables(self) -> None:
@@ -193,17 +197,23 @@ class Store:
         if self.readonly or (not self.cache.dirty and not self.sbs.dirty
                              and not self.copier.pending):
             return -1
+        if self.failed:
+            raise ReadOnlyError(f"store refuses changes after an error: {self.failed}")
         try:
             if self.copier.pending:
                 moved = self.copier.run()
                 self.stats["bytes_copied"] += moved
                 self._flush()
             images = self.cache.take_dirty()
-            if self.sbs.dirty or images:
-                images.append((0, self.sbs.seal(0)))
+            with_super = self.sbs.dirty or bool(images)
             self.sbs.dirty = False
-            if not self.journal.fits(len(images)):
+            if not self.journal.fits(len(images) + with_super):
                 self._checkpoint()
+            if with_super:
+                # Sealed after any checkpoint, so the journaled copy carries the
+                # current generation: recovery must never step the generation
+                # back and so overwrite the newest valid superblock slot.
+                images.append((0, self.sbs.seal(0)))
             seq = self.journal.write(images)
             self._flush()
         except OSError as exc:
@@ -237,10 +247,31 @@ class Store:
         self.alloc.checkpointed()
         self.stats["checkpoints"] += 1
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, flag: int = fmt.FLAG_NEEDS_CHECK) -> None:
+        """Stop all changes: uncommitted work is dropped, the journal keeps the rest.
+
+        The flag is recorded in a superblock slot (best effort) so the next open
+        knows the store must be checked first.
+        """
         self.failed = why
         self.cache.drop_all()
         self.copier.pending.clear()
+        self.alloc.abandon()
+        try:
+            f = dataclasses.replace(self.committed_super)
+            f.flags |= flag
+            f.generation = self.sb.generation + 1
+            f.journal_tail, f.journal_seq = self.journal.tail, self.journal.tail_seq
+            sbk.write_slot(self.dev, self.sbs, f)
+            self._flush()
+            self.sb.generation = self.committed_super.generation = f.generation
+        except OSError:
+            pass
+
+    def mark_corrupt(self, why: str) -> None:
+        """Metadata failed verification while serving: refuse every change from now on."""
+        if not self.readonly and not self.failed:
+            self._fail(why, fmt.FLAG_CORRUPT)
 
     def _reserve(self, data_chunks: int) -> int:
         """Make room for one batch; return how many data chunks it may use.
