@@ -60,7 +60,7 @@ class NbdServer:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.servers: list[asyncio.AbstractServer] = []
-        self.connections: set[asyncio.Task[Any]] = set()
+        self.connections: dict[Connection, asyncio.Task[Any]] = {}
         self.shutting_down = False
 
     async def listen_tcp(self, host: str, port: int) -> list[tuple[Any, ...]]:
@@ -81,30 +81,36 @@ class NbdServer:
         self.shutting_down = True
         for server in self.servers:
             server.close()
-        for task in list(self.connections):
-            task.cancel()
+        for conn in list(self.connections):
+            if conn.main is not None:
+                conn.main.cancel()  # stops reading requests; cleanup() still runs
         if self.connections:
-            await asyncio.gather(*self.connections, return_exceptions=True)
+            await asyncio.gather(*self.connections.values(), return_exceptions=True)
         for server in self.servers:
             await server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.connections.add(task)
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Connection(self, reader, writer)
+        self.connections[conn] = task
+        conn.main = asyncio.ensure_future(conn.run())
         try:
-            await conn.run()
+            await conn.main
         except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception:  # noqa: BLE001 - one connection's bug must not stop the server
             log.exception("connection %s failed", conn.peer)
         finally:
-            await conn.cleanup()
-            self.connections.discard(task)
+            try:
+                await conn.cleanup()
+            except Exception:  # noqa: BLE001 - never let one connection's cleanup escape
+                log.exception("connection %s cleanup failed", conn.peer)
+            finally:
+                self.connections.pop(conn, None)
 
 
 class Connection:
@@ -121,6 +127,7 @@ class Connection:
         self.meta_export: str | None = None  # export name of the last SET_META_CONTEXT
         self.meta_contexts: list[str] = []
         self.session: Session | None = None
+        self.main: asyncio.Task[None] | None = None  # run(): negotiation + request reader
         self.flags = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.inflight_bytes = 0
