@@ -140,7 +140,6 @@ class Engine:
         conn = self.conns.pop(conn_id, None)
         if conn is None:
             return
-        self.closing.discard(conn_id)
         if conn.client_id is not None and self.by_client.get(conn.client_id) == conn_id:
             del self.by_client[conn.client_id]
             self._events(self.locks.drop_client(conn.client_id, now))
@@ -154,6 +153,11 @@ class Engine:
         if self._advice and conn_id in self._advice.awaiting:
             self._advice.awaiting.discard(conn_id)
             self._advance_advice(now)
+
+    def _disconnect(self, conn_id: int, now: float) -> None:
+        """Forget a connection here and have the net layer close its socket."""
+        self.close_conn(conn_id, now)
+        self.closing.add(conn_id)
 
     # ------------------------------------------------------------------
     # dispatch
@@ -249,8 +253,7 @@ class Engine:
         old = self.by_client.get(msg["client_id"])
         if old is not None and old != conn.id:
             log.info("client %d reconnected; dropping its old connection", msg["client_id"])
-            self.closing.add(old)
-            self.close_conn(old, 0.0)
+            self._disconnect(old, 0.0)
         conn.client_id, conn.identified = msg["client_id"], True
         conn.read_only = bool(msg.get("read_only", False))
         self.by_client[conn.client_id] = conn.id
@@ -323,8 +326,7 @@ class Engine:
                 self._now_out.append((conn.id, m.reply_error(
                     0, ErrorCode.SNAPSHOT_SQUASHED,
                     f"snapshot {entry.name!r} was squashed to free store space")))
-                self.closing.add(conn.id)
-                self.close_conn(conn.id, now)
+                self._disconnect(conn.id, now)
         # a cut-off client of that snapshot stops using its cache after one lease
         self.revoke_until = max(self.revoke_until, now + self.lease)
 
@@ -504,8 +506,7 @@ class Engine:
             log.warning("%s %s: disconnecting %d client(s) that did not acknowledge in time",
                         adv.kind, adv.name, len(adv.awaiting))
             for conn_id in list(adv.awaiting):
-                self.closing.add(conn_id)
-                self.close_conn(conn_id, now)
+                self._disconnect(conn_id, now)
             self._advance_advice(now)
 
     def flush(self, now: float) -> list[Out]:

@@ -47,7 +47,7 @@ def test_without_or_with_a_wrong_secret_nothing_is_revealed(secure):
     reply = plain.call(m.identify(0, 1, "origin"))
     assert reply["op"] == "ERROR" and reply["code"] == ErrorCode.AUTH_FAILED
     assert set(reply) == {"op", "id", "code", "message"}
-    with pytest.raises((ConnectionError, OSError)):
+    with pytest.raises(ConnectionError):
         plain.recv(timeout=5)
     wrong = _raw(secure)
     nonce = wrong.recv()["nonce"]
@@ -125,7 +125,7 @@ def test_tls(tmp_path):
     assert asyncio.run(go()) == b"over tls"
     plain = _raw(handle)
     plain.send(m.identify(0, 9, "origin"))
-    with pytest.raises((ConnectionError, OSError)):
+    with pytest.raises(ConnectionError):
         plain.recv(timeout=5)  # a TLS server does not speak plaintext
     assert handle.stop() == 0
 

@@ -97,7 +97,7 @@ def test_bad_requests_get_errors_and_others_keep_working(server):
     raw.sendall(struct.pack(">I", 64 << 20) + b"\x80")
     msg = fresh.recv()
     assert msg["op"] == "ERROR" and msg["id"] == 0
-    with pytest.raises((ConnectionError, OSError)):
+    with pytest.raises(ConnectionError):
         fresh.recv(timeout=5)
     assert good.call(m.query_write(0, [[0, 4]]))["op"] == "WRITE_OK"
 
@@ -242,7 +242,7 @@ def test_unacknowledged_advice_times_out(tmp_path):
     assert reply["op"] == "OK"
     assert time.monotonic() - start >= 0.9
     assert silent.recv()["op"] == "ADVICE"
-    with pytest.raises((ConnectionError, OSError)):
+    with pytest.raises(ConnectionError):
         silent.recv(timeout=5)
     assert handle.stop() == 0
 
