@@ -30,8 +30,9 @@ from csnap_client.protocol import messages as m
 from csnapd.engine import locks as lk
 from csnapd.store import errors as se
 from csnapd.store import format as fmt
+from csnapd.store.btree import KEY_LIMIT
 from csnapd.store.store import Store
-from csnapd.store.walk import snapshot_usage
+from csnapd.store.walk import add_leaf_usage, snapshot_usage
 
 log = logging.getLogger("csnapd.engine")
 
@@ -115,6 +116,9 @@ class Engine:
         self.on_full = on_full
         self.now = now
         self.revoke_until = 0.0
+        self._usage: dict[int, dict[str, int]] = {}
+        self._usage_at: float | None = None
+        self._scan: tuple[int, dict[int, dict[str, int]]] | None = None
         if grace_clients:
             log.info("holding origin writes for up to %.1fs until %d snapshot client(s) "
                      "re-upload their read locks", grace, len(grace_clients))
@@ -529,12 +533,28 @@ class Engine:
         return out
 
     def background(self, budget_leaves: int = 16) -> bool:
-        """Run a slice of snapshot deletion; True while more work remains."""
-        if not self.revoked or not self.store.deleting or self.now < self.revoke_until:
-            return False
-        more = self.store.delete_step(budget_leaves)
-        self.store.commit()
+        """Run a slice of background work (deletion, usage scan); True while more remains."""
+        more = False
+        if self._scan is not None:
+            more = self._scan_step(4 * budget_leaves)
+        if self.revoked and self.store.deleting and self.now >= self.revoke_until:
+            more = self.store.delete_step(budget_leaves) or more
+            self.store.commit()
         return more
+
+    def _scan_step(self, leaves: int) -> bool:
+        """Count per-snapshot usage a few leaves at a time (large stores)."""
+        cursor, acc = self._scan
+        for _ in range(leaves):
+            _path, leaf, _lo, hi = self.store.tree.find(cursor)
+            add_leaf_usage(acc, leaf)
+            cursor = hi
+            if hi >= KEY_LIMIT:
+                self._usage, self._usage_at, self._scan = acc, self.now, None
+                return False
+        self._scan = (cursor, acc)
+        self.store.cache.trim()
+        return True
 
     # ------------------------------------------------------------------
     # reporting
@@ -545,8 +565,24 @@ class Engine:
     def list_snapshots(self) -> list[dict[str, Any]]:
         return [self._snap_dict(e) for e in self.store.snaps.visible()]
 
+    #: Up to this many exceptions, status counts usage on the spot; above, in the background.
+    SYNC_USAGE_LIMIT = 100_000
+    USAGE_MAX_AGE = 30.0
+
+    def _usage_now(self) -> tuple[dict[int, dict[str, int]], dict[str, Any]]:
+        if self.store.sb.exceptions <= self.SYNC_USAGE_LIMIT:
+            return snapshot_usage(self.store), {"usage_age_s": 0.0}
+        stale = self._usage_at is None or self.now - self._usage_at > self.USAGE_MAX_AGE
+        if stale and self._scan is None:
+            self._scan = (0, {})
+        info: dict[str, Any] = {"usage_age_s": (None if self._usage_at is None
+                                                 else round(self.now - self._usage_at, 1))}
+        if self._scan is not None:
+            info["usage_scan_cursor"] = self._scan[0]
+        return self._usage, info
+
     def status(self) -> dict[str, Any]:
-        usage = snapshot_usage(self.store)
+        usage, usage_info = self._usage_now()
         snaps = []
         for d in self.list_snapshots():
             u = usage.get(d["slot"], {"unique": 0, "shared": 0})
@@ -560,6 +596,7 @@ class Engine:
                       "queued_reads": stats.queued_reads,
                       "waiting_writes": stats.waiting_writes, "grace_active": stats.grace_active},
             "operations": self._operations(), "requests": dict(self.counters),
+            **usage_info,
         }
 
     def _operations(self) -> list[dict[str, Any]]:

@@ -71,16 +71,23 @@ def iter_exceptions(store) -> Iterator[tuple[int, int, int]]:  # noqa: ANN001
 def snapshot_usage(store) -> dict[int, dict[str, int]]:  # noqa: ANN001
     """Per snapshot slot: chunks it owns alone ("unique") and shares ("shared")."""
     usage: dict[int, dict[str, int]] = {}
-    for _chunk, _store, sharemap in iter_exceptions(store):
-        single = sharemap & (sharemap - 1) == 0
-        bits = sharemap
-        while bits:
-            low = bits & -bits
-            slot = low.bit_length() - 1
-            entry = usage.setdefault(slot, {"unique": 0, "shared": 0})
-            entry["unique" if single else "shared"] += 1
-            bits ^= low
+    for visit in walk_tree(store):
+        if visit.depth == 0:
+            add_leaf_usage(usage, visit.block)
     return usage
+
+
+def add_leaf_usage(usage: dict[int, dict[str, int]], leaf: Leaf) -> None:
+    """Add one leaf's exceptions to per-slot unique/shared counts."""
+    for excs in leaf.vals:
+        for _store, sharemap in excs:
+            single = sharemap & (sharemap - 1) == 0
+            bits = sharemap
+            while bits:
+                low = bits & -bits
+                entry = usage.setdefault(low.bit_length() - 1, {"unique": 0, "shared": 0})
+                entry["unique" if single else "shared"] += 1
+                bits ^= low
 
 
 def bitmap_int(store, kind: fmt.BlockKind, on_error: ErrorHook | None = None) -> int:  # noqa: ANN001

@@ -163,3 +163,19 @@ def test_unprivileged_control_connection(engine):
     out = {msg["id"]: msg for _, msg in engine.flush(0.0)}
     assert out[1]["code"] == ErrorCode.PERMISSION_DENIED and out[2]["op"] == "OK"
     assert not engine.shutdown_requested
+
+
+def test_usage_of_a_large_store_is_counted_in_the_background(engine, monkeypatch):
+    connect(engine, 1)
+    create_snapshot(engine, "s", [1])
+    engine.handle(1, m.query_write(9, [[0, 500]]), 0.0)
+    engine.flush(0.0)
+    monkeypatch.setattr(Engine, "SYNC_USAGE_LIMIT", 10)
+    first = engine.status()
+    assert first["snapshots"][0]["unique"] == 0 and first["usage_age_s"] is None
+    steps = 0
+    while engine.background(budget_leaves=1):
+        steps += 1
+    assert steps >= 2  # really incremental
+    later = engine.status()
+    assert later["snapshots"][0]["unique"] == 500 and later["usage_age_s"] == 0.0
