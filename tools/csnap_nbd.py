@@ -18,8 +18,10 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 
+from csnap_client.protocol.auth import read_secret
 from csnap_nbd.exports import Gateway
 from csnap_nbd.server import NbdServer
 
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve NBD on this unix socket instead of TCP")
     p.add_argument("--read-only", action="store_true",
                    help="refuse every write (exports are announced read-only)")
+    p.add_argument("--secret-file", default=os.environ.get("CSNAP_SECRET_FILE"),
+                   help="shared secret for a csnapd started with --secret-file")
+    p.add_argument("--tls-ca", default=os.environ.get("CSNAP_TLS_CA"),
+                   help="reach csnapd over TLS, trusting this CA file")
     p.add_argument("--io-threads", type=int, default=8,
                    help="data I/O threads per open volume (default %(default)s)")
     p.add_argument("--log-level", default="info",
@@ -65,8 +71,13 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
 async def serve(args: argparse.Namespace) -> int:
     """Connect to csnapd, listen, and serve until SIGTERM/SIGINT."""
     host, port = parse_hostport(args.server, "--server")
+    options: dict = {}
+    if args.secret_file:
+        options["secret"] = read_secret(args.secret_file)
+    if args.tls_ca:
+        options["ssl"] = ssl.create_default_context(cafile=args.tls_ca)
     gateway = Gateway(host, port, args.origin, args.store, read_only=args.read_only,
-                      io_threads=args.io_threads)
+                      io_threads=args.io_threads, **options)
     try:
         await gateway.start()
     except (OSError, TimeoutError, ConnectionError) as exc:
