@@ -137,6 +137,18 @@ def test_nbd_unit_runs_the_documented_command():
     assert all(a.split()[-1] == "rw" for a in values(unit, "Service", "DeviceAllow"))
 
 
+def test_nbd_unit_command_parses_with_csnap_nbd():
+    csnap_nbd = pytest.importorskip("tools.csnap_nbd", reason="csnap-nbd is not there yet")
+    argv = shlex.split(one(load("csnap-nbd.service"), "Service", "ExecStart"))
+    env = dict(line.split("=", 1) for line in
+               (ROOT / "packaging" / "csnap-nbd.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    expanded = [env.get(a.strip("${}"), a) if a.startswith("${") else a for a in argv[1:]]
+    args = csnap_nbd.build_parser().parse_args(expanded)
+    assert (args.server, args.listen) == (env["CSNAP_SERVER"], env["CSNAP_NBD_LISTEN"])
+    assert (args.origin, args.store) == (env["CSNAP_ORIGIN"], env["CSNAP_STORE"])
+
+
 def test_sysusers_creates_the_unit_user():
     text = (UNITS / "csnap.sysusers").read_text()
     assert any(line.split()[:2] == ["u", "csnap"] for line in text.splitlines())
