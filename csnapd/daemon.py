@@ -20,7 +20,10 @@ import time
 
 from csnap_client.protocol.auth import read_secret
 from csnap_client.units import parse_size
+from csnapd.config import apply_config
 from csnapd.engine.service import Engine
+from csnapd.logsetup import setup_logging
+from csnapd.metrics import parse_address, start_metrics_server
 from csnapd.net.server import Limits, Server
 from csnapd.registry import ClientRegistry
 from csnapd.store import format as fmt
@@ -81,11 +84,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s")
-
-
 def open_for_serving(args: argparse.Namespace) -> Store:
     try:
         store = open_store(args.store, args.origin, cache_size=parse_size(args.cache_size))
@@ -125,6 +123,8 @@ async def serve(args: argparse.Namespace, store: Store) -> None:
                                    args.identify_timeout, args.frame_timeout),
                     secret=read_secret(args.secret_file) if args.secret_file else None,
                     ssl_context=tls_context(args))
+    if args.metrics:
+        server.metrics = start_metrics_server(*parse_address(args.metrics), engine)
     tcp = await server.listen_tcp(host, port)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.control)
@@ -175,10 +175,12 @@ def _on_signal(server: Server, sig: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = apply_config(build_parser(), argv)  # --config file; flags override it
+    setup_logging(args.log_level, args.log_format)
     try:
         parse_listen(args.listen)
+        if args.metrics:
+            parse_address(args.metrics)
         parse_size(args.cache_size)
         if args.secret_file:
             read_secret(args.secret_file)

@@ -34,6 +34,7 @@ from csnap_client.protocol import (
     messages as m,
 )
 from csnapd.engine.service import Engine
+from csnapd.metrics import RequestMetrics, outcome_of
 
 log = logging.getLogger("csnapd.net")
 MAX_FRAME = 1 << 20
@@ -66,6 +67,7 @@ class Connection(asyncio.Protocol):
         self._frame_timer: asyncio.TimerHandle | None = None
         self.nonce: bytes | None = None  # set when the server requires authentication
         self.proof: bytes | None = None
+        self.started: dict[int, tuple[str, float]] = {}  # request id -> (op, arrival)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -126,6 +128,8 @@ class Connection(asyncio.Protocol):
                                          f"more than {self.pending} requests in flight")])
                 continue
             self.pending += 1
+            if self.server.metrics is not None and msg.get("id"):
+                self.started[msg["id"]] = (msg["op"], time.monotonic())
             self.server.submit(("msg", self.id, msg))
 
     def _authenticate(self, msg: dict[str, Any]) -> bool:
@@ -164,13 +168,18 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._frame_timer is not None:
             self._frame_timer.cancel()
+        self.started.clear()
         if self.server.conns.pop(self.id, None) is not None:
             self.server.submit(("close", self.id))
 
     def send(self, msgs: list[dict[str, Any]]) -> None:
+        metrics = self.server.metrics
         for msg in msgs:
             if msg.get("id"):
                 self.pending = max(0, self.pending - 1)
+                started = self.started.pop(msg["id"], None)
+                if started is not None and metrics is not None:
+                    metrics.observe(started[0], outcome_of(msg), time.monotonic() - started[1])
             if msg["op"] == "IDENTIFY_OK":
                 self.identified = True
                 if self.proof is not None:
@@ -199,6 +208,7 @@ class Server:
         self.limits = limits or Limits()
         self.secret = secret
         self.ssl_context = ssl_context
+        self.metrics: RequestMetrics | None = None  # set by the daemon with --metrics
         self.ids = itertools.count(1)
         self.conns: dict[int, Connection] = {}
         self.inbox: list[tuple] = []
