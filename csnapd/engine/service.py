@@ -201,7 +201,11 @@ class Engine:
             else:
                 self._snapshot_write(conn, msg)
         elif op == "QUERY_SNAPSHOT_READ":
-            self._snapshot_read(conn, msg, now)
+            if conn.slot is None:  # origin reads need no server (protocol.md)
+                self._error(conn.id, rid, ErrorCode.BAD_REQUEST,
+                            "QUERY_SNAPSHOT_READ needs a snapshot volume")
+            else:
+                self._snapshot_read(conn, msg, now)
         elif op == "QUERY_MAP":
             if conn.slot is None:
                 self._error(conn.id, rid, ErrorCode.UNKNOWN_OP, "QUERY_MAP needs a snapshot volume")
