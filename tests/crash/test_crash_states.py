@@ -1,0 +1,228 @@
+"""Power-loss crash states: every prefix, torn writes, reordered writes after a barrier.
+
+For seeded random workloads (origin writes, snapshot create/delete, snapshot
+writes with client data, background delete steps, clean reopen) every write
+the store issues is recorded.  Each crash state is recovered, checked with
+check_store, and compared with the model of what clients were told (see
+tests/crash/harness.py for the exact crash and client model).
+
+The CI run tries at least 2,000 states; tools/crash_soak.py runs the long
+version.  The second half of this file makes sure the harness has teeth:
+with a durability rule of the store deliberately broken, crash states fail.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from csnapd.store import format as fmt
+from csnapd.store import journal as jnl
+from csnapd.store import superblock as sbk
+from csnapd.store.cache import BlockCache
+from csnapd.store.copier import Copier
+from csnapd.store.store import Store
+
+from .harness import (
+    Expectation,
+    Op,
+    Run,
+    Tally,
+    enumerate_states,
+    expectations,
+    run_seed,
+    run_workload,
+)
+from .recording import RecordingDevice, replay, torn
+
+CI_SEEDS = (1, 2, 3)
+CI_OPS = 80
+CI_MIN_STATES = 2000
+
+
+def test_crash_states_ci(show_figure):
+    total = Tally()
+    for seed in CI_SEEDS:
+        total.merge(run_seed(seed, CI_OPS))
+    show_figure(total.figure())
+    assert total.states >= CI_MIN_STATES, total.figure()
+    # every kind of crash state is represented
+    for kind in ("prefix", "torn-head", "torn-tail", "torn-sub", "reorder", "double"):
+        assert total.by_kind.get(kind, 0) > 0, (kind, total.by_kind)
+    assert total.continued > 0
+    assert total.failures == 0, "\n".join(total.examples)
+
+
+# ---------------------------------------------------------------------------
+# the recording layer and the enumeration themselves
+
+
+def test_recording_device_logs_writes_flushes_and_marks():
+    from csnapd.store.device import MemoryDevice
+
+    inner = MemoryDevice(4096)
+    rec = RecordingDevice(inner)
+    rec.pwrite(512, b"a" * 512)
+    rec.mark("x")
+    rec.flush()
+    rec.pwrite(0, bytearray(b"b" * 1024))
+    assert rec.log == [("W", 512, b"a" * 512), ("M", "x"), ("F",), ("W", 0, b"b" * 1024)]
+    assert inner.data[:1024] == b"b" * 1024 and inner.flushes == 1
+    assert rec.pread(0, 4) == b"bbbb" and rec.size == 4096
+    with pytest.raises(OSError):
+        rec.pwrite(4000, b"c" * 512)
+    assert replay(bytes(4096), rec.writes())[:1024] == b"b" * 1024
+    assert torn(b"o" * 1024, b"n" * 1024, 1, True) == b"n" * 512 + b"o" * 512
+    assert torn(b"o" * 1024, b"n" * 1024, 1, False) == b"o" * 512 + b"n" * 512
+
+
+def test_workload_exercises_checkpoints_and_journal_wrap():
+    run = run_workload(1, CI_OPS)
+    writes = [e for e in run.log if e[0] == "W"]
+    flushes = sum(1 for e in run.log if e[0] == "F")
+    acks = [e[1][1] for e in run.log if e[0] == "M" and e[1][0] == "ack"]
+    assert acks == list(range(1, CI_OPS + 1))
+    bs = run.geometry.block_size
+    supers = [e for e in writes if e[1] in (0, bs)]
+    assert {e[1] for e in supers} == {0, bs}, "checkpoints alternate superblock slots"
+    sb = sbk.load(_dev(run.base))[0]
+    jlo, jhi = sb.journal_start * bs, (sb.journal_start + sb.journal_blocks) * bs
+    journal = [e[1] for e in writes if jlo <= e[1] < jhi]
+    assert any(b < a for a, b in zip(journal, journal[1:], strict=False)), "journal wrapped"
+    assert flushes > len(acks)
+    kinds = {op.kind for op in run.ops}
+    assert {"create", "delete", "owrite", "swrite", "step", "reopen"} <= kinds
+
+
+def _dev(image: bytes):
+    from .recording import ImageDevice
+
+    return ImageDevice(bytearray(image))
+
+
+def test_enumeration_covers_every_prefix_and_reorders():
+    run = run_workload(2, 20)
+    states = list(enumerate_states(run, random.Random(0)))
+    nwrites = sum(1 for e in run.log if e[0] == "W")
+    prefixes = [s for s in states if s.kind == "prefix"]
+    assert len(prefixes) == nwrites + 1
+    assert prefixes[-1].image == replay(run.base, (w for w in _writes(run)))
+    # a reordered state is never equal to a mere prefix of its interval
+    assert any(s.kind == "reorder" for s in states)
+
+
+def _writes(run: Run):
+    return ((e[1], e[2]) for e in run.log if e[0] == "W")
+
+
+def test_expectations_follow_marks():
+    ops = [Op(1, "create", "a"), Op(2, "swrite", "a")]
+    run = Run(0, None, b"", [("M", ("start", 1)), ("W", 0, b""), ("F",), ("M", ("ack", 1)),
+                             ("M", ("start", 2)), ("F",), ("M", ("ack", 2)), ("W", 0, b""),
+                             ("F",), ("M", ("data", 2))], ops, [])
+    exps = expectations(run)
+    assert exps[0] == Expectation(0, None, None)
+    assert exps[1] == Expectation(0, ops[0], None)
+    assert exps[4] == Expectation(1, None, None)
+    assert exps[7] == Expectation(2, None, ops[1])
+    assert exps[10] == Expectation(2, None, None)
+
+
+# ---------------------------------------------------------------------------
+# test the tests: break a durability rule, crash states must fail
+
+
+def _skip_flush_after(monkeypatch, cls, method: str) -> None:
+    """Make the store skip the flush that follows ``cls.method`` (a seeded bug)."""
+    armed = {"on": False}
+    orig = getattr(cls, method)
+    orig_flush = Store._flush
+
+    def wrapped(*args, **kwargs):
+        result = orig(*args, **kwargs)
+        armed["on"] = True
+        return result
+
+    def flush(self):
+        if armed["on"]:
+            armed["on"] = False
+            return
+        orig_flush(self)
+
+    monkeypatch.setattr(cls, method, wrapped)
+    monkeypatch.setattr(Store, "_flush", flush)
+
+
+def _mutant_failures(seeds=(1, 2, 3), nops: int = 60) -> Tally:
+    """Crash states of the usual workloads, stopping at the first failure."""
+    total = Tally()
+    for seed in seeds:
+        total.merge(run_seed(seed, nops, double_rate=0.0, continue_rate=0.0,
+                             stop_on_failure=True))
+        if total.failures:
+            break
+    return total
+
+
+def test_mutant_ack_before_journal_flush_is_caught(monkeypatch):
+    """dm-thin 4ae280b4 class: acknowledging before the commit is durable."""
+    _skip_flush_after(monkeypatch, jnl.Journal, "write")
+    assert _mutant_failures().failures > 0
+
+
+def test_mutant_journal_before_copyout_data_is_caught(monkeypatch):
+    """dm-snapshot 694cfe7f class: committing an exception before its data is durable."""
+    _skip_flush_after(monkeypatch, Copier, "run")
+    assert _mutant_failures().failures > 0
+
+
+def test_mutant_superblock_before_home_writes_is_caught(monkeypatch):
+    """ddsnap commit_transaction class: no barrier between home writes and the new tail."""
+    _skip_flush_after(monkeypatch, BlockCache, "write_home")
+    assert _mutant_failures().failures > 0
+
+
+def test_mutant_commit_crc_over_commit_block_only_is_caught(monkeypatch):
+    """ddsnap checksum_block class: a torn transaction whose images are not covered."""
+    monkeypatch.setattr(fmt, "commit_valid", lambda block, images: True)
+    assert _mutant_failures().failures > 0
+
+
+def test_mutant_single_superblock_slot_is_caught(monkeypatch):
+    """A torn checkpoint must only ever damage the older superblock copy."""
+
+    def write_slot(dev, sbs, f):
+        dev.pwrite(0, sbs.seal(0, f))
+        return 0
+
+    monkeypatch.setattr(sbk, "write_slot", write_slot)
+    assert _mutant_failures().failures > 0
+
+
+def test_mutant_recovery_stepping_generation_back_is_caught(monkeypatch):
+    """The bug fixed in f74ae93: a journaled superblock sealed before an in-commit
+    checkpoint carried the old generation, so recovery's checkpoint overwrote the
+    newest valid slot; torn, that lost the store.  The harness flags the overwrite."""
+    real = Store._adopt_journaled_super
+
+    def adopt(self, image):
+        real(self, image)
+        self.sb.generation -= 1
+
+    monkeypatch.setattr(Store, "_adopt_journaled_super", adopt)
+    tally = _mutant_failures()
+    assert tally.failures > 0
+    assert "overwrites the newest valid superblock slot" in tally.examples[0]
+
+
+def test_mutant_recovery_without_replay_is_caught(monkeypatch):
+    real = jnl.scan
+
+    def scan(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.transactions = []
+        return result
+
+    monkeypatch.setattr(jnl, "scan", scan)
+    assert _mutant_failures().failures > 0
