@@ -158,6 +158,12 @@ class Engine:
             self._advice.awaiting.discard(conn_id)
             self._advance_advice(now)
 
+    def renew(self, conn_id: int, now: float) -> None:
+        """The connection is alive (it PINGed): extend its read-lock leases."""
+        conn = self.conns.get(conn_id)
+        if conn is not None and conn.client_id is not None:
+            self.locks.renew_client(conn.client_id, now)
+
     def _disconnect(self, conn_id: int, now: float) -> None:
         """Forget a connection here and have the net layer close its socket."""
         self.close_conn(conn_id, now)

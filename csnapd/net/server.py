@@ -9,6 +9,7 @@ commit (group commit) and the replies are written after it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -68,6 +69,7 @@ class Connection(asyncio.Protocol):
         self.nonce: bytes | None = None  # set when the server requires authentication
         self.proof: bytes | None = None
         self.started: dict[int, tuple[str, float]] = {}  # request id -> (op, arrival)
+        self.last_renew = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -123,6 +125,9 @@ class Connection(asyncio.Protocol):
                 continue
             if self.nonce is not None and not self._authenticate(msg):
                 return
+            if msg["op"] == "PING" and self.identified:
+                self._pong(msg["id"])
+                continue
             if self.pending >= self.server.limits.max_inflight:
                 self.send([m.reply_error(msg.get("id", 0), ErrorCode.LIMIT_EXCEEDED,
                                          f"more than {self.pending} requests in flight")])
@@ -147,6 +152,16 @@ class Connection(asyncio.Protocol):
         self.send([m.reply_error(msg.get("id", 0), ErrorCode.AUTH_FAILED, why)])
         self.transport.close()
         return False
+
+    def _pong(self, rid: int) -> None:
+        """PING needs no store: answer on the event loop, renew leases now and then."""
+        self.transport.write(encode(m.pong(rid)))
+        now = time.monotonic()
+        if now - self.last_renew >= 1.0:
+            self.last_renew = now
+            self.server.submit(("renew", self.id))
+        if self.server.metrics is not None:
+            self.server.metrics.observe("PING", "ok", 0.0)
 
     def _watch_partial_frame(self) -> None:
         if self.framer.buffered:
@@ -211,7 +226,7 @@ class Server:
         self.metrics: RequestMetrics | None = None  # set by the daemon with --metrics
         self.ids = itertools.count(1)
         self.conns: dict[int, Connection] = {}
-        self.inbox: list[tuple] = []
+        self.inbox: collections.deque[tuple] = collections.deque()
         self.wake = asyncio.Event()
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.listeners: list[asyncio.AbstractServer] = []
@@ -243,8 +258,7 @@ class Server:
             while True:
                 await self.wake.wait()
                 self.wake.clear()
-                batch, self.inbox = self.inbox, []
-                out, closing, more = await loop.run_in_executor(self.worker, self._process, batch)
+                out, closing, more = await loop.run_in_executor(self.worker, self._process)
                 self._dispatch(out, closing)
                 if more:
                     self.wake.set()
@@ -260,10 +274,27 @@ class Server:
             await asyncio.sleep(TICK)
             self.submit(("tick",))
 
-    def _process(self, batch: list[tuple]) -> tuple[list, set[int], bool]:
+    def _process(self) -> tuple[list, set[int], bool]:
+        """One batch on the store thread: everything queued, then one commit.
+
+        The inbox is drained a second time just before the commit, so requests
+        that arrived while this batch was being worked on share its commit.
+        """
         engine, now = self.engine, time.monotonic()
         self.batches += 1
-        for item in batch:
+        self._drain(engine, now)
+        self._drain(engine, now)
+        out = engine.flush(now)
+        closing, engine.closing = set(engine.closing), set()
+        more = False
+        if not self.inbox and not self.stopping.is_set():
+            more = engine.background()
+        return out, closing, more
+
+    def _drain(self, engine: Engine, now: float) -> None:
+        inbox = self.inbox
+        while inbox:
+            item = inbox.popleft()
             kind = item[0]
             if kind == "msg":
                 engine.handle(item[1], item[2], now)
@@ -271,14 +302,10 @@ class Server:
                 engine.open_conn(item[1], control=item[2], peer=item[3], privileged=item[4])
             elif kind == "close":
                 engine.close_conn(item[1], now)
+            elif kind == "renew":
+                engine.renew(item[1], now)
             elif kind == "tick":
                 engine.tick(now)
-        out = engine.flush(now)
-        closing, engine.closing = set(engine.closing), set()
-        more = False
-        if not self.inbox and not self.stopping.is_set():
-            more = engine.background()
-        return out, closing, more
 
     def _dispatch(self, out: list, closing: set[int]) -> None:
         per_conn: dict[int, list] = {}

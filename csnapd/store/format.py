@@ -429,14 +429,21 @@ def entry_size(excs: list[list[int]]) -> int:
     return ENTRY_OVERHEAD + sum(sharemap_size(sm) for _, sm in excs)
 
 
+_ONE_BYTE_EXC = struct.Struct("<QHHB")
+
+
 def encode_leaf(keys: list[int], vals: list[list[list[int]]]) -> bytes:
     out = bytearray()
+    entry, exc1, exc = LEAF_ENTRY.pack, _ONE_BYTE_EXC.pack, LEAF_EXC.pack
     for chunk, excs in zip(keys, vals, strict=True):
-        out += LEAF_ENTRY.pack(chunk, len(excs))
+        out += entry(chunk, len(excs))
         for store, sharemap in excs:
+            if sharemap < 256:  # the common case: snapshot slots 0..7
+                out += exc1(store, 0, 1, sharemap)
+                continue
             low = ((sharemap & -sharemap).bit_length() - 1) // 8
             raw = (sharemap >> (8 * low)).to_bytes((sharemap.bit_length() + 7) // 8 - low, "little")
-            out += LEAF_EXC.pack(store, low, len(raw))
+            out += exc(store, low, len(raw))
             out += raw
     return bytes(out)
 
@@ -447,20 +454,25 @@ def decode_leaf(block: bytes, addr: int, count: int) -> tuple[list[int], list[li
     vals: list[list[list[int]]] = []
     pos, end = HEADER_SIZE, len(block)
     prev = -1
+    entry, exc_hdr = LEAF_ENTRY.unpack_from, LEAF_EXC.unpack_from
+    from_bytes = int.from_bytes
     try:
         for _ in range(count):
-            chunk, m = LEAF_ENTRY.unpack_from(block, pos)
+            chunk, m = entry(block, pos)
             pos += ENTRY_OVERHEAD
             if chunk <= prev or m == 0:
                 raise CorruptionError(addr, "LEAF", f"bad entry for chunk {chunk}")
             prev = chunk
             excs = []
             for _ in range(m):
-                store, off, length = LEAF_EXC.unpack_from(block, pos)
+                store, off, length = exc_hdr(block, pos)
                 pos += EXC_OVERHEAD
-                if length == 0 or pos + length > end:
+                if length == 1 and pos < end:  # the common case: one sharemap byte
+                    sharemap = block[pos] << (8 * off)
+                elif length == 0 or pos + length > end:
                     raise CorruptionError(addr, "LEAF", f"bad sharemap for chunk {chunk}")
-                sharemap = int.from_bytes(block[pos:pos + length], "little") << (8 * off)
+                else:
+                    sharemap = from_bytes(block[pos:pos + length], "little") << (8 * off)
                 if sharemap == 0:
                     raise CorruptionError(addr, "LEAF", f"empty sharemap for chunk {chunk}")
                 pos += length
