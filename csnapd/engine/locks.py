@@ -568,6 +568,11 @@ class LockTable:
         state = self._clients.get(client)
         return state is not None and lock_id in state.broken
 
+    def held_lock_count(self, client: Hashable) -> int:
+        """How many locks ``client`` holds (O(1), for per-request limit checks)."""
+        state = self._clients.get(client)
+        return 0 if state is None else len(state.held)
+
     def client_stats(self, client: Hashable) -> ClientLockStats:
         """Counts for one client (all zero for an unknown client)."""
         state = self._clients.get(client)

@@ -87,6 +87,13 @@ _STORE_ERRORS: list[tuple[type[Exception], int]] = [
 class Engine:
     """Sans-IO request handling over one open store."""
 
+    #: Read locks one client may hold at once (protocol MAX_READ_LOCKS).
+    MAX_READ_LOCKS = m.MAX_READ_LOCKS
+    #: Chunks one client may hold locked (or queue for) at once.
+    MAX_CLIENT_LOCKED = 1 << 18
+    #: Chunks all clients together may hold locked: bounds the lock table's memory.
+    MAX_TOTAL_LOCKED = 1 << 21
+
     def __init__(self, store: Store, *, epoch: int = 1, lease: float = 10.0,
                  lock_lease: float = 30.0, advice_timeout: float | None = None,
                  grace_clients: set[int] | None = None, grace: float = 0.0,
@@ -95,7 +102,7 @@ class Engine:
                  on_full: str = "squash") -> None:
         self.store, self.epoch, self.lease = store, epoch, lease
         self.advice_timeout = advice_timeout if advice_timeout is not None else 2 * lease
-        self.locks = lk.LockTable(lease=lock_lease)
+        self.locks = lk.LockTable(lease=lock_lease, max_client_chunks=self.MAX_CLIENT_LOCKED)
         self.conns: dict[int, Conn] = {}
         self.by_client: dict[int, int] = {}
         self._after_commit: list[Out] = []
@@ -363,6 +370,12 @@ class Engine:
         if not origin:
             self._after_commit.append((conn.id, self._read_reply(rid, origin, store)))
             return
+        if self.locks.held_lock_count(conn.client_id) >= self.MAX_READ_LOCKS:
+            return self._error(conn.id, rid, ErrorCode.LIMIT_EXCEEDED,
+                               f"more than {self.MAX_READ_LOCKS} read locks held; finish some")
+        if self.locks.held_chunks + m.count_chunks(origin) > self.MAX_TOTAL_LOCKED:
+            return self._error(conn.id, rid, ErrorCode.BUSY,
+                               "too many chunks read-locked server-wide; retry later")
         result = self.locks.acquire_read(conn.client_id, rid, origin, now)
         if isinstance(result, lk.ReadGrant):
             self._after_commit.append((conn.id, self._read_reply(rid, origin, store)))

@@ -179,3 +179,20 @@ def test_usage_of_a_large_store_is_counted_in_the_background(engine, monkeypatch
     assert steps >= 2  # really incremental
     later = engine.status()
     assert later["snapshots"][0]["unique"] == 500 and later["usage_age_s"] == 0.0
+
+
+def test_read_lock_limits(engine, monkeypatch):
+    connect(engine, 1)
+    create_snapshot(engine, "s", [1])
+    connect(engine, 2, "s")
+    monkeypatch.setattr(Engine, "MAX_READ_LOCKS", 3)
+    for rid in range(10, 14):
+        engine.handle(2, m.query_snapshot_read(rid, [[rid, 1]]), 0.0)
+    out = {msg["id"]: msg for _, msg in engine.flush(0.0)}
+    assert [out[r]["op"] for r in range(10, 13)] == ["SNAPSHOT_READ_OK"] * 3
+    assert out[13]["code"] == ErrorCode.LIMIT_EXCEEDED
+    monkeypatch.setattr(Engine, "MAX_TOTAL_LOCKED", 5)
+    engine.handle(2, m.finish_snapshot_read(20, 10), 0.0)
+    engine.handle(2, m.query_snapshot_read(21, [[100, 8]]), 0.0)
+    out = {msg["id"]: msg for _, msg in engine.flush(0.0)}
+    assert out[21]["code"] == ErrorCode.BUSY
