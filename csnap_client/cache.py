@@ -45,8 +45,12 @@ Segment = tuple[int, int, int | None]
 """``(chunk, count, store_chunk | None)``: a piece of a lookup; None means not cached."""
 
 
-class RunSet:
-    """A set of chunk numbers stored as ``start -> end`` (exclusive) runs, bounded."""
+class _Runs:
+    """Sorted runs keyed by their first chunk, at most ``max_runs`` of them.
+
+    When over the bound, random runs are dropped: a cache may forget, and
+    random eviction needs no bookkeeping on the hot path.
+    """
 
     __slots__ = ("_runs", "max_runs", "_rng")
 
@@ -61,6 +65,21 @@ class RunSet:
         """Number of runs (the memory cost), not of chunks."""
         return len(self._runs)
 
+    def clear(self) -> None:
+        """Forget everything (a NEW_SNAPSHOT or DELETE_SNAPSHOT advice, a lost lease)."""
+        self._runs.clear()
+
+    def _evict(self) -> None:
+        runs = self._runs
+        while len(runs) > self.max_runs:
+            runs.popitem(self._rng.randrange(len(runs)))
+
+
+class RunSet(_Runs):
+    """A set of chunk numbers stored as ``start -> end`` (exclusive) runs, bounded."""
+
+    __slots__ = ()
+
     @property
     def chunks(self) -> int:
         """Number of chunks in the set."""
@@ -69,10 +88,6 @@ class RunSet:
     def runs(self) -> list[tuple[int, int]]:
         """All runs as ``(start, count)``, sorted."""
         return [(s, e - s) for s, e in self._runs.items()]
-
-    def clear(self) -> None:
-        """Forget everything (NEW_SNAPSHOT advice, lease loss, reconnect)."""
-        self._runs.clear()
 
     def __contains__(self, chunk: int) -> bool:
         runs = self._runs
@@ -133,11 +148,6 @@ class RunSet:
         i = runs.bisect_right(start) - 1
         return i >= 0 and runs.peekitem(i)[1] >= start + count
 
-    def _evict(self) -> None:
-        runs = self._runs
-        while len(runs) > self.max_runs:
-            runs.popitem(self._rng.randrange(len(runs)))
-
     def check_invariants(self) -> None:
         """Raise AssertionError if the runs are not sorted, disjoint, non-adjacent, bounded."""
         prev_end = -1
@@ -148,21 +158,10 @@ class RunSet:
         assert len(self._runs) <= self.max_runs
 
 
-class StoreMap:
+class StoreMap(_Runs):
     """Snapshot chunk -> store chunk, as runs ``start -> (count, store_start)``, bounded."""
 
-    __slots__ = ("_runs", "max_runs", "_rng")
-
-    def __init__(self, max_runs: int = DEFAULT_MAX_RUNS) -> None:
-        if max_runs < 1:
-            raise ValueError("max_runs must be >= 1")
-        self._runs: SortedDict = SortedDict()
-        self.max_runs = max_runs
-        self._rng = random.Random(0x5EED)
-
-    def __len__(self) -> int:
-        """Number of runs."""
-        return len(self._runs)
+    __slots__ = ()
 
     @property
     def chunks(self) -> int:
@@ -172,10 +171,6 @@ class StoreMap:
     def runs(self) -> list[tuple[int, int, int]]:
         """All runs as ``(chunk, count, store_chunk)``, sorted."""
         return [(c, n, s) for c, (n, s) in self._runs.items()]
-
-    def clear(self) -> None:
-        """Forget everything (DELETE_SNAPSHOT advice, store identity change)."""
-        self._runs.clear()
 
     def get(self, chunk: int) -> int | None:
         """Store chunk of ``chunk``, or None if not cached."""
@@ -227,8 +222,7 @@ class StoreMap:
             del runs[chunk + count]
             count += nxt[0]
         runs[chunk] = (count, store)
-        while len(runs) > self.max_runs:
-            runs.popitem(self._rng.randrange(len(runs)))
+        self._evict()
 
     def add_mapping(self, mapping: list[list[int]]) -> None:
         """Add every ``[chunk, count, store_chunk]`` entry of a protocol mapping."""

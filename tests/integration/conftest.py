@@ -157,6 +157,20 @@ class RawClient:
         self.sock.close()
 
 
+def read_snapshot_chunk(handle: ServerHandle, client: RawClient, chunk: int) -> bytes:
+    """Read one chunk of a snapshot as a client does: map it, read, release the lock."""
+    reply = client.call(m.query_snapshot_read(0, [[chunk, 1]]))
+    cs = handle.chunk_size
+    path, where = ((handle.store, reply["store"][0][2]) if reply["store"]
+                   else (handle.origin, chunk))
+    with open(path, "rb") as f:
+        f.seek(where * cs)
+        data = f.read(cs)
+    if reply["origin"]:
+        client.call(m.finish_snapshot_read(0, reply["id"]))
+    return data
+
+
 def make_server(tmp: Path, chunk_size: int = 4096, origin_size: int = 4 << 20,
                 store_size: int = 64 << 20, **init: str) -> ServerHandle:
     store, origin = tmp / "store.img", tmp / "origin.img"

@@ -18,7 +18,7 @@ from csnapd.store import format as fmt
 from csnapd.store.device import FileDevice
 from csnapd.store.superblock import load
 
-from .conftest import BIN, make_server, run_tool
+from .conftest import BIN, make_server, read_snapshot_chunk, run_tool
 
 
 def test_control_socket_is_private(server):
@@ -167,21 +167,10 @@ def test_snapshot_write_is_private_and_snapshot_keeps_its_bytes(server):
         f.write(b"S" * cs)
     s2 = server.client("s2")
 
-    def read_chunk(client, chunk: int) -> bytes:
-        reply = client.call(m.query_snapshot_read(0, [[chunk, 1]]))
-        path, where = ((server.store, reply["store"][0][2]) if reply["store"]
-                       else (server.origin, chunk))
-        with open(path, "rb") as f:
-            f.seek(where * cs)
-            data = f.read(cs)
-        if reply["origin"]:
-            client.call(m.finish_snapshot_read(0, reply["id"]))
-        return data
-
-    assert read_chunk(s1, 1) == b"S" * cs
-    assert read_chunk(s2, 1) == b"A" * cs
-    assert read_chunk(s1, 0) == b"A" * cs
-    assert read_chunk(s2, 3) == b"A" * cs
+    assert read_snapshot_chunk(server, s1, 1) == b"S" * cs
+    assert read_snapshot_chunk(server, s2, 1) == b"A" * cs
+    assert read_snapshot_chunk(server, s1, 0) == b"A" * cs
+    assert read_snapshot_chunk(server, s2, 3) == b"A" * cs
 
 
 def test_sigkill_then_restart_keeps_acknowledged_work(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from csnap_client.protocol import messages as m
 
-from .conftest import BIN, make_server
+from .conftest import BIN, make_server, read_snapshot_chunk
 
 WRITER = textwrap.dedent("""
     import asyncio, sys, time
@@ -35,17 +35,10 @@ WRITER = textwrap.dedent("""
 
 def _snapshot_chunk(handle, name: str, chunk: int) -> bytes:
     snap = handle.client(name)
-    reply = snap.call(m.query_snapshot_read(0, [[chunk, 1]]))
-    cs = handle.chunk_size
-    path, where = ((handle.store, reply["store"][0][2]) if reply["store"]
-                   else (handle.origin, chunk))
-    with open(path, "rb") as f:
-        f.seek(where * cs)
-        data = f.read(cs)
-    if reply["origin"]:
-        snap.call(m.finish_snapshot_read(0, reply["id"]))
-    snap.close()
-    return data
+    try:
+        return read_snapshot_chunk(handle, snap, chunk)
+    finally:
+        snap.close()
 
 
 def test_slow_origin_client_finishes_approved_writes_before_the_snapshot(server):
