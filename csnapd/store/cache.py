@@ -47,6 +47,9 @@ class BlockCache:
         self.used = 0
         self.dirty: dict[int, Any] = {}
         self.pending_home: dict[int, bytes] = {}
+        #: committed images of blocks freed by the running (uncommitted)
+        #: transaction: the committed tree still uses them until it commits
+        self.freed_pending: dict[int, bytes] = {}
         self.is_meta: Callable[[int], bool] = lambda addr: True
         self.hits = self.misses = 0
 
@@ -90,11 +93,19 @@ class BlockCache:
         self.dirty[obj.addr] = obj
 
     def forget(self, addr: int) -> None:
-        """Drop a freed block everywhere (its journal images stay harmless)."""
+        """Drop a freed block everywhere (its journal images stay harmless).
+
+        A committed image not yet home is kept in ``freed_pending`` until the
+        freeing transaction commits: a checkpoint run before that (commit()
+        checkpoints when the transaction does not fit in the journal) moves the
+        journal tail past the image, so it must still write it home.
+        """
         if self._lru.pop(addr, None) is not None:
             self.used -= self._costs.pop(addr)
         self.dirty.pop(addr, None)
-        self.pending_home.pop(addr, None)
+        image = self.pending_home.pop(addr, None)
+        if image is not None:
+            self.freed_pending[addr] = image
 
     def _insert(self, obj: Any) -> None:
         cost = obj.cost()
@@ -128,10 +139,17 @@ class BlockCache:
         """Record durable journal images as waiting for their home write."""
         for addr, image in images:
             self.pending_home[addr] = image
+        self.freed_pending.clear()  # their freeing is durable now
 
     def write_home(self) -> int:
         """Write every pending image to its home (no flush); return the count."""
         bs = self.block_size
+        # Blocks freed by the uncommitted transaction: metadata in the committed
+        # state, and their chunks are quarantined, so no overlap check applies.
+        for addr in sorted(self.freed_pending):
+            if addr not in self.pending_home:
+                self.dev.pwrite(addr * bs, self.freed_pending[addr])
+        self.freed_pending.clear()
         for addr in sorted(self.pending_home):
             if not self.is_meta(addr):
                 raise CorruptionError(addr, "BLOCK", "overlap check: home is not a metadata block")

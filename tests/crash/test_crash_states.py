@@ -226,3 +226,22 @@ def test_mutant_recovery_without_replay_is_caught(monkeypatch):
 
     monkeypatch.setattr(jnl, "scan", scan)
     assert _mutant_failures().failures > 0
+
+
+def test_regression_checkpoint_inside_commit_keeps_images_of_blocks_being_freed():
+    """Found by tools/crash_soak.py (seed 56): a delete step merged two leaves,
+    freeing leaf 140 whose committed image was not yet home; BlockCache.forget
+    dropped that image; commit() then checkpointed (the transaction did not fit)
+    and moved the tail past it, so a crash before the new transaction left the
+    committed tree pointing at a stale leaf.  Every prefix state of that run."""
+    from .harness import GEOMETRIES, check_state
+
+    run = run_workload(56, 120, GEOMETRIES["small"])
+    exps = expectations(run)
+    rng = random.Random(0)
+    tally = Tally()
+    for state in enumerate_states(run, random.Random(56)):
+        if state.kind == "prefix":
+            check_state(state, run, exps[state.position], tally, rng, 0.0, 0.0)
+    assert tally.states > 200
+    assert tally.failures == 0, "\n".join(tally.examples)
