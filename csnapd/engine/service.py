@@ -555,7 +555,7 @@ class Engine:
         out.extend(done)
         return out
 
-    def background(self, budget_leaves: int = 16) -> bool:
+    def background(self, budget_leaves: int = 4) -> bool:
         """Run a slice of background work (deletion, usage scan); True while more remains."""
         more = False
         if self._scan is not None:
