@@ -38,6 +38,7 @@ from csnap_bench.harness import (
 )
 from csnap_client.protocol import messages as m
 from csnap_client.units import parse_size
+from tools import nbd_bench
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 
@@ -851,6 +852,13 @@ def print_table(out: dict[str, Any]) -> None:
         print(f"qemu-img first-touch 4K writes/s: {q['no_flush']['writes_per_s']} (no flush), "
               f"{q['flush_each']['writes_per_s']} (flush each); csnap/qemu = "
               f"{q['ratio_csnap_vs_qemu_no_flush']} / {q['ratio_csnap_vs_qemu_flush_each']}")
+    n = out.get("nbd", {})
+    if "skipped" in n:
+        print(f"nbd: {n['skipped']}")
+    elif n:
+        for name, r in n["results"].items():
+            print(f"nbdcopy {name}: csnap-nbd {r['csnap_MiBps']} MiB/s vs qemu-nbd raw "
+                  f"{r['raw_MiBps']} MiB/s, ratio {r['ratio']}")
     print()
     for t in out["targets"]:
         state = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
@@ -875,10 +883,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help="directory for the temporary files (default: "
                    "a new directory under $TMPDIR)")
     p.add_argument("--only", action="append", choices=["4k", "64k", "snapcount", "scale",
-                                                       "qemu"],
+                                                       "qemu", "nbd"],
                    help="run only these stages (repeatable)")
     p.add_argument("--skip", action="append", choices=["library"], help="skip a part")
     return p
+
+
+def stage_nbd(cfg: Config, tmp: Path, out: dict[str, Any]) -> None:
+    """nbdcopy through csnap-nbd, as a ratio to nbdcopy against qemu-nbd on a raw file."""
+    missing = [t for t in ("nbdcopy", "qemu-nbd") if shutil.which(t) is None]
+    if missing:
+        out["nbd"] = {"skipped": f"{', '.join(missing)} not installed "
+                                 "(scripts/install-system-deps.sh installs them)"}
+        return
+    size = (16 << 20) if cfg.mode == "quick" else (128 << 20)
+    work = tmp / "nbd"
+    work.mkdir()
+    try:
+        rows = nbd_bench.bench(work, size, 64 << 10)
+    except (OSError, subprocess.SubprocessError, TimeoutError) as exc:
+        out["nbd"] = {"skipped": f"nbd benchmark failed: {exc}"}
+        return
+    out["nbd"] = {"bytes": size, "chunk_size": 64 << 10, "results": rows}
+    print("nbdcopy through csnap-nbd vs qemu-nbd raw (ratio):",
+          ", ".join(f"{k} {v['ratio']}" for k, v in rows.items()))
 
 
 async def run(cfg: Config, tmp: Path, only: set[str]) -> dict[str, Any]:
@@ -889,7 +917,7 @@ async def run(cfg: Config, tmp: Path, only: set[str]) -> dict[str, Any]:
                            "client": "one Python process (uvloop), closed loop, one request "
                                      "in flight per connection",
                            "baselines": {}, "workloads": {}, "group_commit": {}, "scale": {},
-                           "qemu": {}}
+                           "qemu": {}, "nbd": {}}
     t0 = time.perf_counter()
     if not only or "4k" in only:
         await stage_4k(cfg, tmp, out)
@@ -899,6 +927,8 @@ async def run(cfg: Config, tmp: Path, only: set[str]) -> dict[str, Any]:
         await stage_snapcount(cfg, tmp, out)
     if not only or "qemu" in only:
         stage_qemu(cfg, tmp, out)
+    if not only or "nbd" in only:
+        stage_nbd(cfg, tmp, out)
     if not only or "scale" in only:
         await stage_scale(cfg, tmp, out)
     out["elapsed_s"] = round(time.perf_counter() - t0, 1)
