@@ -77,9 +77,6 @@ class BlockCache:
             raw = self.dev.pread(addr * self.block_size, self.block_size)
         return raw
 
-    def cached(self, addr: int) -> Any:
-        return self._lru.get(addr)
-
     # -- changing ---------------------------------------------------------
     def add_new(self, obj: Any) -> None:
         """Install a freshly allocated block (replacing anything cached there)."""

@@ -604,12 +604,4 @@ class Store:
         }
 
 
-def geometry_from(f: fmt.SuperFields) -> dict[str, int]:
-    """Static layout fields, for dump and tests."""
-    names = ("block_size chunk_size store_chunks origin_chunks snaptab_start snaptab_blocks "
-             "cbitmap_start cbitmap_blocks mbitmap_start mbitmap_blocks journal_start "
-             "journal_blocks data_start_chunk max_snapshots").split()
-    return {n: getattr(f, n) for n in names}
-
-
-__all__ = ["Store", "Recovery", "FormatError", "geometry_from"]
+__all__ = ["Store", "Recovery", "FormatError"]

@@ -59,15 +59,6 @@ def walk_tree(store, on_error: ErrorHook | None = None) -> Iterator[Visit]:  # n
                 stack.append((child, depth - 1, clo, chi, f"{path}/{i}"))
 
 
-def iter_exceptions(store) -> Iterator[tuple[int, int, int]]:  # noqa: ANN001
-    """(logical chunk, store chunk, sharemap) for every exception, in chunk order."""
-    for visit in walk_tree(store):
-        if visit.depth == 0:
-            for chunk, excs in zip(visit.block.keys, visit.block.vals, strict=True):
-                for store_chunk, sharemap in excs:
-                    yield chunk, store_chunk, sharemap
-
-
 def snapshot_usage(store) -> dict[int, dict[str, int]]:  # noqa: ANN001
     """Per snapshot slot: chunks it owns alone ("unique") and shares ("shared")."""
     usage: dict[int, dict[str, int]] = {}
