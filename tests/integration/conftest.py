@@ -171,6 +171,10 @@ def read_snapshot_chunk(handle: ServerHandle, client: RawClient, chunk: int) -> 
     return data
 
 
+#: Every server made by make_server; tests/conftest.py kills those a test left running.
+STARTED: list[ServerHandle] = []
+
+
 def make_server(tmp: Path, chunk_size: int = 4096, origin_size: int = 4 << 20,
                 store_size: int = 64 << 20, **init: str) -> ServerHandle:
     store, origin = tmp / "store.img", tmp / "origin.img"
@@ -183,7 +187,10 @@ def make_server(tmp: Path, chunk_size: int = 4096, origin_size: int = 4 << 20,
     for key, value in init.items():
         args += [f"--{key.replace('_', '-')}", value]
     run_tool("csnap-init", *args)
-    return ServerHandle(tmp, store, origin, free_port(), tmp / "ctl" / "csnapd.sock", chunk_size)
+    handle = ServerHandle(tmp, store, origin, free_port(), tmp / "ctl" / "csnapd.sock",
+                          chunk_size)
+    STARTED.append(handle)
+    return handle
 
 
 @pytest.fixture
