@@ -155,20 +155,6 @@ class BlockCache:
         self.pending_home.clear()
         return count
 
-    def write_back(self, limit: int) -> int:
-        """Write up to ``limit`` committed images home early (no flush).
-
-        Allowed at any time (their transactions are durable), and it keeps the
-        next checkpoint short: that checkpoint's flush covers these writes too.
-        """
-        bs, done = self.block_size, 0
-        for addr in sorted(self.pending_home)[:limit]:
-            if not self.is_meta(addr):
-                raise CorruptionError(addr, "BLOCK", "overlap check: home is not a metadata block")
-            self.dev.pwrite(addr * bs, self.pending_home.pop(addr))
-            done += 1
-        return done
-
     # -- memory -----------------------------------------------------------
     def trim(self) -> None:
         """Evict least recently used clean blocks until well within budget."""

@@ -220,9 +220,6 @@ class Store:
             self._fail(f"I/O error during commit: {exc}")
             raise
         self.cache.committed([(a, i) for a, i in images if a != 0])
-        if self.journal.used * 4 > self.journal.nblocks:
-            # trickle committed blocks home so no checkpoint has much left to write
-            self.cache.write_back(2 * len(images))
         self.committed_super = self.sbs.snapshot()
         self.alloc.transaction_committed()
         self.stats["commits"] += 1
