@@ -78,7 +78,8 @@ def test_failed_commit_turns_done_into_errors(engine, monkeypatch):
     assert reply["op"] == "ERROR" and reply["id"] == 9 and "not done" in reply["message"]
 
 
-def test_origin_write_waits_for_read_lock_and_release_wakes_it(engine):
+def write_blocked_by_reader(engine: Engine) -> None:
+    """Origin conn 1 wants chunk 4 while snapshot conn 2 holds read lock 5 on 0..7."""
     connect(engine, 1)
     create_snapshot(engine, "s", [1])
     connect(engine, 2, "s")
@@ -87,31 +88,23 @@ def test_origin_write_waits_for_read_lock_and_release_wakes_it(engine):
     assert read["origin"] == [[0, 8]]
     engine.handle(1, m.query_write(6, [[4, 1]]), 0.0)
     assert engine.flush(0.0) == []
+
+
+def test_origin_write_waits_for_read_lock_and_release_wakes_it(engine):
+    write_blocked_by_reader(engine)
     engine.handle(2, m.finish_snapshot_read(7, 5), 0.0)
     out = sorted((c, msg["op"]) for c, msg in engine.flush(0.0))
     assert out == [(1, "WRITE_OK"), (2, "FINISH_OK")]
 
 
 def test_disconnect_frees_locks(engine):
-    connect(engine, 1)
-    create_snapshot(engine, "s", [1])
-    connect(engine, 2, "s")
-    engine.handle(2, m.query_snapshot_read(5, [[0, 8]]), 0.0)
-    engine.flush(0.0)
-    engine.handle(1, m.query_write(6, [[4, 1]]), 0.0)
-    assert engine.flush(0.0) == []
+    write_blocked_by_reader(engine)
     engine.close_conn(2, 0.1)
     assert [msg["op"] for _, msg in engine.flush(0.1)] == ["WRITE_OK"]
 
 
 def test_lease_expiry_breaks_lock_and_release_says_invalid(engine):
-    connect(engine, 1)
-    create_snapshot(engine, "s", [1])
-    connect(engine, 2, "s")
-    engine.handle(2, m.query_snapshot_read(5, [[0, 8]]), 0.0)
-    engine.flush(0.0)
-    engine.handle(1, m.query_write(6, [[4, 1]]), 0.0)
-    assert engine.flush(0.0) == []
+    write_blocked_by_reader(engine)
     engine.tick(10.0)
     assert [msg["op"] for _, msg in engine.flush(10.0)] == ["WRITE_OK"]
     engine.handle(2, m.finish_snapshot_read(7, 5), 10.0)
