@@ -901,8 +901,10 @@ def stage_nbd(cfg: Config, tmp: Path, out: dict[str, Any]) -> None:
     work.mkdir()
     try:
         rows = nbd_bench.bench(work, size, 64 << 10)
-    except (OSError, subprocess.SubprocessError, TimeoutError) as exc:
-        out["nbd"] = {"skipped": f"nbd benchmark failed: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - a failed stage is reported, never fatal
+        logs = {p.name: p.read_text()[-400:] for p in work.glob("*.log")}
+        out["nbd"] = {"skipped": f"nbd benchmark failed: {exc}", "logs": logs}
+        print(f"nbd stage failed: {exc}", file=sys.stderr)
         return
     out["nbd"] = {"bytes": size, "chunk_size": 64 << 10, "results": rows}
     print("nbdcopy through csnap-nbd vs qemu-nbd raw (ratio):",

@@ -132,6 +132,8 @@ def bench(tmp: Path, size: int, chunk_size: int) -> dict[str, dict[str, float]]:
                                    str(tmp / "ctl.sock"), "--log-level", "warning"],
                                   stdout=log, stderr=log)
         procs.append(csnapd)
+        # our own control socket, not the TCP port: another process may hold that port
+        wait_socket(tmp / "ctl.sock", csnapd)
         wait_tcp(port, csnapd)
         nsock = tmp / "csnap-nbd.sock"
         nlog = open(tmp / "csnap-nbd.log", "w")  # noqa: SIM115 - owned by the process
