@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
@@ -44,11 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         store.close()
-    if args.json:
-        json.dump(data, sys.stdout, indent=1, default=str)
-        print()
-    else:
-        _print_human(data)
+    try:
+        if args.json:
+            json.dump(data, sys.stdout, indent=1, default=str)
+            print()
+        else:
+            _print_human(data)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `csnap-dump ... | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
