@@ -131,12 +131,16 @@ class Allocator:
             bit = base + bpb
         return None
 
+    def _clear(self, start: int, kind: fmt.BlockKind, bit: int, what: str) -> None:
+        """Clear a bit that must be set: a clear one means the metadata is damaged."""
+        if not self._get(start, kind, bit):
+            raise CorruptionError(start + bit // self.bpb, kind.name, f"freeing {what} {bit}, "
+                                  "which is not marked as allocated")
+        self._set(start, kind, bit, False)
+
     def free_chunk(self, chunk: int) -> None:
         f = self.sbs.f
-        if not self.is_allocated(chunk):
-            raise CorruptionError(f.cbitmap_start + chunk // self.bpb, "CBITMAP",
-                                  f"freeing chunk {chunk}, which is not allocated")
-        self._set(f.cbitmap_start, fmt.BlockKind.CBITMAP, chunk, False)
+        self._clear(f.cbitmap_start, fmt.BlockKind.CBITMAP, chunk, "chunk")
         f.free_chunks += 1
         self.freed_now.add(chunk)
         self.sbs.touch()
@@ -190,10 +194,9 @@ class Allocator:
 
     def free_block(self, block: int) -> None:
         f = self.sbs.f
-        if not self.is_meta(block):
-            raise CorruptionError(f.mbitmap_start + block // self.bpb, "MBITMAP",
-                                  f"freeing block {block}, which is not marked as metadata")
-        self._set(f.mbitmap_start, fmt.BlockKind.MBITMAP, block, False)
+        if block >= f.store_chunks * self.k:
+            raise CorruptionError(f.mbitmap_start, "MBITMAP", f"block {block} is beyond the store")
+        self._clear(f.mbitmap_start, fmt.BlockKind.MBITMAP, block, "metadata block")
         self.cache.forget(block)
         chunk = block // self.k
         if self.chunk_has_meta(chunk):

@@ -236,16 +236,22 @@ def test_unacknowledged_advice_times_out(tmp_path):
     assert handle.stop() == 0
 
 
-def test_restart_holds_writes_until_locks_are_reuploaded(tmp_path):
+def _crash_while_reading(tmp_path, grace: str) -> tuple:
+    """A reader holds read locks on chunks 0..3 when csnapd is SIGKILLed and restarted."""
     handle = make_server(tmp_path)
-    handle.start("--grace", "30")
+    handle.start("--grace", grace)
     origin = handle.client("origin", client_id=1)
     _create(handle, origin, "snap")
     reader = handle.client("snap", client_id=2)
     read = reader.call(m.query_snapshot_read(0, [[0, 4]]))
     assert read["origin"] == [[0, 4]]
     handle.kill()
-    handle.start("--grace", "30")
+    handle.start("--grace", grace)
+    return handle, read
+
+
+def test_restart_holds_writes_until_locks_are_reuploaded(tmp_path):
+    handle, read = _crash_while_reading(tmp_path, "30")
     origin = handle.client("origin", client_id=1)
     wid = origin.send(m.query_write(0, [[1, 1]]))
     with pytest.raises(TimeoutError):
@@ -261,14 +267,7 @@ def test_restart_holds_writes_until_locks_are_reuploaded(tmp_path):
 
 
 def test_restart_grace_expires_when_a_reader_never_returns(tmp_path):
-    handle = make_server(tmp_path)
-    handle.start("--grace", "1")
-    origin = handle.client("origin", client_id=1)
-    _create(handle, origin, "snap")
-    reader = handle.client("snap", client_id=2)
-    assert reader.call(m.query_snapshot_read(0, [[0, 4]]))["origin"] == [[0, 4]]
-    handle.kill()
-    handle.start("--grace", "1")
+    handle, _ = _crash_while_reading(tmp_path, "1")
     origin = handle.client("origin", client_id=1)
     start = time.monotonic()
     assert origin.call(m.query_write(0, [[1, 1]]), timeout=10)["op"] == "WRITE_OK"
