@@ -16,10 +16,10 @@
 #     --group-add "$(stat -c %g /dev/vg0/snapstore)" --entrypoint csnap-init csnap \
 #     --store /dev/vg0/snapstore --origin /dev/vg0/data
 #   docker run -d --name csnapd --device /dev/vg0/data --device /dev/vg0/snapstore \
-#     --group-add "$(stat -c %g /dev/vg0/snapstore)" -v csnap-state:/data \
+#     --group-add "$(stat -c %g /dev/vg0/snapstore)" \
 #     -p 4270:4270 -p 127.0.0.1:9270:9270 csnap \
 #     --store /dev/vg0/snapstore --origin /dev/vg0/data --listen 0.0.0.0:4270 \
-#     --state /data/csnapd.clients --metrics 0.0.0.0:9270
+#     --metrics 0.0.0.0:9270
 #
 # Administer:  docker exec csnapd csnapctl status     (CSNAP_CONTROL is set)
 # Stop:        docker stop -t 90 csnapd               (SIGTERM: commit, mark clean, exit 0)
@@ -70,4 +70,4 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["csnapd"]
 CMD ["--store", "/data/store.img", "--origin", "/data/origin.img", \
      "--listen", "0.0.0.0:4270", "--control", "/run/csnapd/control.sock", \
-     "--state", "/data/csnapd.clients", "--metrics", "0.0.0.0:9270"]
+     "--metrics", "0.0.0.0:9270"]

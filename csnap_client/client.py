@@ -6,8 +6,11 @@ flight, reply matching, ERROR -> exception mapping, the IDENTIFY handshake, reco
 with exponential backoff, read-lock re-upload, heartbeat and the client-side lease.
 
 It does *not* know about bytes, devices or caches: :mod:`csnap_client.volume` builds on it
-and plugs in two hooks, ``advice_handler`` (unsolicited ADVICE) and ``on_reset`` (all
-server-derived knowledge that depends on the connection is void: disconnect, lease loss).
+and plugs in hooks: ``advice_sync`` (called synchronously the moment an ADVICE is decoded,
+before any later message is looked at), ``advice_handler`` (the asynchronous rest of it),
+``on_reset`` (all server-derived knowledge that depends on the connection is void:
+disconnect, lease loss) and ``before_identify`` (awaited before a reconnect's IDENTIFY,
+so the volume can finish the transfers it started under the old session).
 
 Invariants:
   * request ids start at 1 and only grow; 0 is never sent (it marks unsolicited messages);
@@ -15,16 +18,20 @@ Invariants:
   * every request gets exactly one outcome: the reply, a :class:`RemoteError` (ERROR
     reply), or a local :class:`ConnectionError` subclass;
   * resendable requests (QUERY_*, FINISH_SNAPSHOT_READ) survive a reconnect: after the new
-    IDENTIFY and the lock upload they are sent again, in id order, with their old ids.
-    PING and ACK_ADVICE are bound to one connection and fail with
-    :class:`ConnectionLostError` instead;
-  * ``held_locks`` holds every read lock the server granted us (SNAPSHOT_READ_OK with a
-    non-empty ``origin``) until its FINISH_SNAPSHOT_READ is answered; those are the locks
-    re-uploaded after a reconnect;
-  * the lease: :meth:`Client.lease_fresh` is False once nothing has been heard from the
-    server for ``lease_ms`` (times ``LEASE_SAFETY``). The volume checks it, synchronously,
-    right before every origin write it does without asking, so a cut-off client stops
-    writing before the server gives up on it.
+    IDENTIFY they are sent again, in id order, with their old ids. PING, ACK_ADVICE and
+    DETACH are bound to one connection and fail with :class:`ConnectionLostError` instead;
+  * read locks do not survive a lost connection (the server drops them): a FINISH resent
+    after a reconnect is answered UNKNOWN_LOCK, and the volume reads those chunks again;
+  * every IDENTIFY says ``clean``: a new client holds nothing, and a reconnecting one has
+    voided its caches (``on_reset``) and waited for its transfers (``before_identify``);
+  * the lease is counted from when a request was **sent**, never from when its reply was
+    processed: a reply that sat in the socket buffer while this process was stalled can
+    only renew the lease up to ``send time + lease_ms * LEASE_SAFETY``, which ends before
+    the server's own count (from when it sent the reply) even if this host's clock runs
+    up to 10% slow. :meth:`Client.lease_fresh` is False after that; the volume checks it
+    right before every origin write it does without asking. Safety does not depend on it
+    (the server copies out what a silent client may still write), it only keeps a
+    client that lost the server from writing on old approvals for long.
 
 Must not import csnapd. Uses only asyncio and csnap_client.protocol.
 """
@@ -60,13 +67,12 @@ from .protocol import (
     ShuttingDownError,
     ack_advice,
     auth,
+    detach,
     encode,
     error_from_reply,
     finish_snapshot_read,
-    finish_upload_lock,
     identify,
     ping,
-    upload_lock,
     validate,
 )
 
@@ -74,7 +80,7 @@ log = logging.getLogger("csnap_client")
 
 LEASE_SAFETY = 0.9  # stop trusting approvals a little before the server's lease ends
 RESENDABLE = frozenset({"QUERY_WRITE", "QUERY_SNAPSHOT_READ", "FINISH_SNAPSHOT_READ"})
-UPLOAD_BATCH = 64  # UPLOAD_LOCK requests pipelined at once during a reconnect
+DETACH_TIMEOUT = 2.0  # seconds close() waits for DETACH_OK
 
 
 class ConnectionLostError(ConnectionError):
@@ -176,6 +182,7 @@ class _Pending:
     fut: asyncio.Future[Message]
     resend: bool
     counted: bool = field(default=True)
+    sent_at: float = 0.0  # monotonic time of the last send: the lease counts from here
 
 
 class _Wire(asyncio.Protocol):
@@ -242,9 +249,10 @@ class Client:
         self.reconnect_timeout = reconnect_timeout
         self.heartbeat = heartbeat
         self.info: SessionInfo | None = None
-        self.held_locks: dict[int, list[list[int]]] = {}
+        self.advice_sync: Callable[[Message], None] | None = None
         self.advice_handler: Callable[[Message], Awaitable[None]] | None = None
         self.on_reset: Callable[[str], None] | None = None
+        self.before_identify: Callable[[], Awaitable[None]] | None = None
         self.reconnects = 0
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
@@ -253,7 +261,7 @@ class Client:
         self._identified = False
         self._closed = False
         self._failed: BaseException | None = None
-        self._last_heard = time.monotonic()
+        self._answered_sent = time.monotonic()  # send time of the newest answered request
         self._lease_lost = False
         self._state = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -275,21 +283,22 @@ class Client:
         return (self.info.lease_ms if self.info else 30000) / 1000.0
 
     def lease_fresh(self) -> bool:
-        """True if connected and the server was heard from within the lease (with margin).
+        """True if connected and a request sent within the lease (with margin) was answered.
 
         Noticing an expired lease here (not only in the heartbeat) voids the unique
         knowledge at once, through ``on_reset``.
         """
         if not self.connected or self._lease_lost:
             return False
-        silent = time.monotonic() - self._last_heard
+        silent = time.monotonic() - self._answered_sent
         if silent < self.lease_s * LEASE_SAFETY:
             return True
         self._lose_lease(silent)
         return False
 
     def _lose_lease(self, silent: float) -> None:
-        log.warning("no word from the server for %.1f s: lease lost, holding writes", silent)
+        log.warning("no request answered for %.1f s since it was sent: lease lost, holding "
+                    "writes", silent)
         self._lease_lost = True
         self._reset("lease expired")
         self._notify()
@@ -319,8 +328,9 @@ class Client:
             if resend is None:
                 resend = msg["op"] in RESENDABLE
             fut = asyncio.get_running_loop().create_future()
-            self._pending[rid] = _Pending(msg, fut, resend)
+            self._pending[rid] = p = _Pending(msg, fut, resend)
             if self.connected:
+                p.sent_at = time.monotonic()
                 self._send(msg)
             elif not resend:
                 self._pending.pop(rid)
@@ -357,9 +367,19 @@ class Client:
             log.warning("ACK_ADVICE %s not delivered: %s", msg["advice"], exc)
 
     async def close(self) -> None:
-        """Close the connection and fail whatever is still pending. Idempotent."""
+        """Close the connection and fail whatever is still pending. Idempotent.
+
+        A live session is ended with DETACH first, so the server can forget what
+        this client was allowed to write (the caller has finished its I/O).
+        """
         if self._closed:
             return
+        if self.connected and self._failed is None:
+            try:
+                await asyncio.wait_for(self.request(detach, resend=False), DETACH_TIMEOUT)
+            except (ConnectionError, RemoteError, TimeoutError) as exc:
+                log.info("DETACH not confirmed (%s): the server keeps this client's grants "
+                         "until an operator releases them", exc)
         self._closed = True
         for task in list(self._tasks):
             if task is not asyncio.current_task():
@@ -413,7 +433,8 @@ class Client:
         """Send on ``wire`` even before IDENTIFY completed (handshake messages)."""
         rid = msg["id"]
         fut = asyncio.get_running_loop().create_future()
-        self._pending[rid] = _Pending(msg, fut, resend=False, counted=False)
+        self._pending[rid] = _Pending(msg, fut, resend=False, counted=False,
+                                      sent_at=time.monotonic())
         assert wire.transport is not None
         wire.transport.write(encode(msg))
         try:
@@ -437,10 +458,6 @@ class Client:
             return
         if wire is not self._wire:
             return
-        self._last_heard = time.monotonic()
-        if self._lease_lost:
-            self._lease_lost = False
-            self._notify()
         try:
             validate(msg, SERVER_MESSAGES)
         except BadRequest as exc:
@@ -458,10 +475,9 @@ class Client:
         if p is None:
             self._on_orphan(msg)
             return
+        self._answered(p.sent_at)
         req_op = p.msg["op"]
         if op == "ERROR":
-            if req_op == "FINISH_SNAPSHOT_READ" and "ranges" not in p.msg:
-                self.held_locks.pop(p.msg["lock"], None)
             if not p.fut.done():
                 p.fut.set_exception(error_from_reply(msg))
             return
@@ -469,12 +485,16 @@ class Client:
             if not p.fut.done():
                 p.fut.set_exception(RemoteProtocolError(f"{op} is no answer to {req_op}"))
             return
-        if op == "SNAPSHOT_READ_OK" and msg["origin"]:
-            self.held_locks[rid] = msg["origin"]
-        elif op == "FINISH_OK" and "ranges" not in p.msg:
-            self.held_locks.pop(p.msg["lock"], None)
         if not p.fut.done():
             p.fut.set_result(msg)
+
+    def _answered(self, sent_at: float) -> None:
+        """A reply came to a request sent at ``sent_at``: the lease runs from there."""
+        if sent_at > self._answered_sent:
+            self._answered_sent = sent_at
+        if self._lease_lost and time.monotonic() - sent_at < self.lease_s * LEASE_SAFETY:
+            self._lease_lost = False
+            self._notify()
 
     def _on_orphan(self, msg: Message) -> None:
         """A reply nobody waits for: release a read lock it may have created."""
@@ -493,6 +513,8 @@ class Client:
                 self._challenge.set_result(msg["nonce"])
             return
         if msg["op"] == "ADVICE":
+            if self.advice_sync is not None:
+                self.advice_sync(msg)  # before any later message is looked at
             handler = self.advice_handler
             aw = handler(msg) if handler is not None else self.ack_advice(msg)
             self._spawn(aw)
@@ -554,7 +576,9 @@ class Client:
     # ------------------------------------------------------------------ handshake, reconnect
 
     async def _open_session(self, first: bool) -> None:
-        """Connect, IDENTIFY, upload held locks, resend pending requests."""
+        """Connect, IDENTIFY (clean), resend pending requests."""
+        if not first and self.before_identify is not None:
+            await self.before_identify()
         loop = asyncio.get_running_loop()
         self._challenge = loop.create_future() if self.secret is not None else None
         _, wire = await asyncio.wait_for(
@@ -565,7 +589,7 @@ class Client:
             proof, check = await self._answer_challenge()
             reply = await asyncio.wait_for(self._call_direct(wire, identify(
                 self._take_id(), self.client_id, self.volume, PROTOCOL_VERSION, proof,
-                self.read_only)),
+                self.read_only, clean=True)),
                 self.timeout)
             if check is not None and not auth.verify(check, reply.get("auth")):
                 raise AuthenticationError("the server could not prove it knows the secret")
@@ -579,8 +603,6 @@ class Client:
                          info.server_epoch)
                 self._reset("server restarted")
             self._slots.resize(info.max_inflight)
-            if not first and info.snapshot is not None:
-                await self._upload_locks(wire)
         except BaseException:
             if self._wire is wire:
                 self._wire = None
@@ -589,11 +611,12 @@ class Client:
         if wire is not self._wire:
             raise ConnectionLostError("connection lost during handshake")
         self._identified = True
-        self._last_heard = time.monotonic()
         self._lease_lost = False
+        now = time.monotonic()
         for rid in sorted(self._pending):
             p = self._pending[rid]
             if p.resend and not p.fut.done():
+                p.sent_at = now
                 self._send(p.msg)
         self._notify()
 
@@ -610,29 +633,6 @@ class Client:
         mac = auth.client_proof(self.secret, nonce, cnonce, self.client_id, self.volume)
         return ({"cnonce": cnonce, "mac": mac},
                 auth.server_proof(self.secret, nonce, cnonce, self.client_id))
-
-    async def _upload_locks(self, wire: _Wire) -> None:
-        """Re-declare every held read lock on the new connection, then FINISH_UPLOAD_LOCK."""
-        assert self.info is not None
-        max_ranges = self.info.max_ranges
-        msgs = []
-        for lock, ranges in sorted(self.held_locks.items()):
-            for i in range(0, len(ranges), max_ranges):
-                msgs.append(upload_lock(self._take_id(), lock, ranges[i:i + max_ranges]))
-        for i in range(0, len(msgs), UPLOAD_BATCH):
-            batch = msgs[i:i + UPLOAD_BATCH]
-            results = await asyncio.wait_for(asyncio.gather(
-                *(self._call_direct(wire, m) for m in batch), return_exceptions=True),
-                self.timeout)
-            for m, res in zip(batch, results, strict=True):
-                if isinstance(res, RemoteError):
-                    # not held any more: FINISH will say UNKNOWN_LOCK and the read is redone
-                    log.warning("UPLOAD_LOCK %s refused: %s", m["lock"], res)
-                elif isinstance(res, BaseException):
-                    raise res
-        await asyncio.wait_for(self._call_direct(wire, finish_upload_lock(self._take_id())),
-                               self.timeout)
-        log.info("uploaded %d read locks after reconnect", len(self.held_locks))
 
     async def _reconnect_loop(self) -> None:
         """Retry the handshake with exponential backoff until it works or time runs out."""
@@ -666,7 +666,7 @@ class Client:
             await asyncio.sleep(interval)
             if not self.connected:
                 continue
-            silent = time.monotonic() - self._last_heard
+            silent = time.monotonic() - self._answered_sent
             if silent >= self.lease_s * LEASE_SAFETY and not self._lease_lost:
                 self._lose_lease(silent)
             if silent >= 2 * self.lease_s:

@@ -31,6 +31,7 @@ from .protocol import (
     delete_snapshot,
     encode,
     error_from_reply,
+    forget_client,
     list_snapshots,
     shutdown,
     status,
@@ -105,6 +106,14 @@ class ControlClient:
     async def shutdown(self) -> None:
         """Ask the server to shut down gracefully (returns before it has finished)."""
         return await self.call(shutdown)
+
+    async def forget_client(self, client_id: int) -> dict[str, Any]:
+        """Drop every grant of a disconnected client whose host is down or fenced.
+
+        Only for a client that can never write again: until then the server keeps
+        copying out, at each snapshot create, what it may still write.
+        """
+        return await self.call(forget_client, client_id)
 
     async def call(self, build: Any, *args: Any) -> Any:
         """Send ``build(id, *args)``; return the OK ``result`` or raise the RemoteError."""

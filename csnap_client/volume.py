@@ -17,15 +17,24 @@ How each operation works (the "why" is docs/protocol.md and the design paper):
 * **snapshot write**: QUERY_WRITE answers with the store chunks to write (SNAPSHOT_WRITE_OK);
   the client writes there and caches the addresses as unique to this snapshot.
 
-NEW_SNAPSHOT advice (origin): new writes wait, writes already past their approval check are
-finished, the origin is fdatasync'ed, the unique cache is cleared, then ACK_ADVICE.
-DELETE_SNAPSHOT advice (snapshot): the cache is dropped, running I/O finishes, ACK_ADVICE,
-and every later call raises :class:`SnapshotDeletedError`.
+NEW_SNAPSHOT advice (origin): the moment it is decoded (``_advice_sync``, before any later
+message) new writes are held and approvals in flight are voided; then writes already past
+their approval check are finished, the origin is fdatasync'ed, the unique cache is
+cleared, and ACK_ADVICE is sent. DELETE_SNAPSHOT advice (snapshot): the cache is dropped at
+once, running I/O finishes, ACK_ADVICE, and every later call raises
+:class:`SnapshotDeletedError`.
+
+A lost connection voids every cache (``_on_reset``) and the reconnect waits until the
+transfers started under the old session have finished (``_drain``) before it identifies
+as ``clean``: that is what lets the server forget what this client may write.
 
 Invariant (origin safety): an origin chunk is written without a fresh WRITE_OK only if it
 is in the unique cache, the cache generation is unchanged since the approval, no advice is
 being handled and the lease is fresh; all checked synchronously right before the write is
-counted as active (``_active``), which is what the advice handler waits for.
+counted as active (``_active``), which is what the advice handler and ``_drain`` wait
+for. The server does not rely on it: a write that stalls between that check and the
+device (a paused process) can only reach the origin, because the server copies out, for
+a new snapshot, every chunk a client that did not acknowledge may still write.
 
 Data I/O uses os.pread/os.pwrite (preadv into the result buffer) in a small thread pool so
 the event loop never blocks. Must not import csnapd.
@@ -165,8 +174,10 @@ class Volume:
             os.close(self._origin_fd)
             self._pool.shutdown(wait=False)
             raise
+        client.advice_sync = self._advice_sync
         client.advice_handler = self._handle_advice
         client.on_reset = self._on_reset
+        client.before_identify = self._drain
 
     # ------------------------------------------------------------------ public API
 
@@ -207,10 +218,14 @@ class Volume:
             await loop.run_in_executor(self._pool, os.fdatasync, self._store_fd)
 
     async def close(self) -> None:
-        """Flush, close the session and the devices. Idempotent."""
+        """Finish running transfers, flush, end the session (DETACH), close the devices.
+
+        Idempotent.
+        """
         if self._closed:
             return
         try:
+            await self._idle.wait()
             await self.flush()
         finally:
             self._closed = True
@@ -324,21 +339,37 @@ class Volume:
             return
 
     def _on_reset(self, why: str) -> None:
-        """The session lost its guarantees (disconnect, lease, restart): forget approvals."""
+        """The session lost its guarantees (disconnect, lease, restart): forget approvals
+        and store addresses; the reconnect says ``clean`` once transfers are done."""
         self._gen += 1
         if self.is_origin and len(self.unique):
             log.info("origin unique cache cleared: %s", why)
-            self.unique.clear()
+        self.unique.clear()
+        self.store_map.clear()
+
+    async def _drain(self) -> None:
+        """Before re-identifying: wait for every transfer started under the old session."""
+        await self._idle.wait()
 
     # ------------------------------------------------------------------ advice
 
-    async def _handle_advice(self, msg: Message) -> None:
-        """ADVICE handler; the synchronous part (closing the write gate) runs at once."""
+    def _advice_sync(self, msg: Message) -> None:
+        """The part of an ADVICE that must happen before any later message: close the
+        write gate (origin) or mark the snapshot gone, and void approvals in flight."""
         kind = msg["kind"]
         if kind == "NEW_SNAPSHOT" and self.is_origin:
             self._advising += 1
             self._advice_done.clear()
             self._gen += 1
+        elif kind == "DELETE_SNAPSHOT" and not self.is_origin and msg["snapshot"] == self.name:
+            self._deleted = SnapshotDeletedError(
+                ErrorCode.SNAPSHOT_DELETED, f"snapshot {self.name!r} was deleted")
+            self.store_map.clear()
+
+    async def _handle_advice(self, msg: Message) -> None:
+        """The rest of an ADVICE (after ``_advice_sync``): finish, flush, acknowledge."""
+        kind = msg["kind"]
+        if kind == "NEW_SNAPSHOT" and self.is_origin:
             try:
                 await self._idle.wait()
                 if self._dirty_origin:
@@ -352,9 +383,6 @@ class Volume:
                 if not self._advising:
                     self._advice_done.set()
         elif kind == "DELETE_SNAPSHOT" and not self.is_origin and msg["snapshot"] == self.name:
-            self._deleted = SnapshotDeletedError(
-                ErrorCode.SNAPSHOT_DELETED, f"snapshot {self.name!r} was deleted")
-            self.store_map.clear()
             await self._idle.wait()
             await self.client.ack_advice(msg)
         else:

@@ -25,7 +25,6 @@ from csnapd.engine.service import Engine
 from csnapd.logsetup import setup_logging
 from csnapd.metrics import parse_address, start_metrics_server
 from csnapd.net.server import Limits, Server
-from csnapd.registry import ClientRegistry
 from csnapd.store import format as fmt
 from csnapd.store.errors import StoreError
 from csnapd.store.paths import open_store
@@ -50,11 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=float, default=10.0,
                    help="client lease in seconds: a client that lost contact this long stops "
                         "writing; snapshot create waits at most twice this (default 10)")
-    p.add_argument("--grace", type=float, default=10.0,
-                   help="after an unclean restart, hold origin writes at most this many seconds "
-                        "for snapshot clients to re-upload their read locks (default 10)")
-    p.add_argument("--state", default=None,
-                   help="client registry file (default: the control socket path + .clients)")
     p.add_argument("--on-full", choices=["squash", "fail"], default="squash",
                    help="when a copy-out finds the store full: squash the snapshot(s) that need "
                         "it (lowest priority, then oldest; default) or fail the origin write")
@@ -73,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", default=None,
                    help="require client certificates signed by this CA")
     p.add_argument("--lock-lease", type=float, default=30.0,
-                   help="seconds a snapshot read lock may be held before it is broken (default 30)")
+                   help="maximum seconds a snapshot read lock is held: after that an origin "
+                        "write that waits for it breaks it and the reader re-reads (default 30)")
     return p
 
 
@@ -113,12 +108,8 @@ async def serve(args: argparse.Namespace, store: Store) -> None:
     host, port = parse_listen(args.listen)
     control_dir = os.path.dirname(os.path.abspath(args.control))
     os.makedirs(control_dir, mode=0o700, exist_ok=True)
-    registry = ClientRegistry(args.state or f"{args.control}.clients")
-    expected = registry.load() if store.recovery.unclean else set()
     engine = Engine(store, epoch=store.sb.generation, lease=args.lease,
-                    lock_lease=args.lock_lease, grace_clients=expected, grace=args.grace,
-                    now=time.monotonic(), on_clients_changed=registry.save,
-                    on_full=args.on_full)
+                    lock_lease=args.lock_lease, now=time.monotonic(), on_full=args.on_full)
     server = Server(engine, Limits(args.max_inflight, args.max_connections,
                                    args.identify_timeout, args.frame_timeout),
                     secret=read_secret(args.secret_file) if args.secret_file else None,
@@ -148,7 +139,6 @@ async def serve(args: argparse.Namespace, store: Store) -> None:
     await runner
     server.close_all()
     await loop.run_in_executor(server.worker, store.close)
-    registry.save(set())
     server.worker.shutdown()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.control)

@@ -148,8 +148,14 @@ class EngineCollector(Collector):
                      "origin write", locks.queued_reads)
         yield _gauge("csnap_waiting_origin_writes", "Origin writes waiting for read locks to "
                      "be released", locks.waiting_writes)
-        yield _gauge("csnap_restart_grace_active", "1 while origin writes are held after an "
-                     "unclean restart", int(locks.grace_active))
+        yield _counter("csnap_read_locks_broken", "Read locks broken at their maximum hold "
+                       "time (the reader re-read)", counters.get("locks_broken", 0))
+        yield _counter("csnap_cutoff_copies", "Chunks copied at snapshot create because a "
+                       "client that did not acknowledge may still write them",
+                       counters.get("cutoff_copies", 0))
+        yield _gauge("csnap_unproven_clients", "Disconnected clients whose grants still stand "
+                     "(fence them, then csnapctl forget-client)",
+                     len(_retry(engine.unproven_clients)))
         conns = _retry(lambda: list(engine.conns.values()))
         kinds = {"origin": 0, "snapshot": 0}
         for c in conns:

@@ -78,10 +78,13 @@ def _print(args: argparse.Namespace, report, actions: list[str]) -> None:  # noq
     if args.json:
         print(json.dumps({"status": "clean" if report.clean else "inconsistent",
                           "problems": [p.as_dict() for p in report.problems],
+                          "notes": report.notes,
                           "repairs": actions, "stats": report.stats}, indent=1))
         return
     for action in actions:
         print(f"repair: {action}")
+    for note in report.notes:
+        print(f"note: {note}")
     for p in report.problems:
         where = f" [block {p.block}{' ' + p.path if p.path else ''}]" if p.block is not None else ""
         print(f"{p.severity}: {p.message}{where}")

@@ -1,4 +1,4 @@
-"""csnap-dump: print a store's metadata (superblock, snapshots, tree, journal, bitmap).
+"""csnap-dump: print a store's metadata (superblock, snapshots, tree, journal, bitmap, grants).
 
 Read-only; a journal that needs replay is replayed in memory only, so what is
 shown is what a server would see, and the store is left byte-identical.
@@ -20,7 +20,7 @@ from csnapd.store.paths import open_store
 from csnapd.store.superblock import read_slots
 from csnapd.store.walk import bitmap_int, set_bits, snapshot_usage, walk_tree
 
-SECTIONS = ("superblock", "snapshots", "tree", "journal", "bitmap")
+SECTIONS = ("superblock", "snapshots", "tree", "journal", "bitmap", "grants")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +63,24 @@ def _super_dict(f: fmt.SuperFields) -> dict[str, Any]:
     return d
 
 
+def dump_grants(store) -> dict[str, Any]:  # noqa: ANN001
+    """The client grant table: exposures (origin chunks) and writer grants (slots)."""
+    g = store.grants
+    records = []
+    for i, rec in enumerate(g.records):
+        if rec is None:
+            continue
+        row: dict[str, Any] = {"block": g.addrs[i // g.per_block], "client": rec.client,
+                               "kind": "origin" if rec.kind == fmt.GRANT_ORIGIN else "writer"}
+        if rec.kind == fmt.GRANT_ORIGIN:
+            row["runs"] = [list(r) for r in rec.runs or []]
+            row["chunks"] = sum(n for _, n in rec.runs or [])
+        else:
+            row["slot"] = rec.slot
+        records.append(row)
+    return {"blocks": list(g.addrs), "records": records}
+
+
 def dump_superblock(store) -> dict[str, Any]:  # noqa: ANN001
     slots = {}
     for slot, f, problem in read_slots(store.dev):
@@ -74,7 +92,7 @@ def dump_superblock(store) -> dict[str, Any]:  # noqa: ANN001
 def dump_snapshots(store) -> list[dict[str, Any]]:  # noqa: ANN001
     usage = snapshot_usage(store)
     states = {fmt.SNAP_LIVE: "live", fmt.SNAP_DELETING: "deleting",
-              fmt.SNAP_IN_PASS: "deleting (in pass)"}
+              fmt.SNAP_IN_PASS: "deleting (in pass)", fmt.SNAP_CREATING: "creating"}
     out = []
     for e in store.snaps.entries:
         if e.state == fmt.SNAP_FREE:

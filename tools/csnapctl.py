@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_parser("shutdown", help="shut the server down gracefully")
+    f = sub.add_parser(
+        "forget-client", help="release the grants of a client whose host is down or fenced",
+        description="A client that disconnected without letting go of its approvals keeps "
+                    "them: every snapshot create copies out the chunks it may still write, "
+                    "and a deleted snapshot it wrote keeps its space. Once its host can "
+                    "never write again (powered off, storage access revoked), release them. "
+                    "'csnapctl status' lists such clients under unproven_clients.")
+    f.add_argument("client_id", type=int, metavar="CLIENT_ID",
+                   help="the client id, as shown by 'csnapctl status'")
+    f.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
 
@@ -125,11 +135,11 @@ def summarize_status(st: dict[str, Any]) -> str:
                 for s in snaps if isinstance(s, dict)]
         if rows:
             lines.extend("  " + line for line in _table(rows).splitlines())
-    for key in ("clients", "locks", "operations"):
+    for key in ("clients", "unproven_clients", "locks", "operations"):
         if key in st:
             lines.append(format_status({key: st[key]}))
     rest = {k: v for k, v in st.items() if k not in ("snapshots", "clients", "locks",
-                                                      "operations")}
+                                                      "operations", "unproven_clients")}
     if rest:
         lines.append("details:")
         lines.append(format_status(rest, 1))
@@ -183,6 +193,8 @@ async def run(args: argparse.Namespace) -> Any:
             return await ctl.list()
         if args.command == "status":
             return await ctl.status()
+        if args.command == "forget-client":
+            return await ctl.forget_client(args.client_id)
         return await ctl.shutdown()
 
 
@@ -199,6 +211,10 @@ def render(args: argparse.Namespace, result: Any) -> str:
         return format_list(result or [])
     if args.command == "status":
         return summarize_status(result) if isinstance(result, dict) else format_status(result)
+    if args.command == "forget-client":
+        if result.get("forgotten"):
+            return f"released the grants of client {args.client_id}"
+        return f"client {args.client_id} held no grants"
     return "server shutting down"
 
 

@@ -129,12 +129,12 @@ def messages(draw: Any) -> dict[Any, Any]:
 
 
 VALID: dict[str, dict[str, Any]] = {
-    "PING": {}, "LIST_VOLUMES": {}, "FINISH_UPLOAD_LOCK": {}, "LIST_SNAPSHOTS": {},
+    "PING": {}, "LIST_VOLUMES": {}, "DETACH": {}, "LIST_SNAPSHOTS": {},
     "STATUS": {}, "QUERY_WRITE": {"ranges": [[0, 4]]}, "QUERY_SNAPSHOT_READ": {"ranges": [[0, 4]]},
     "QUERY_MAP": {"ranges": [[0, 4]]}, "FINISH_SNAPSHOT_READ": {"lock": 1},
-    "UPLOAD_LOCK": {"lock": 1, "ranges": [[0, 4]]}, "ACK_ADVICE": {"advice": 1},
+    "FORGET_CLIENT": {"client_id": 12345}, "ACK_ADVICE": {"advice": 1},
     "CREATE_SNAPSHOT": {"name": "c"}, "DELETE_SNAPSHOT": {"snapshot": "nope"},
-    "IDENTIFY": {"client_id": 9, "volume": "origin", "version": 1},
+    "IDENTIFY": {"client_id": 9, "volume": "origin", "version": 2},
 }
 
 

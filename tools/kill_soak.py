@@ -342,7 +342,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [str(BIN / "csnapd"), "--store", str(self.store), "--origin", str(self.origin),
                  "--listen", f"127.0.0.1:{self.port}", "--control", str(self.control),
-                 "--grace", "2", "--lease", "5", *self.extra], stdout=out, stderr=out)
+                 "--lease", "5", *self.extra], stdout=out, stderr=out)
         deadline = t0 + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

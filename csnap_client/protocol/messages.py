@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import BadRequest, ErrorCode, LocalProtocolError, default_text
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
 
@@ -54,10 +54,8 @@ class Op(enum.StrEnum):
     SNAPSHOT_READ_OK = "SNAPSHOT_READ_OK"
     FINISH_SNAPSHOT_READ = "FINISH_SNAPSHOT_READ"
     FINISH_OK = "FINISH_OK"
-    UPLOAD_LOCK = "UPLOAD_LOCK"
-    UPLOAD_OK = "UPLOAD_OK"
-    FINISH_UPLOAD_LOCK = "FINISH_UPLOAD_LOCK"
-    UPLOAD_DONE = "UPLOAD_DONE"
+    DETACH = "DETACH"
+    DETACH_OK = "DETACH_OK"
     PING = "PING"
     PONG = "PONG"
     ACK_ADVICE = "ACK_ADVICE"
@@ -74,6 +72,7 @@ class Op(enum.StrEnum):
     LIST_SNAPSHOTS = "LIST_SNAPSHOTS"
     STATUS = "STATUS"
     SHUTDOWN = "SHUTDOWN"
+    FORGET_CLIENT = "FORGET_CLIENT"
     OK = "OK"
 
 
@@ -322,7 +321,7 @@ _E = Op.ERROR
 
 _SPECS = (
     _spec(Op.IDENTIFY, _C2S, {"client_id": UINT64, "volume": VOLUME, "version": UINT32},
-          {"auth": AUTH, "read_only": BOOL}, replies=(Op.IDENTIFY_OK, _E)),
+          {"auth": AUTH, "read_only": BOOL, "clean": BOOL}, replies=(Op.IDENTIFY_OK, _E)),
     _spec(Op.IDENTIFY_OK, _S2C, {
         "version": UINT32, "chunk_size": UINT32, "origin_chunks": UINT64,
         "origin_bytes": UINT64, "store_uuid": STR, "server_epoch": UINT64, "lease_ms": UINT32,
@@ -338,10 +337,8 @@ _SPECS = (
     _spec(Op.FINISH_SNAPSHOT_READ, _C2S, {"lock": UINT64}, {"ranges": RANGES},
           replies=(Op.FINISH_OK, _E)),
     _spec(Op.FINISH_OK, _S2C, {"valid": BOOL}),
-    _spec(Op.UPLOAD_LOCK, _C2S, {"lock": UINT64, "ranges": RANGES}, replies=(Op.UPLOAD_OK, _E)),
-    _spec(Op.UPLOAD_OK, _S2C, {}),
-    _spec(Op.FINISH_UPLOAD_LOCK, _C2S, {}, replies=(Op.UPLOAD_DONE, _E)),
-    _spec(Op.UPLOAD_DONE, _S2C, {}),
+    _spec(Op.DETACH, _C2S, {}, replies=(Op.DETACH_OK, _E)),
+    _spec(Op.DETACH_OK, _S2C, {}),
     _spec(Op.PING, _C2S, {}, replies=(Op.PONG, _E)),
     _spec(Op.PONG, _S2C, {}),
     _spec(Op.ACK_ADVICE, _C2S, {"advice": UINT64}, replies=(Op.ACK_OK, _E)),
@@ -359,6 +356,7 @@ _SPECS = (
     _spec(Op.LIST_SNAPSHOTS, _CTL, {}, replies=(Op.OK, _E)),
     _spec(Op.STATUS, _CTL, {}, replies=(Op.OK, _E)),
     _spec(Op.SHUTDOWN, _CTL, {}, replies=(Op.OK, _E)),
+    _spec(Op.FORGET_CLIENT, _CTL, {"client_id": UINT64}, replies=(Op.OK, _E)),
     _spec(Op.OK, _CTLR, {"result": ANY}),
 )
 
@@ -418,11 +416,13 @@ def validate(msg: Any, accept: frozenset[str] | None = None,
 
 def identify(id: int, client_id: int, volume: str | int,
              version: int = PROTOCOL_VERSION, auth: dict[str, bytes] | None = None,
-             read_only: bool = False) -> Message:
+             read_only: bool = False, clean: bool = False) -> Message:
     """IDENTIFY: the first request on every data connection (``auth`` when challenged).
 
     ``read_only`` asks for an identity that can never write: every QUERY_WRITE on
-    the connection is refused with READ_ONLY.
+    the connection is refused with READ_ONLY.  ``clean`` says the client holds no
+    approvals or store addresses from earlier connections and has no write in
+    flight based on them, so the server may forget its grants.
     """
     msg: Message = {"op": "IDENTIFY", "id": id, "client_id": client_id, "volume": volume,
                     "version": version}
@@ -430,6 +430,8 @@ def identify(id: int, client_id: int, volume: str | int,
         msg["auth"] = auth
     if read_only:
         msg["read_only"] = True
+    if clean:
+        msg["clean"] = True
     return msg
 
 
@@ -498,24 +500,14 @@ def finish_ok(id: int, valid: bool) -> Message:
     return {"op": "FINISH_OK", "id": id, "valid": valid}
 
 
-def upload_lock(id: int, lock: int, ranges: list[list[int]]) -> Message:
-    """UPLOAD_LOCK: after reconnecting, re-establish a read lock still in use."""
-    return {"op": "UPLOAD_LOCK", "id": id, "lock": lock, "ranges": ranges}
+def detach(id: int) -> Message:
+    """DETACH: the client will write nothing more on earlier approvals; forget its grants."""
+    return {"op": "DETACH", "id": id}
 
 
-def upload_ok(id: int) -> Message:
-    """UPLOAD_OK: the uploaded lock is recorded."""
-    return {"op": "UPLOAD_OK", "id": id}
-
-
-def finish_upload_lock(id: int) -> Message:
-    """FINISH_UPLOAD_LOCK: no more locks to upload."""
-    return {"op": "FINISH_UPLOAD_LOCK", "id": id}
-
-
-def upload_done(id: int) -> Message:
-    """UPLOAD_DONE: reply to FINISH_UPLOAD_LOCK."""
-    return {"op": "UPLOAD_DONE", "id": id}
+def detach_ok(id: int) -> Message:
+    """DETACH_OK: the server forgot the client's grants (durably)."""
+    return {"op": "DETACH_OK", "id": id}
 
 
 def ping(id: int) -> Message:
@@ -599,6 +591,12 @@ def status(id: int) -> Message:
 def shutdown(id: int) -> Message:
     """SHUTDOWN (control): graceful server shutdown."""
     return {"op": "SHUTDOWN", "id": id}
+
+
+def forget_client(id: int, client_id: int) -> Message:
+    """FORGET_CLIENT (control): the operator vouches that a disconnected client can
+    write no more (its host is down or fenced); its grants are dropped."""
+    return {"op": "FORGET_CLIENT", "id": id, "client_id": client_id}
 
 
 def ok(id: int, result: Any = None) -> Message:

@@ -14,8 +14,7 @@ returned values and events into replies.
 Vocabulary
 ----------
 * A *lock* is held by ``(client, lock_id)``: ``client`` is any hashable that
-  names the client (it must be the stable client identity if grace/upload is
-  used), ``lock_id`` the id of the read request.  One lock covers a set of
+  names the client, ``lock_id`` the id of the read request.  One lock covers a set of
   origin chunks given as ranges ``[[chunk, count], ...]``.
 * A *waiting write* ``(client, write_id)`` is an origin write that may not
   proceed yet.  It is "done", as far as this table is concerned, the moment it
@@ -32,10 +31,9 @@ Invariants (audited by :meth:`LockTable.check_invariants`)
 1. ``readers[c]`` is the number of held locks that cover chunk ``c``; a chunk
    with no holder has no entry (so "no locks anywhere" is ``not readers``).
 2. For every waiting write ``w``: ``w.blocked`` is the number of its chunks
-   that have a holder, plus one while the grace gate holds it back.
-   ``w.blocked > 0`` always; a write reaching 0 is reported ready at once.
-   Hence a write is never reported ready while a (non-broken) lock on one of
-   its chunks is held, and never waits while none is (outside grace).
+   that have a holder.  ``w.blocked > 0`` always; a write reaching 0 is
+   reported ready at once.  Hence a write is never reported ready while a
+   (non-broken) lock on one of its chunks is held, and never waits while none is.
 3. A waiting write is registered on *all* of its chunks, and a new read that
    touches any of them queues behind it (no starvation of writes).
 4. A queued read waits exactly on the writes that were waiting on its chunks
@@ -46,6 +44,11 @@ Invariants (audited by :meth:`LockTable.check_invariants`)
    once the holders release, disconnect or their leases run out.
 6. Lease expiries are non-decreasing in ``_leases`` order (times are clamped
    to the largest ``now`` seen), so expiry is a scan from the front.
+7. A lock's expiry is fixed when it is granted and never extended: the
+   lease is the lock's maximum hold time, so a reader that stays connected
+   but never finishes cannot block a write for longer than that.  Locks do
+   not survive their client's disconnect, and are never re-created from a
+   client's word: a FINISH for a lock the table does not hold is invalid.
 
 Must not import: asyncio, sockets, the store, the protocol; no ``time`` calls.
 """
@@ -62,7 +65,6 @@ Ranges = tuple[tuple[int, int], ...]
 __all__ = [
     "DuplicateRequest",
     "Event",
-    "GraceEnded",
     "InvalidRanges",
     "LockBroken",
     "LockError",
@@ -157,15 +159,7 @@ class LockBroken:
     lock_id: Hashable
 
 
-@dataclass(frozen=True, slots=True)
-class GraceEnded:
-    """Event: the post-restart grace gate opened; origin writes flow again."""
-
-    timed_out: bool
-    missing: frozenset[Hashable]
-
-
-Event = ReadGranted | WriteReady | LockBroken | GraceEnded
+Event = ReadGranted | WriteReady | LockBroken
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +182,6 @@ class LockStats:
     locked_chunks: int
     queued_reads: int
     waiting_writes: int
-    grace_active: bool
-    grace_missing: int
     per_client: dict[Hashable, ClientLockStats]
 
 
@@ -259,12 +251,12 @@ class _Lock:
 class _Write:
     """A waiting origin write (invariant 2 describes ``blocked``)."""
 
-    __slots__ = ("client", "write_id", "chunks", "seq", "blocked", "grace", "behind")
+    __slots__ = ("client", "write_id", "chunks", "seq", "blocked", "behind")
 
     def __init__(self, client: Hashable, write_id: Hashable, chunks: set[int],
-                 seq: int, blocked: int, grace: bool) -> None:
+                 seq: int, blocked: int) -> None:
         self.client, self.write_id, self.chunks, self.seq = client, write_id, chunks, seq
-        self.blocked, self.grace = blocked, grace
+        self.blocked = blocked
         self.behind: dict[_Read, None] = {}  # queued reads waiting on this write
 
 
@@ -327,9 +319,6 @@ class LockTable:
         self._held_locks = 0
         self._queued_reads = 0
         self._waiting_writes = 0
-        self._grace_expected: set[Hashable] | None = None  # None: no grace
-        self._grace_deadline = 0.0
-        self._grace_writes: list[_Write] = []
 
     # ------------------------------------------------------------ reads
 
@@ -352,27 +341,6 @@ class LockTable:
             return self._queue_read(client, lock_id, norm, chunks, waiting_on)
         lock = self._hold(client, lock_id, norm, chunks)
         return ReadGrant(client, lock_id, norm, lock.expiry)
-
-    def upload(self, client: Hashable, lock_id: Hashable,
-               ranges: Iterable[Sequence[int]], now: float) -> None:
-        """Install a lock the client already holds (after a server restart).
-
-        Never queues: the client is reading already.  Uploading an id that is
-        held adds the new chunks to it.  Meant for the grace period; outside it,
-        writes may already have overwritten what the client is reading.
-        """
-        self._tick(now)
-        norm, total = normalize_ranges(ranges)
-        state = self._clients.get(client)
-        if state is not None and lock_id in state.queued:
-            raise DuplicateRequest(f"lock {lock_id!r} of {client!r} is queued, not held")
-        self._check_chunks(client, state, total)
-        chunks = _chunk_set(norm)
-        lock = state.held.get(lock_id) if state is not None else None
-        if lock is None:
-            self._hold(client, lock_id, norm, chunks)
-        else:
-            self._extend(lock, chunks - lock.chunks)
 
     def release(self, client: Hashable, lock_id: Hashable,
                 ranges: Iterable[Sequence[int]] | None = None,
@@ -403,26 +371,6 @@ class LockTable:
         self._settle(candidates, events)
         return True, events
 
-    def renew(self, client: Hashable, lock_id: Hashable, now: float) -> bool:
-        """Extend one lock's lease to ``now + lease``; False if it is not held."""
-        self._tick(now)
-        state = self._clients.get(client)
-        lock = state.held.get(lock_id) if state is not None else None
-        if lock is None:
-            return False
-        self._renew_lock(lock)
-        return True
-
-    def renew_client(self, client: Hashable, now: float) -> int:
-        """Extend the leases of all locks of a client (e.g. on a heartbeat)."""
-        self._tick(now)
-        state = self._clients.get(client)
-        if state is None:
-            return 0
-        for lock in state.held.values():
-            self._renew_lock(lock)
-        return len(state.held)
-
     # ----------------------------------------------------------- writes
 
     def wait_write(self, client: Hashable, write_id: Hashable,
@@ -430,20 +378,19 @@ class LockTable:
         """May this origin write proceed now?  False: it waits for a WriteReady.
 
         Call it after the copy-out for the write is recorded.  O(number of
-        ranges) when no lock is held anywhere and no grace is active.
+        ranges) when no lock is held anywhere.
         """
         norm, total = normalize_ranges(ranges)
-        grace = self._grace_expected is not None
-        if not total or (not self._readers and not grace):
+        if not total or not self._readers:
             return True
         blocked = self._count_locked(norm, total)
-        if not blocked and not grace:
+        if not blocked:
             return True
         state = self._clients.get(client)
         if state is not None and write_id in state.writes:
             raise DuplicateRequest(f"write {write_id!r} of {client!r} is already waiting")
         self._check_queue(client, state, total)
-        self._register_write(client, write_id, _chunk_set(norm), blocked, grace)
+        self._register_write(client, write_id, _chunk_set(norm), blocked)
         return False
 
     # ---------------------------------------------------------- clients
@@ -451,7 +398,7 @@ class LockTable:
     def drop_client(self, client: Hashable, now: float | None = None) -> list[Event]:
         """A client disconnected: drop its locks, queued reads and waiting writes.
 
-        Also forgets its broken-lock memory and stops waiting for its upload.
+        Also forgets its broken-lock memory.
         Returns the events for other clients whose requests can now proceed.
         """
         if now is not None:
@@ -467,14 +414,13 @@ class LockTable:
             for lock in list(state.held.values()):
                 self._unlock(lock.chunks, candidates)
                 self._drop_lock(state, lock)
-        self._grace_forget(client, candidates, events)
         self._settle(candidates, events)
         return events
 
-    # ----------------------------------------------------- leases, grace
+    # ------------------------------------------------------------ leases
 
     def expire(self, now: float) -> list[Event]:
-        """Break locks whose lease has passed and end grace past its deadline."""
+        """Break locks held past their lease (their maximum hold time)."""
         self._tick(now)
         events: list[Event] = []
         candidates: list[_Write] = []
@@ -484,62 +430,12 @@ class LockTable:
             if lock.expiry is None or lock.expiry > now:
                 break
             self._break(lock, candidates, events)
-        if self._grace_expected is not None and self._grace_deadline <= now:
-            self._end_grace(True, candidates, events)
         self._settle(candidates, events)
         return events
 
     def next_deadline(self) -> float | None:
         """The earliest time at which ``expire`` has work to do, or None."""
-        deadline = next(iter(self._leases)).expiry if self._leases else None
-        if self._grace_expected is not None:
-            if deadline is None or self._grace_deadline < deadline:
-                deadline = self._grace_deadline
-        return deadline
-
-    def begin_grace(self, expected_clients: Iterable[Hashable], deadline: float) -> list[Event]:
-        """Hold back every origin write until the expected clients have uploaded.
-
-        Call it before serving after a restart.  The gate opens when every
-        expected client has called ``finish_upload`` or dropped, or when
-        ``expire`` sees ``deadline``.  With no expected clients it opens at once
-        (the returned events say so).
-        """
-        if self._grace_expected is not None:
-            raise LockError("grace period already active")
-        self._grace_expected = set(expected_clients)
-        self._grace_deadline = deadline
-        for state in self._clients.values():
-            for write in state.writes.values():
-                write.grace = True
-                write.blocked += 1
-                self._grace_writes.append(write)
-        events: list[Event] = []
-        if not self._grace_expected:
-            candidates: list[_Write] = []
-            self._end_grace(False, candidates, events)
-            self._settle(candidates, events)
-        return events
-
-    def finish_upload(self, client: Hashable, now: float | None = None) -> list[Event]:
-        """The client has uploaded all its locks; stop waiting for it."""
-        if now is not None:
-            self._tick(now)
-        events: list[Event] = []
-        candidates: list[_Write] = []
-        self._grace_forget(client, candidates, events)
-        self._settle(candidates, events)
-        return events
-
-    @property
-    def grace_active(self) -> bool:
-        """True while origin writes are held back for lock uploads."""
-        return self._grace_expected is not None
-
-    @property
-    def grace_missing(self) -> frozenset[Hashable]:
-        """Expected clients that have not finished uploading yet."""
-        return frozenset(self._grace_expected or ())
+        return next(iter(self._leases)).expiry if self._leases else None
 
     # ----------------------------------------------------------- stats
 
@@ -585,8 +481,7 @@ class LockTable:
         """A snapshot of all counts, per client included."""
         per_client = {client: self.client_stats(client) for client in self._clients}
         return LockStats(self._held_locks, self._held_chunks, len(self._readers),
-                         self._queued_reads, self._waiting_writes, self.grace_active,
-                         len(self._grace_expected or ()), per_client)
+                         self._queued_reads, self._waiting_writes, per_client)
 
     # ================================================== internals: checks
 
@@ -750,12 +645,6 @@ class LockTable:
             state.broken.popitem(last=False)
         events.append(LockBroken(lock.client, lock.lock_id))
 
-    def _renew_lock(self, lock: _Lock) -> None:
-        """Push the lease of a held lock to ``now + lease`` (keeps order)."""
-        if self.lease is not None:
-            lock.expiry = (self._now or 0.0) + self.lease
-            self._leases.move_to_end(lock)
-
     def _forget_request(self, client: Hashable, state: _Client, lock_id: Hashable) -> None:
         """Release of a lock that is not held: clear broken memory or cancel."""
         state.broken.pop(lock_id, None)
@@ -812,10 +701,10 @@ class LockTable:
     # =========================================== internals: waiting writes
 
     def _register_write(self, client: Hashable, write_id: Hashable, chunks: set[int],
-                        blocked: int, grace: bool) -> None:
+                        blocked: int) -> None:
         """Make a write wait, registered on all its chunks (invariant 3)."""
         self._seq += 1
-        write = _Write(client, write_id, chunks, self._seq, blocked + grace, grace)
+        write = _Write(client, write_id, chunks, self._seq, blocked)
         wwait = self._wwait
         for chunk in chunks:
             waiting = wwait.get(chunk)
@@ -823,8 +712,6 @@ class LockTable:
                 wwait[chunk] = {write: None}
             else:
                 waiting[write] = None
-        if grace:
-            self._grace_writes.append(write)
         self._state(client).writes[write_id] = write
         self._waiting_writes += 1
 
@@ -855,31 +742,6 @@ class LockTable:
                 continue
             events.append(WriteReady(write.client, write.write_id))
             self._unregister_write(state, write, events)
-
-    # ==================================================== internals: grace
-
-    def _grace_forget(self, client: Hashable, candidates: list[_Write],
-                      events: list[Event]) -> None:
-        """Stop waiting for ``client``; open the gate if nobody is left."""
-        expected = self._grace_expected
-        if expected is not None and client in expected:
-            expected.discard(client)
-            if not expected:
-                self._end_grace(False, candidates, events)
-
-    def _end_grace(self, timed_out: bool, candidates: list[_Write],
-                   events: list[Event]) -> None:
-        """Open the gate: every write held by grace loses that blocker."""
-        missing = frozenset(self._grace_expected or ())
-        self._grace_expected = None
-        writes, self._grace_writes = self._grace_writes, []
-        events.append(GraceEnded(timed_out, missing))
-        for write in writes:
-            if write.grace:
-                write.grace = False
-                write.blocked -= 1
-                if not write.blocked:
-                    candidates.append(write)
 
     # ==================================================== invariants
 
@@ -918,8 +780,7 @@ class LockTable:
     def _check_write(self, write: _Write) -> None:
         """Invariants 2 and 3 for one waiting write."""
         locked = sum(1 for c in write.chunks if c in self._readers)
-        assert write.blocked == locked + write.grace > 0, f"write {write.write_id!r} blocked off"
-        assert write.grace == (self._grace_expected is not None), "grace flag off"
+        assert write.blocked == locked > 0, f"write {write.write_id!r} blocked off"
         for chunk in write.chunks:
             assert write in self._wwait.get(chunk, ()), "write not registered on a chunk"
         for read in write.behind:

@@ -13,15 +13,22 @@ Snapshot creation follows the original design: every origin connection is
 sent a NEW_SNAPSHOT advice, must finish the writes it holds approval for,
 drop its cache of unique chunks and acknowledge; new origin queries wait
 meanwhile.  A connection that does not acknowledge within the advice timeout
-(longer than the lease, after which a cut-off client stops writing by itself)
-is disconnected.  Deleting a snapshot revokes its clients the same way before
-the background delete may free any of its chunks.
+is disconnected.  Safety never depends on that client behaving afterwards: the
+store's grant table (store/grants.py) remembers every origin chunk approved
+to a client that has not let go of its approvals, and the new snapshot gets
+its own copy of each of those chunks before the create completes, so a late
+write by a stalled client can only reach the origin.  Deleting a snapshot
+revokes its clients the same way; its chunks are never freed while a client
+that may still write them (a writer grant) has not let go.
+
+Read locks have a fixed maximum hold time (``lock_lease``), counted from the
+grant and never extended: a reader that keeps its connection alive but never
+finishes cannot block origin writes for longer than that.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,10 +103,7 @@ class Engine:
 
     def __init__(self, store: Store, *, epoch: int = 1, lease: float = 10.0,
                  lock_lease: float = 30.0, advice_timeout: float | None = None,
-                 grace_clients: set[int] | None = None, grace: float = 0.0,
-                 now: float = 0.0,
-                 on_clients_changed: Callable[[set[int]], None] | None = None,
-                 on_full: str = "squash") -> None:
+                 now: float = 0.0, on_full: str = "squash") -> None:
         self.store, self.epoch, self.lease = store, epoch, lease
         self.advice_timeout = advice_timeout if advice_timeout is not None else 2 * lease
         self.locks = lk.LockTable(lease=lock_lease, max_client_chunks=self.MAX_CLIENT_LOCKED)
@@ -108,7 +112,8 @@ class Engine:
         self._after_commit: list[Out] = []
         self._now_out: list[Out] = []
         self.closing: set[int] = set()
-        self._waiting_writes: dict[tuple[int, int], tuple[int, int]] = {}
+        self._waiting_writes: dict[tuple[int, int], dict[str, Any]] = {}
+        self._space_waiters: list[tuple[int, dict[str, Any]]] = []
         self._queued_reads: dict[tuple[int, int], tuple[int, int, list[list[int]]]] = {}
         self._advice: Advice | None = None
         self._advice_queue: list[tuple[int, dict[str, Any]]] = []
@@ -117,7 +122,6 @@ class Engine:
         self.revoked = True  # no deletion waits for revocation
         self.shutdown_requested = False
         self.counters: dict[str, int] = {}
-        self.on_clients_changed = on_clients_changed
         if on_full not in ("squash", "fail"):
             raise ValueError("on_full must be 'squash' or 'fail'")
         self.on_full = on_full
@@ -126,19 +130,7 @@ class Engine:
         self._usage: dict[int, dict[str, int]] = {}
         self._usage_at: float | None = None
         self._scan: tuple[int, dict[int, dict[str, int]]] | None = None
-        if grace_clients:
-            log.info("holding origin writes for up to %.1fs until %d snapshot client(s) "
-                     "re-upload their read locks", grace, len(grace_clients))
-            self.locks.begin_grace(grace_clients, now + grace)
-
-    def snapshot_clients(self) -> set[int]:
-        """Client ids of identified snapshot connections (they may hold read locks)."""
-        return {c.client_id for c in self.conns.values()
-                if c.identified and c.slot is not None and c.client_id is not None}
-
-    def _clients_changed(self) -> None:
-        if self.on_clients_changed is not None:
-            self.on_clients_changed(self.snapshot_clients())
+        self.peers: dict[int, str] = {}  # client id -> address it last came from
 
     # ------------------------------------------------------------------
     # connections
@@ -154,22 +146,15 @@ class Engine:
         if conn.client_id is not None and self.by_client.get(conn.client_id) == conn_id:
             del self.by_client[conn.client_id]
             self._events(self.locks.drop_client(conn.client_id, now))
-            if conn.slot is not None:
-                self._clients_changed()
         for key in [k for k in self._waiting_writes if k[0] == conn_id]:
             del self._waiting_writes[key]
         for key in [k for k in self._queued_reads if k[0] == conn_id]:
             del self._queued_reads[key]
         self._held_origin = [(c, msg) for c, msg in self._held_origin if c != conn_id]
+        self._space_waiters = [(c, msg) for c, msg in self._space_waiters if c != conn_id]
         if self._advice and conn_id in self._advice.awaiting:
             self._advice.awaiting.discard(conn_id)
             self._advance_advice(now)
-
-    def renew(self, conn_id: int, now: float) -> None:
-        """The connection is alive (it PINGed): extend its read-lock leases."""
-        conn = self.conns.get(conn_id)
-        if conn is not None and conn.client_id is not None:
-            self.locks.renew_client(conn.client_id, now)
 
     def _disconnect(self, conn_id: int, now: float) -> None:
         """Forget a connection here and have the net layer close its socket."""
@@ -194,8 +179,6 @@ class Engine:
             elif not conn.identified:
                 self._error(conn_id, rid, ErrorCode.NOT_IDENTIFIED, "send IDENTIFY first")
             else:
-                if conn.client_id is not None:
-                    self.locks.renew_client(conn.client_id, now)
                 self._data(conn, op, msg, now)
         except tuple(e for e, _ in _STORE_ERRORS) as exc:
             code = next(c for e, c in _STORE_ERRORS if isinstance(exc, e))
@@ -233,23 +216,31 @@ class Engine:
             valid, events = self.locks.release(conn.client_id, msg["lock"], msg.get("ranges"), now)
             self._now_out.append((conn.id, m.finish_ok(rid, valid)))
             self._events(events)
-        elif op == "UPLOAD_LOCK":
-            self.locks.upload(conn.client_id, msg["lock"], msg["ranges"], now)
-            self._now_out.append((conn.id, m.upload_ok(rid)))
-        elif op == "FINISH_UPLOAD_LOCK":
-            self._events(self.locks.finish_upload(conn.client_id, now))
-            self._now_out.append((conn.id, m.upload_done(rid)))
         elif op == "ACK_ADVICE":
             self._now_out.append((conn.id, m.ack_ok(rid)))
             adv = self._advice
             if adv and adv.advice_id == msg["advice"] and conn.id in adv.awaiting:
+                self._let_go(conn, adv)
                 adv.awaiting.discard(conn.id)
                 self._advance_advice(now)
+        elif op == "DETACH":
+            if self.store.grants.clear_client(conn.client_id):
+                log.info("client %d detached: its grants are void", conn.client_id)
+            self._after_commit.append((conn.id, m.detach_ok(rid)))
         else:
             self._error(conn.id, rid, ErrorCode.UNKNOWN_OP, f"{op} is not a data request")
 
     def _error(self, conn_id: int, rid: int, code: int, text: str) -> None:
         self._now_out.append((conn_id, m.reply_error(rid, code, text)))
+
+    def _let_go(self, conn: Conn, adv: Advice) -> None:
+        """An acknowledged advice: the client finished and dropped what it revokes."""
+        grants = self.store.grants
+        if adv.kind == "NEW_SNAPSHOT" and conn.slot is None:
+            grants.clear_origin(conn.client_id)
+        elif adv.kind == "DELETE_SNAPSHOT" and adv.entry is not None \
+                and conn.slot == adv.entry.slot:
+            grants.clear_writer(conn.client_id, conn.slot)
 
     # ------------------------------------------------------------------
     # identify
@@ -262,6 +253,8 @@ class Engine:
             self._error(conn.id, rid, ErrorCode.VERSION_MISMATCH,
                         f"server speaks protocol {m.PROTOCOL_VERSION}, not {msg['version']}")
             return
+        if msg.get("clean") and self.store.grants.clear_client(msg["client_id"]):
+            log.info("client %d came back clean: its earlier grants are void", msg["client_id"])
         volume, snap = msg["volume"], None
         if volume != "origin":
             snap = self._find_snapshot(volume)
@@ -278,18 +271,31 @@ class Engine:
         conn.client_id, conn.identified = msg["client_id"], True
         conn.read_only = bool(msg.get("read_only", False))
         self.by_client[conn.client_id] = conn.id
+        self.peers[conn.client_id] = conn.peer
         info = None
         if snap is not None:
             conn.slot, conn.snap_name = snap.slot, snap.name
             info = m.snapshot_info(snap.name, snap.tag, snap.created_ns / 1e9)
-            self._clients_changed()
+
         f = self.store.sb
         self._now_out.append((conn.id, m.identify_ok(
             rid, chunk_size=f.chunk_size, origin_chunks=f.origin_chunks,
             origin_bytes=f.origin_bytes, store_uuid=f.uuid.hex(), server_epoch=self.epoch,
             lease_ms=int(self.lease * 1000), snapshot=info, read_only=conn.read_only)))
+        if snap is None:
+            self._join_advice(conn)
         log.info("client %d identified for %s from %s", conn.client_id,
                  conn.snap_name or "origin", conn.peer)
+
+    def _join_advice(self, conn: Conn) -> None:
+        """An origin client that still holds approvals arrives during a create: advise it."""
+        adv = self._advice
+        if adv is None or adv.kind != "NEW_SNAPSHOT" or \
+                not self.store.grants.exposure(conn.client_id):
+            return
+        adv.awaiting.add(conn.id)
+        self._now_out.append((conn.id, m.advice(adv.advice_id, adv.kind, adv.name,
+                                                int(self.lease * 1000))))
 
     def _find_snapshot(self, ident: str | int) -> fmt.SnapEntry | None:
         try:
@@ -321,19 +327,48 @@ class Engine:
             self._held_origin.append((conn.id, msg))
             return
         rid, ranges = msg["id"], msg["ranges"]
-        while True:
-            try:
-                self.store.origin_write(ranges)
-                break
-            except se.StoreFullError as exc:
-                victims = self.store.snapshots_needing(exc.chunk) if exc.chunk is not None else []
-                if self.on_full != "squash" or not victims:
-                    raise
-                self._squash(min(victims, key=lambda e: (e.priority, e.created_ns)), now)
+        try:
+            self.store.origin_write(ranges)
+        except se.StoreFullError as exc:
+            if not self._make_room(exc, now):
+                raise
+            self._space_waiters.append((conn.id, msg))
+            return
+        # Granted from now on, even if the reply must wait for read locks: the
+        # grant is durable with the copy-out's commit, and a snapshot created
+        # later copies these chunks out unless the client lets go first.
+        self.store.grants.add_origin(conn.client_id, ranges)
         if self.locks.wait_write(conn.client_id, rid, ranges):
-            self._after_commit.append((conn.id, m.write_ok(rid)))
+            self._approve(conn.id, msg)
         else:
-            self._waiting_writes[(conn.id, rid)] = (conn.id, rid)
+            self._waiting_writes[(conn.id, rid)] = msg
+
+    def _approve(self, conn_id: int, msg: dict[str, Any]) -> None:
+        """WRITE_OK: from now on the client may write these chunks without asking."""
+        self._after_commit.append((conn_id, m.write_ok(msg["id"])))
+
+    def _make_room(self, exc: se.StoreFullError, now: float) -> bool:
+        """Store full under ``--on-full squash``: True if the write should wait for space.
+
+        Space that deletes and earlier squashes will free comes back through the
+        background pass; only when none is coming is another snapshot squashed:
+        the lowest priority, then the oldest, of those that need the copy.
+        """
+        if self.on_full != "squash":
+            return False
+        if self.store.deleting:
+            return True  # freed chunks are on their way
+        victims = self.store.snapshots_needing(exc.chunk) if exc.chunk is not None else []
+        if not victims:
+            return False
+        self._squash(min(victims, key=lambda e: (e.priority, e.created_ns)), now)
+        return True
+
+    def _retry_space_waiters(self, now: float) -> None:
+        """Space came back (a delete pass slice ran): try the parked origin writes again."""
+        waiters, self._space_waiters = self._space_waiters, []
+        for conn_id, msg in waiters:
+            self.handle(conn_id, msg, now)
 
     def _squash(self, entry: fmt.SnapEntry, now: float) -> None:
         """Store full: sacrifice a snapshot so the origin write can go on."""
@@ -360,6 +395,7 @@ class Engine:
         if self._snapshot_gone(conn, rid):
             return
         pairs = self.store.snapshot_write(conn.slot, msg["ranges"])
+        self.store.grants.add_writer(conn.client_id, conn.slot)
         self._after_commit.append((conn.id, m.snapshot_write_ok(rid, m.compress_mapping(pairs))))
 
     def _snapshot_read(self, conn: Conn, msg: dict[str, Any], now: float) -> None:
@@ -398,16 +434,21 @@ class Engine:
         for ev in events:
             if isinstance(ev, lk.WriteReady):
                 conn_id = self.by_client.get(ev.client)
-                key = (conn_id, ev.write_id)
-                if conn_id is not None and self._waiting_writes.pop(key, None):
-                    self._after_commit.append((conn_id, m.write_ok(ev.write_id)))
+                msg = self._waiting_writes.pop((conn_id, ev.write_id), None)
+                if msg is None:
+                    continue
+                if self._advice is not None and self._advice.kind == "NEW_SNAPSHOT":
+                    # approving it now would let it write a chunk the new snapshot
+                    # shares: decide again once the snapshot exists
+                    self._held_origin.append((conn_id, msg))
+                else:
+                    self._approve(conn_id, msg)
             elif isinstance(ev, lk.ReadGranted):
                 self._granted(ev)
             elif isinstance(ev, lk.LockBroken):
-                log.warning("read lock %s of client %s broken: lease expired", ev.lock_id,
-                            ev.client)
-            elif isinstance(ev, lk.GraceEnded):
-                log.info("restart grace ended%s", " (timed out)" if ev.timed_out else "")
+                self.counters["locks_broken"] = self.counters.get("locks_broken", 0) + 1
+                log.warning("read lock %s of client %s broken: held past its %.1fs maximum "
+                            "hold time", ev.lock_id, ev.client, self.locks.lease or 0.0)
 
     def _granted(self, ev: lk.ReadGranted) -> None:
         conn_id = self.by_client.get(ev.client)
@@ -428,7 +469,8 @@ class Engine:
     # control socket
     def _control(self, conn: Conn, op: str, msg: dict[str, Any], now: float) -> None:
         rid = msg["id"]
-        if op in ("SHUTDOWN", "CREATE_SNAPSHOT", "DELETE_SNAPSHOT") and not conn.privileged:
+        if op in ("SHUTDOWN", "CREATE_SNAPSHOT", "DELETE_SNAPSHOT", "FORGET_CLIENT") \
+                and not conn.privileged:
             log.warning("refused %s from %s: only root or the server's user may", op, conn.peer)
             self._error(conn.id, rid, ErrorCode.PERMISSION_DENIED,
                         f"{op} needs root or the server's own user")
@@ -440,6 +482,8 @@ class Engine:
         elif op == "SHUTDOWN":
             self.shutdown_requested = True
             self._now_out.append((conn.id, m.ok(rid, "shutting down")))
+        elif op == "FORGET_CLIENT":
+            self._forget_client(conn, msg)
         elif op in ("CREATE_SNAPSHOT", "DELETE_SNAPSHOT"):
             if self._advice is not None:
                 self._advice_queue.append((conn.id, msg))
@@ -447,6 +491,20 @@ class Engine:
                 self._start_advice(conn.id, msg, now)
         else:
             self._error(conn.id, rid, ErrorCode.UNKNOWN_OP, f"{op} is not a control request")
+
+    def _forget_client(self, conn: Conn, msg: dict[str, Any]) -> None:
+        """The operator vouches that a client can write no more (its host is fenced)."""
+        client = msg["client_id"]
+        if client in self.by_client:
+            self._error(conn.id, msg["id"], ErrorCode.BAD_REQUEST,
+                        f"client {client} is connected; it lets go of its grants by itself")
+            return
+        found = self.store.grants.clear_client(client)
+        if found:
+            log.warning("operator released every grant of client %d (from %s): its cached "
+                        "approvals are now void", client, self.peers.get(client, "unknown"))
+        self._after_commit.append((conn.id, m.ok(msg["id"], {"client_id": client,
+                                                             "forgotten": found})))
 
     def _start_advice(self, conn_id: int, msg: dict[str, Any], now: float) -> None:
         rid = msg["id"]
@@ -501,7 +559,7 @@ class Engine:
         conn_id, rid = adv.reply_to
         if adv.kind == "NEW_SNAPSHOT":
             try:
-                entry = self.store.create_snapshot(adv.name, adv.tag, adv.priority)
+                entry = self._create(adv)
                 self._after_commit.append((conn_id, m.ok(rid, self._snap_dict(entry))))
                 log.info("created snapshot %s (tag %d, slot %d)", entry.name, entry.tag, entry.slot)
             except tuple(e for e, _ in _STORE_ERRORS) as exc:
@@ -515,6 +573,40 @@ class Engine:
             self._after_commit.append((conn_id, m.ok(rid, {"deleted": adv.name})))
             log.info("deleted snapshot %s; freeing its chunks in the background", adv.name)
         self._next_queued_advice(now)
+
+    def _create(self, adv: Advice) -> fmt.SnapEntry:
+        """Make the snapshot; first give it its own copy of every exposed chunk.
+
+        Clients that did not acknowledge (or are not even connected) may still
+        write the chunks approved to them without asking.  Copying those chunks
+        for the new snapshot before it exists for anyone means a late write can
+        only change the origin.  The copies may take several commits, so the
+        snapshot is CREATING (invisible) until the last one; a crash before that
+        leaves it to be deleted at the next open.
+        """
+        store, grants = self.store, self.store.grants
+        exposed = [(c, grants.exposure(c)) for c in grants.exposed_clients()]
+        exposed = [(c, runs) for c, runs in exposed if runs]
+        if not exposed:
+            return store.create_snapshot(adv.name, adv.tag, adv.priority)
+        union: list[tuple[int, int]] = sorted(r for _, runs in exposed for r in runs)
+        chunks = sum(n for _, n in union)
+        log.warning("snapshot %s: %d client(s) may still write %d approved chunk(s) without "
+                    "asking (%s); copying them for the snapshot first", adv.name, len(exposed),
+                    chunks, ", ".join(f"client {c} from {self.peers.get(c, 'unknown')}"
+                                      for c, _ in exposed[:8]))
+        entry = store.create_snapshot(adv.name, adv.tag, adv.priority, creating=True)
+        try:
+            for start, count in union:
+                store.origin_write([(start, count)], extra=1 << entry.slot)
+        except se.StoreFullError as exc:
+            store.abandon_create()
+            raise se.StoreFullError(
+                f"cannot create {adv.name!r}: no room to copy the {chunks} chunk(s) that "
+                f"unresponsive clients may still write ({exc})") from None
+        store.make_live(entry)
+        self.counters["cutoff_copies"] = self.counters.get("cutoff_copies", 0) + chunks
+        return entry
 
     def _next_queued_advice(self, now: float) -> None:
         if self._advice is None and self._advice_queue:
@@ -563,7 +655,11 @@ class Engine:
         if self.revoked and self.store.deleting and self.now >= self.revoke_until:
             more = self.store.delete_step(budget_leaves) or more
             self.store.commit()
-        return more
+            if self._space_waiters:
+                self._retry_space_waiters(self.now)
+        elif self._space_waiters and not self.store.deleting:
+            self._retry_space_waiters(self.now)  # nothing more is coming: squash or fail
+        return more or bool(self._after_commit or self._now_out)
 
     def _scan_step(self, leaves: int) -> bool:
         """Count per-snapshot usage a few leaves at a time (large stores)."""
@@ -616,11 +712,30 @@ class Engine:
         return {
             "store": self.store.status(), "snapshots": snaps, "clients": clients,
             "locks": {"held_locks": stats.held_locks, "held_chunks": stats.held_chunks,
-                      "queued_reads": stats.queued_reads,
-                      "waiting_writes": stats.waiting_writes, "grace_active": stats.grace_active},
+                      "queued_reads": stats.queued_reads, "waiting_writes": stats.waiting_writes,
+                      "broken": self.counters.get("locks_broken", 0)},
+            "unproven_clients": self.unproven_clients(),
             "operations": self._operations(), "requests": dict(self.counters),
             **usage_info,
         }
+
+    def unproven_clients(self) -> list[dict[str, Any]]:
+        """Disconnected clients whose grants stand (they may still write without asking).
+
+        Each costs copy-outs at every snapshot create (origin exposure) or keeps a
+        deleted snapshot's space (writer grants) until it comes back, or the
+        operator fences its host and runs ``csnapctl forget-client``.
+        """
+        grants, out = self.store.grants, []
+        writers = grants.writers()
+        names = {e.slot: e.name for e in self.store.snaps.entries}
+        for client in sorted(grants.clients() - set(self.by_client)):
+            runs = grants.exposure(client)
+            out.append({"client_id": client, "peer": self.peers.get(client, "unknown"),
+                        "exposed_chunks": sum(n for _, n in runs),
+                        "writes_snapshots": sorted(names.get(s, str(s)) for s, cs in
+                                                   writers.items() if client in cs)})
+        return out
 
     def _operations(self) -> list[dict[str, Any]]:
         ops = []

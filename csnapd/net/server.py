@@ -72,7 +72,6 @@ class Connection(asyncio.Protocol):
         self.nonce: bytes | None = None  # set when the server requires authentication
         self.proof: bytes | None = None
         self.started: dict[int, tuple[str, float]] = {}  # request id -> (op, arrival)
-        self.last_renew = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -157,12 +156,8 @@ class Connection(asyncio.Protocol):
         return False
 
     def _pong(self, rid: int) -> None:
-        """PING needs no store: answer on the event loop, renew leases now and then."""
+        """PING needs no store: answer it on the event loop."""
         self.transport.write(encode(m.pong(rid)))
-        now = time.monotonic()
-        if now - self.last_renew >= 1.0:
-            self.last_renew = now
-            self.server.submit(("renew", self.id))
         if self.server.metrics is not None:
             self.server.metrics.observe("PING", "ok", 0.0)
 
@@ -334,8 +329,6 @@ class Server:
                 engine.open_conn(item[1], control=item[2], peer=item[3], privileged=item[4])
             elif kind == "close":
                 engine.close_conn(item[1], now)
-            elif kind == "renew":
-                engine.renew(item[1], now)
             elif kind == "tick":
                 engine.tick(now)
 

@@ -120,3 +120,27 @@ def snaptab_decoder(first_block: int, per_block: int):  # noqa: ANN201 - decode 
             entries.append(fmt.decode_snap_entry(raw, base + i, addr))
         return SnapTable(addr, entries)
     return decode
+
+
+class GrantBlock:
+    """One block of the client grant table: a link and fixed record slots."""
+
+    kind = BlockKind.GRANTS
+    __slots__ = ("addr", "next", "records", "block_size")
+
+    def __init__(self, addr: int, next_block: int, records: list[fmt.GrantRecord | None],
+                 block_size: int) -> None:
+        self.addr, self.next, self.records = addr, next_block, records
+        self.block_size = block_size
+
+    @classmethod
+    def decode(cls, block: bytes, addr: int, count: int) -> GrantBlock:
+        next_block, records = fmt.decode_grants(block, addr, count)
+        return cls(addr, next_block, records, len(block))
+
+    def payload(self) -> tuple[int, bytes]:
+        used = sum(r is not None for r in self.records)
+        return used, fmt.encode_grants(self.next, self.records, self.block_size)
+
+    def cost(self) -> int:
+        return 200 + 400 * len(self.records)

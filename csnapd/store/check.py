@@ -44,6 +44,7 @@ class Report:
     stats: dict[str, int] = field(default_factory=dict)
     leaked_chunks: list[int] = field(default_factory=list)
     leaked_blocks: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not problems
 
     @property
     def clean(self) -> bool:
@@ -91,8 +92,10 @@ class _Checker:
     def run(self) -> Report:
         for note in self.store.recovery.notes:
             self.report.add("leak" if "slot" in note else "error", note)
+        self.report.notes.extend(self.store.recovery.info)
         self._snapshot_table()
         self._tree()
+        self._grants()
         self._space()
         self._flags()
         self.report.stats.update(exceptions=self.exceptions, leaves=self.leaves,
@@ -122,6 +125,28 @@ class _Checker:
             if e.tag in tags:
                 self.report.add("error", f"snapshot tag {e.tag} used twice")
             tags.add(e.tag)
+
+    def _grants(self) -> None:
+        """The grant table's blocks are metadata in use; its records name real things."""
+        grants = self.store.grants
+        for addr in grants.addrs:
+            if addr in self.tree_blocks:
+                self.report.add("error", "grant table block is also a tree block", addr)
+            self.tree_blocks.add(addr)
+            if self._bit(self.store.alloc.is_meta, addr) is False:
+                self.report.add("error", "grant table block not marked in the metadata bitmap",
+                                addr)
+        for i, rec in enumerate(grants.records):
+            if rec is None:
+                continue
+            where = grants.addrs[i // grants.per_block]
+            if rec.kind == fmt.GRANT_WRITER and rec.slot not in self.known_slots:
+                self.report.add("error", f"writer grant of client {rec.client} names snapshot "
+                                f"slot {rec.slot}, which is free", where)
+            for start, count in rec.runs or []:
+                if start + count > self.f.origin_chunks:
+                    self.report.add("error", f"exposure of client {rec.client} runs past the "
+                                    f"origin (chunks {start}..{start + count - 1})", where)
 
     def _tree(self) -> None:
         total = max(1, self.f.exceptions)

@@ -58,7 +58,11 @@ assert HEADER.size == HEADER_SIZE
 #: Feature bits, as in qcow2: an unknown *incompatible* bit makes the store
 #: unopenable; unknown *compatible* bits are ignored; unknown *autoclear* bits
 #: are cleared by any writer that does not understand them.
-INCOMPAT_KNOWN = 0
+#: The store keeps a table of client grants (chunks and snapshot slots clients may
+#: still write without asking, see grants.py) and snapshots may be in the CREATING
+#: state; a csnap that ignored either could let a stalled client change a snapshot.
+INCOMPAT_GRANTS = 1 << 0
+INCOMPAT_KNOWN = INCOMPAT_GRANTS
 COMPAT_KNOWN = 0
 AUTOCLEAR_KNOWN = 0
 
@@ -85,6 +89,7 @@ class BlockKind(IntEnum):
     CBITMAP = 5  # chunk allocation bitmap
     MBITMAP = 6  # metadata-block bitmap
     SNAPTAB = 7
+    GRANTS = 8  # client grant table (grants.py)
 
 
 KIND_SALT = {
@@ -95,6 +100,7 @@ KIND_SALT = {
     BlockKind.CBITMAP: 0xB17C0005,
     BlockKind.MBITMAP: 0xB17B0006,
     BlockKind.SNAPTAB: 0x5AA70007,
+    BlockKind.GRANTS: 0x6AA17008,
 }
 
 
@@ -205,10 +211,14 @@ def verify(block: bytes, kind: BlockKind, addr: int, store_id: int | None) -> in
 #      232    8 snapshot-delete pass cursor (logical chunk)
 #      240    8 creation time (unix nanoseconds)
 #      248    8 last open time (unix nanoseconds)
+#      256    8 first block of the client grant table (0 = empty; grants.py)
+#
+# Stores made before the grant table have zeros at 256 (unused payload bytes are
+# always zero), which reads as an empty table.
 
-SUPER = struct.Struct("<8sIIIIIII I16sQQQ QI I Q Q I I Q Q Q Q I I Q Q Q Q Q Q Q Q")
+SUPER = struct.Struct("<8sIIIIIII I16sQQQ QI I Q Q I I Q Q Q Q I I Q Q Q Q Q Q Q Q Q")
 SUPER_OFFSET = HEADER_SIZE
-assert SUPER.size == 224, SUPER.size
+assert SUPER.size == 232, SUPER.size
 
 
 @dataclass(slots=True)
@@ -248,6 +258,7 @@ class SuperFields:
     delete_cursor: int
     created_ns: int
     opened_ns: int
+    grants_root: int = 0
 
     @property
     def store_id(self) -> int:
@@ -259,7 +270,7 @@ _SUPER_ORDER = (
     "store_chunks origin_bytes origin_chunks snaptab_start snaptab_blocks cbitmap_blocks "
     "cbitmap_start mbitmap_start mbitmap_blocks journal_blocks journal_start data_start_chunk "
     "generation journal_seq journal_tail depth root free_chunks alloc_cursor meta_chunk "
-    "exceptions delete_cursor created_ns opened_ns"
+    "exceptions delete_cursor created_ns opened_ns grants_root"
 ).split()
 
 
@@ -504,7 +515,8 @@ def bitmap_bits_per_block(block_size: int) -> int:
 #
 #   OFFSET SIZE DESCRIPTION
 #        0    1 state: 0 free, 1 live, 2 deleting (queued), 3 deleting (in the
-#               current delete pass)
+#               current delete pass), 4 creating (its copy-outs are being made;
+#               not visible; a crash leaves it to be deleted at the next open)
 #        1    1 flags: bit 0 squashed (unreadable; its space was or is being
 #               reclaimed), bit 1 cleared (a squashed snapshot's bits are gone
 #               from every sharemap; the entry stays as a tombstone until deleted)
@@ -521,7 +533,7 @@ SNAP_ENTRY_SIZE = 128
 assert SNAP_ENTRY.size == SNAP_ENTRY_SIZE
 MAX_NAME_BYTES = 96
 
-SNAP_FREE, SNAP_LIVE, SNAP_DELETING, SNAP_IN_PASS = 0, 1, 2, 3
+SNAP_FREE, SNAP_LIVE, SNAP_DELETING, SNAP_IN_PASS, SNAP_CREATING = 0, 1, 2, 3, 4
 SNAP_FLAG_SQUASHED = 1
 SNAP_FLAG_CLEARED = 2
 
@@ -562,10 +574,104 @@ def decode_snap_entry(raw: bytes, slot: int, addr: int) -> SnapEntry:
     state, flags, prio, nlen, tag, created, use, _, name = SNAP_ENTRY.unpack(raw)
     if state == SNAP_FREE:
         return SnapEntry(slot)
-    if state > SNAP_IN_PASS or not 1 <= nlen <= MAX_NAME_BYTES:
+    if state > SNAP_CREATING or not 1 <= nlen <= MAX_NAME_BYTES:
         raise CorruptionError(addr, "SNAPTAB", f"bad entry for slot {slot}")
     try:
         text = name[:nlen].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CorruptionError(addr, "SNAPTAB", f"name of slot {slot} is not UTF-8") from exc
     return SnapEntry(slot, state, flags, prio, tag, created, use, text)
+
+
+# ---------------------------------------------------------------------------
+# Client grant table (kind GRANTS): a chain of blocks holding fixed-size
+# records, one per client permission the server handed out that the client may
+# keep using without another message (grants.py explains why they are kept).
+# count = number of record slots in use in this block.
+#
+#   OFFSET SIZE DESCRIPTION
+#       32    8 next GRANTS block of the chain (0 = last)
+#       40    R record slots of GRANT_RECORD_SIZE(block size) bytes each:
+#
+#   record:
+#        0    8 client id
+#        8    1 kind: 0 free slot, 1 origin exposure, 2 snapshot writer
+#        9    1 reserved, zero
+#       10    2 snapshot slot (kind 2; zero otherwise)
+#       12    4 number of runs n (kind 1; zero otherwise)
+#       16 16*k runs, k = GRANT_RUNS(block size) slots: start chunk (8),
+#               chunk count (8); the first n are used, sorted, disjoint,
+#               non-adjacent; the rest are zero
+
+GRANT_NEXT = struct.Struct("<Q")
+GRANT_HEAD = struct.Struct("<QBBHI")
+GRANT_RUN = struct.Struct("<QQ")
+GRANT_FREE, GRANT_ORIGIN, GRANT_WRITER = 0, 1, 2
+_GRANT_PAYLOAD_START = HEADER_SIZE + GRANT_NEXT.size
+
+
+def grant_runs(block_size: int) -> int:
+    """Runs one origin-exposure record holds (its exposure is coarsened to fit)."""
+    room = block_size - _GRANT_PAYLOAD_START - GRANT_HEAD.size
+    return max(1, min(30, room // GRANT_RUN.size))
+
+
+def grant_record_size(block_size: int) -> int:
+    return GRANT_HEAD.size + GRANT_RUN.size * grant_runs(block_size)
+
+
+def grants_per_block(block_size: int) -> int:
+    return (block_size - _GRANT_PAYLOAD_START) // grant_record_size(block_size)
+
+
+@dataclass(slots=True)
+class GrantRecord:
+    """One persisted grant: who, what kind, and (origin) which chunk runs."""
+
+    client: int
+    kind: int
+    slot: int = 0
+    runs: list[tuple[int, int]] | None = None
+
+
+def encode_grants(next_block: int, records: list[GrantRecord | None], block_size: int) -> bytes:
+    """Payload of one GRANTS block."""
+    size, k = grant_record_size(block_size), grant_runs(block_size)
+    out = bytearray(GRANT_NEXT.pack(next_block))
+    for rec in records:
+        raw = bytearray(size)
+        if rec is not None:
+            runs = rec.runs or []
+            GRANT_HEAD.pack_into(raw, 0, rec.client, rec.kind, 0, rec.slot, len(runs))
+            for i, (start, count) in enumerate(runs[:k]):
+                GRANT_RUN.pack_into(raw, GRANT_HEAD.size + i * GRANT_RUN.size, start, count)
+        out += raw
+    return bytes(out)
+
+
+def decode_grants(block: bytes, addr: int, count: int
+                  ) -> tuple[int, list[GrantRecord | None]]:
+    """(next block, record slots) of a verified GRANTS block; structure checked."""
+    bs = len(block)
+    size, k, per = grant_record_size(bs), grant_runs(bs), grants_per_block(bs)
+    (next_block,) = GRANT_NEXT.unpack_from(block, HEADER_SIZE)
+    records: list[GrantRecord | None] = []
+    for i in range(per):
+        off = _GRANT_PAYLOAD_START + i * size
+        client, kind, _, slot, n = GRANT_HEAD.unpack_from(block, off)
+        if kind == GRANT_FREE:
+            records.append(None)
+            continue
+        if kind not in (GRANT_ORIGIN, GRANT_WRITER) or n > k or (kind == GRANT_WRITER and n):
+            raise CorruptionError(addr, "GRANTS", f"bad grant record {i}")
+        runs = [GRANT_RUN.unpack_from(block, off + GRANT_HEAD.size + j * GRANT_RUN.size)
+                for j in range(n)]
+        prev_end = -1
+        for start, cnt in runs:
+            if cnt < 1 or start <= prev_end:
+                raise CorruptionError(addr, "GRANTS", f"grant record {i}: runs out of order")
+            prev_end = start + cnt
+        records.append(GrantRecord(client, kind, slot, runs if kind == GRANT_ORIGIN else None))
+    if sum(r is not None for r in records) != count:
+        raise CorruptionError(addr, "GRANTS", "record count does not match the header")
+    return next_block, records

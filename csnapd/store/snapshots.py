@@ -35,11 +35,14 @@ class Snapshots:
     def _recompute(self) -> None:
         self.live_mask = 0
         self.deleting_mask = 0
+        self.creating_mask = 0
         for e in self.entries:
             if e.state == fmt.SNAP_LIVE and not e.squashed:
                 self.live_mask |= 1 << e.slot
             elif e.state in (fmt.SNAP_DELETING, fmt.SNAP_IN_PASS):
                 self.deleting_mask |= 1 << e.slot
+            elif e.state == fmt.SNAP_CREATING:
+                self.creating_mask |= 1 << e.slot
 
     def _save(self, e: fmt.SnapEntry) -> None:
         f = self.sbs.f
@@ -73,7 +76,9 @@ class Snapshots:
         return sum(1 << e.slot for e in self.entries if e.state == fmt.SNAP_IN_PASS)
 
     # -- changes ----------------------------------------------------------
-    def create(self, name: str, tag: int | None = None, priority: int = 0) -> fmt.SnapEntry:
+    def create(self, name: str, tag: int | None = None, priority: int = 0,
+               creating: bool = False) -> fmt.SnapEntry:
+        """Take a free slot for a new snapshot; ``creating``: not live until ``make_live``."""
         raw = name.encode("utf-8")
         if not 1 <= len(raw) <= fmt.MAX_NAME_BYTES or name.isdigit():
             raise LimitError(f"snapshot name must be 1..{fmt.MAX_NAME_BYTES} UTF-8 bytes "
@@ -94,9 +99,23 @@ class Snapshots:
         if free is None:
             raise TooManySnapshots(f"all {len(self.entries)} snapshot slots are in use "
                                    "(live or still being deleted)")
-        entry = fmt.SnapEntry(free.slot, fmt.SNAP_LIVE, 0, priority, tag, time.time_ns(), 0, name)
+        state = fmt.SNAP_CREATING if creating else fmt.SNAP_LIVE
+        entry = fmt.SnapEntry(free.slot, state, 0, priority, tag, time.time_ns(), 0, name)
         self._save(entry)
         return entry
+
+    def make_live(self, entry: fmt.SnapEntry) -> None:
+        """A snapshot in CREATING has all its copy-outs: it exists from now on."""
+        entry.state = fmt.SNAP_LIVE
+        self._save(entry)
+
+    def abandon_creating(self) -> list[fmt.SnapEntry]:
+        """Creates cut short by a crash or an error are queued for deletion."""
+        gone = [e for e in self.entries if e.state == fmt.SNAP_CREATING]
+        for e in gone:
+            e.state = fmt.SNAP_DELETING
+            self._save(e)
+        return gone
 
     def mark_deleting(self, entry: fmt.SnapEntry) -> None:
         """User delete: hide the snapshot and queue its bits for clearing."""
@@ -116,10 +135,14 @@ class Snapshots:
         entry.state = fmt.SNAP_DELETING
         self._save(entry)
 
-    def start_pass(self) -> int:
-        """Move queued deletions into a new pass; return its mask."""
+    def start_pass(self, held: int = 0) -> int:
+        """Move queued deletions into a new pass; return its mask.
+
+        Slots in ``held`` (writer grants: a client may still write their chunks)
+        stay queued: their chunks must not be freed yet.
+        """
         for e in self.entries:
-            if e.state == fmt.SNAP_DELETING:
+            if e.state == fmt.SNAP_DELETING and not (held >> e.slot) & 1:
                 e.state = fmt.SNAP_IN_PASS
                 self._save(e)
         return self.in_pass_mask()

@@ -29,7 +29,7 @@ from . import format as fmt
 from . import journal as jnl
 from . import superblock as sbk
 from .bitmap import Allocator
-from .blocks import Bitmap, Leaf, Node, snaptab_decoder
+from .blocks import Bitmap, GrantBlock, Leaf, Node, snaptab_decoder
 from .btree import BTree
 from .cache import BlockCache
 from .copier import Copier
@@ -43,6 +43,7 @@ from .errors import (
     ReadOnlyError,
     StoreFullError,
 )
+from .grants import Grants
 from .snapshots import Snapshots
 from .superblock import SuperState
 
@@ -60,7 +61,8 @@ class Recovery:
     unclean: bool = False
     transactions: int = 0
     blocks: int = 0
-    notes: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)  # damage found (slots)
+    info: list[str] = dataclasses.field(default_factory=list)  # what recovery did, harmless
 
 
 class Store:
@@ -78,6 +80,7 @@ class Store:
             fmt.BlockKind.CBITMAP: Bitmap.decoder(fmt.BlockKind.CBITMAP),
             fmt.BlockKind.MBITMAP: Bitmap.decoder(fmt.BlockKind.MBITMAP),
             fmt.BlockKind.SNAPTAB: snaptab_decoder(f.snaptab_start, per),
+            fmt.BlockKind.GRANTS: GrantBlock.decode,
         }
         self.cache = BlockCache(dev, f.block_size, f.store_id, cache_size, decoders)
         self.alloc = Allocator(self.cache, self.sbs)
@@ -89,6 +92,7 @@ class Store:
         self.recovery = Recovery()
         self.committed_super = self.sbs.snapshot()
         self.snaps: Snapshots  # set by _load_tables
+        self.grants: Grants  # set by _load_tables
         self.failed: str = ""
         self.stats = {"commits": 0, "checkpoints": 0, "copyouts": 0, "bytes_copied": 0,
                       "flushes": 0, "ops_committed": 0}
@@ -163,10 +167,16 @@ class Store:
 
     def _load_tables(self) -> None:
         self.snaps = Snapshots(self.cache, self.sbs)
+        self.grants = Grants(self.cache, self.alloc, self.sbs)
+        if not self.readonly:
+            for e in self.snaps.abandon_creating():
+                self.recovery.info.append(
+                    f"snapshot {e.name!r} was still being created: deleting it")
 
     def _mark_open(self) -> None:
         f = self.sb
         f.flags |= fmt.FLAG_BUSY
+        f.incompat |= fmt.INCOMPAT_GRANTS
         f.autoclear &= fmt.AUTOCLEAR_KNOWN
         f.opened_ns = time.time_ns()
         self.sbs.touch()
@@ -321,14 +331,15 @@ class Store:
 
     # ------------------------------------------------------------------
     # origin writes
-    def origin_write(self, ranges: Ranges) -> int:
+    def origin_write(self, ranges: Ranges, extra: int = 0) -> int:
         """Make origin chunks unshared by copying out what live snapshots need.
 
+        ``extra`` adds sharemap bits to copy for (a snapshot being created).
         Returns the number of chunks copied.  Not durable until commit().
         """
         self._writable()
         ranges = self.check_ranges(ranges)
-        live = self.snaps.live_mask
+        live = self.snaps.live_mask | extra
         self._ops_since_commit += 1
         if not live:
             return 0
@@ -497,12 +508,27 @@ class Store:
 
     # ------------------------------------------------------------------
     # snapshots
-    def create_snapshot(self, name: str, tag: int | None = None,
-                        priority: int = 0) -> fmt.SnapEntry:
-        """Create a snapshot of the origin as it is now (O(1)); commit to make durable."""
+    def create_snapshot(self, name: str, tag: int | None = None, priority: int = 0,
+                        creating: bool = False) -> fmt.SnapEntry:
+        """Create a snapshot of the origin as it is now (O(1)); commit to make durable.
+
+        With ``creating`` the snapshot is not live (nor visible) until
+        ``make_live``: its copy-outs can be made first, over several commits,
+        and a crash in between leaves it to be deleted at the next open.
+        """
         self._writable()
         self._ops_since_commit += 1
-        return self.snaps.create(name, tag, priority)
+        return self.snaps.create(name, tag, priority, creating)
+
+    def make_live(self, entry: fmt.SnapEntry) -> None:
+        """Finish a create started with ``creating=True``."""
+        self._writable()
+        self.snaps.make_live(entry)
+
+    def abandon_create(self) -> None:
+        """Give up creates in progress; their copies are freed like a delete's."""
+        self._writable()
+        self.snaps.abandon_creating()
 
     def delete_snapshot(self, ident: str | int) -> fmt.SnapEntry:
         """Hide a snapshot at once and queue the freeing of its chunks."""
@@ -524,7 +550,14 @@ class Store:
 
     @property
     def deleting(self) -> bool:
-        return bool(self.snaps.deleting_mask)
+        """True while a delete pass has work (slots held by writer grants wait)."""
+        return bool(self.snaps.in_pass_mask()
+                    or self.snaps.deleting_mask & ~self.grants.held_mask())
+
+    @property
+    def held_deleting(self) -> int:
+        """Sharemap bits of deleted snapshots whose chunks writer grants hold."""
+        return self.snaps.deleting_mask & ~self.snaps.in_pass_mask() & self.grants.held_mask()
 
     def delete_step(self, max_leaves: int = 32) -> bool:
         """Advance background deletion by up to ``max_leaves`` leaves.
@@ -536,9 +569,9 @@ class Store:
         self._writable()
         mask = self.snaps.in_pass_mask()
         if not mask:
-            if not self.snaps.deleting_mask:
+            mask = self.snaps.start_pass(self.grants.held_mask())
+            if not mask:
                 return False
-            mask = self.snaps.start_pass()
             self.sb.delete_cursor = 0
             self.sbs.touch()
         for _ in range(max_leaves):
@@ -553,7 +586,7 @@ class Store:
             self.sbs.touch()
             if hi >= (1 << 64):
                 self.snaps.finish_pass()
-                return bool(self.snaps.deleting_mask)
+                return self.deleting
         return True
 
     def _clear_bits(self, leaf: Leaf, mask: int) -> bool:
@@ -600,6 +633,8 @@ class Store:
             "cache_blocks": len(self.cache), "cache_bytes": self.cache.used,
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses,
             "snapshots": len(self.snaps.visible()), "deleting": self.delete_progress(),
+            "grants": {"exposed_clients": len(self.grants.exposed_clients()),
+                       "records": len(self.grants)},
             "failed": self.failed, **self.stats,
         }
 

@@ -36,7 +36,6 @@ class Conn:
     broken: set[int] = field(default_factory=set)
     lock_time: dict[int, float] = field(default_factory=dict)
     acks: dict[int, asyncio.Future[None]] = field(default_factory=dict)
-    uploads_done: bool = False
 
 
 class FakeServer:
@@ -264,19 +263,8 @@ class FakeServer:
         conn.broken.discard(lock)
         return P.finish_ok(msg["id"], valid)
 
-    async def op_upload_lock(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
-        if conn.uploads_done:
-            self._fail(msg, P.ErrorCode.BAD_REQUEST, "uploads finished")
-        chunks = set(P.expand_ranges(msg["ranges"]))
-        conn.locks.setdefault(msg["lock"], set()).update(chunks)
-        conn.lock_time[msg["lock"]] = time.monotonic()
-        if chunks & self.written_since_start:
-            conn.broken.add(msg["lock"])
-        return P.upload_ok(msg["id"])
-
-    async def op_finish_upload_lock(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
-        conn.uploads_done = True
-        return P.upload_done(msg["id"])
+    async def op_detach(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
+        return P.detach_ok(msg["id"])
 
     async def op_ack_advice(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
         fut = conn.acks.pop(msg["advice"], None)

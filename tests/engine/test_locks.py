@@ -15,13 +15,11 @@ from hypothesis.stateful import (
     consumes,
     initialize,
     invariant,
-    precondition,
     rule,
 )
 
 from csnapd.engine.locks import (
     DuplicateRequest,
-    GraceEnded,
     InvalidRanges,
     LockBroken,
     LockLimitExceeded,
@@ -193,15 +191,15 @@ def test_lease_expiry_breaks_lock_and_release_is_invalid(table):
     assert not table.was_broken(A, 1)
 
 
-def test_renew_extends_lease(table):
+def test_lease_is_a_fixed_maximum_hold_time(table):
+    """Nothing extends a lock: a reader that never finishes loses it at the lease."""
     table.acquire_read(A, 1, [[0, 1]], now=0.0)
-    table.acquire_read(A, 2, [[1, 1]], now=1.0)
-    assert table.renew(A, 1, now=5.0) is True
-    assert table.next_deadline() == 11.0
-    assert table.expire(11.0) == [LockBroken(A, 2)]
-    assert table.renew(A, 2, now=12.0) is False
-    assert table.renew_client(A, now=13.0) == 1
-    assert table.next_deadline() == 23.0
+    assert table.wait_write(B, 9, [[0, 1]]) is False
+    table.acquire_read(A, 2, [[5, 1]], now=8.0)  # more activity by the same client
+    assert not hasattr(table, "renew") and not hasattr(table, "renew_client")
+    assert table.next_deadline() == 10.0
+    assert table.expire(10.0) == [LockBroken(A, 1), WriteReady(B, 9)]
+    assert table.release(A, 1, now=10.5) == (False, [])
 
 
 def test_lease_times_never_go_backwards(table):
@@ -238,59 +236,6 @@ def test_broken_id_can_be_reused(table):
     assert table.release(A, 1) == (True, [])
 
 
-# --------------------------------------------------------------- grace
-
-
-def test_grace_holds_writes_until_all_uploads_finish(table):
-    assert table.begin_grace({A, B}, deadline=100.0) == []
-    assert table.grace_active and table.next_deadline() == 100.0
-    assert table.wait_write(C, 1, [[0, 1]]) is False
-    assert table.wait_write(C, 2, [[5, 1]]) is False
-    table.upload(A, 7, [[5, 1]], now=1.0)
-    assert table.finish_upload(A) == []
-    assert table.grace_missing == frozenset({B})
-    events = table.finish_upload(B, now=2.0)
-    assert events == [GraceEnded(False, frozenset()), WriteReady(C, 1)]
-    assert not table.grace_active
-    assert table.release(A, 7) == (True, [WriteReady(C, 2)])
-
-
-def test_grace_ends_at_deadline(table):
-    table.begin_grace({A, B}, deadline=100.0)
-    table.wait_write(C, 1, [[0, 1]])
-    table.finish_upload(A)
-    assert table.expire(99.0) == []
-    assert table.expire(100.0) == [GraceEnded(True, frozenset({B})), WriteReady(C, 1)]
-    assert table.wait_write(C, 2, [[0, 1]]) is True
-
-
-def test_grace_ends_when_last_expected_client_drops(table):
-    table.begin_grace({A}, deadline=100.0)
-    table.wait_write(C, 1, [[0, 1]])
-    assert table.drop_client(A) == [GraceEnded(False, frozenset()), WriteReady(C, 1)]
-
-
-def test_grace_with_no_expected_clients_ends_at_once(table):
-    assert table.begin_grace([], deadline=100.0) == [GraceEnded(False, frozenset())]
-    assert table.wait_write(C, 1, [[0, 1]]) is True
-
-
-def test_reads_during_grace_queue_only_behind_held_back_writes(table):
-    table.begin_grace({A}, deadline=100.0)
-    table.wait_write(C, 1, [[0, 1]])
-    assert isinstance(table.acquire_read(B, 1, [[0, 1]], now=0.0), QueuedRead)
-    assert isinstance(table.acquire_read(B, 2, [[1, 1]], now=0.0), ReadGrant)
-    events = table.finish_upload(A, now=1.0)
-    assert events == [GraceEnded(False, frozenset()), WriteReady(C, 1),
-                      ReadGranted(B, 1, ((0, 1),), 11.0)]
-
-
-def test_upload_merges_into_a_held_lock(table):
-    table.upload(A, 7, [[0, 2]], now=0.0)
-    table.upload(A, 7, [[1, 2]], now=0.0)
-    assert table.held_chunks == 3 and table.held_locks == 1
-
-
 # -------------------------------------------------------- limits, errors
 
 
@@ -301,8 +246,6 @@ def test_client_chunk_limit_raises_and_changes_nothing():
         t.acquire_read(A, 2, [[10, 3]], now=0.0)
     t.acquire_read(B, 2, [[10, 3]], now=0.0)  # other clients have their own budget
     assert t.held_chunks == 9
-    with pytest.raises(LockLimitExceeded):
-        t.upload(A, 3, [[20, 3]], now=0.0)
     t.check_invariants()
 
 
@@ -394,7 +337,6 @@ class LockMachine(RuleBasedStateMachine):
         self.queued = {}  # (client, id) -> (seq, chunks)
         self.writes = {}  # (client, id) -> (seq, chunks)
         self.broken = set()
-        self.grace = None  # (expected set, deadline)
 
     def _next(self):
         self.ids += 1
@@ -422,8 +364,7 @@ class LockMachine(RuleBasedStateMachine):
                 assert self.held.pop(key)[1] <= self.now
                 self.broken.add(key)
             else:
-                assert isinstance(ev, GraceEnded) and self.grace is not None
-                self.grace = None
+                raise AssertionError(f"unexpected event {ev!r}")
 
     def _budget_ok(self, client, extra):
         used = sum(len(c) for (cl, _), (c, _) in self.held.items() if cl == client)
@@ -455,20 +396,10 @@ class LockMachine(RuleBasedStateMachine):
             self.held[(client, lock_id)] = [chunks, self.now + LEASE]
         return (client, lock_id)
 
-    @rule(target=held_keys, client=st.sampled_from(CLIENTS), ranges=ranges_st)
-    def upload(self, client, ranges):
-        lock_id, chunks = self._next(), _chunks(ranges)
-        if not self._budget_ok(client, len(chunks)):
-            return (client, -1)
-        self.t.upload(client, lock_id, ranges, self.now)
-        self.held[(client, lock_id)] = [chunks, self.now + LEASE]
-        return (client, lock_id)
-
     @rule(client=st.sampled_from(CLIENTS), ranges=ranges_st)
     def write(self, client, ranges):
         write_id, chunks = self._next(), _chunks(ranges)
-        must_wait = bool(chunks) and (
-            self.grace is not None or any(c & chunks for c, _ in self.held.values()))
+        must_wait = bool(chunks) and any(c & chunks for c, _ in self.held.values())
         if must_wait and not self._queue_ok(client):
             with pytest.raises(LockLimitExceeded):
                 self.t.wait_write(client, write_id, ranges)
@@ -505,8 +436,6 @@ class LockMachine(RuleBasedStateMachine):
             for key in [k for k in d if k[0] == client]:
                 del d[key]
         self.broken = {k for k in self.broken if k[0] != client}
-        if self.grace is not None:
-            self.grace[0].discard(client)
         events = self.t.drop_client(client, now=self.now)
         assert all(getattr(ev, "client", None) != client for ev in events)
         self._apply(events)
@@ -517,26 +446,6 @@ class LockMachine(RuleBasedStateMachine):
         self._apply(self.t.expire(self.now))
         for _, expiry in self.held.values():
             assert expiry > self.now
-        if self.grace is not None:
-            assert self.grace[1] > self.now
-
-    @rule(key=held_keys)
-    def renew(self, key):
-        assert self.t.renew(*key, now=self.now) is (key in self.held)
-        if key in self.held:
-            self.held[key][1] = self.now + LEASE
-
-    @precondition(lambda self: self.grace is None)
-    @rule(expected=st.sets(st.sampled_from(CLIENTS)), span=st.sampled_from([1.0, 8.0]))
-    def begin_grace(self, expected, span):
-        self.grace = (set(expected), self.now + span)
-        self._apply(self.t.begin_grace(expected, self.now + span))
-
-    @rule(client=st.sampled_from(CLIENTS))
-    def finish_upload(self, client):
-        if self.grace is not None:
-            self.grace[0].discard(client)
-        self._apply(self.t.finish_upload(client, now=self.now))
 
     @invariant()
     def consistent(self):
@@ -544,8 +453,7 @@ class LockMachine(RuleBasedStateMachine):
             return
         self.t.check_invariants()
         for _seq, chunks in self.writes.values():
-            assert self.grace is not None or any(c & chunks for c, _ in self.held.values()), \
-                "write waits for nothing"
+            assert any(c & chunks for c, _ in self.held.values()), "write waits for nothing"
         for seq, chunks in self.queued.values():
             assert any(ws < seq and wc & chunks for ws, wc in self.writes.values()), \
                 "read queued for nothing"
@@ -553,21 +461,15 @@ class LockMachine(RuleBasedStateMachine):
         assert s.held_locks == len(self.held)
         assert s.held_chunks == sum(len(c) for c, _ in self.held.values())
         assert (s.waiting_writes, s.queued_reads) == (len(self.writes), len(self.queued))
-        assert s.grace_active == (self.grace is not None)
         deadlines = [e for _, e in self.held.values()]
-        if self.grace is not None:
-            deadlines.append(self.grace[1])
         assert self.t.next_deadline() == (min(deadlines) if deadlines else None)
         for key in self.broken:
             assert self.t.was_broken(*key)
 
     def teardown(self):
-        """Liveness: releasing everything (and ending grace) grants everything."""
+        """Liveness: releasing everything grants everything."""
         if not hasattr(self, "t"):
             return
-        if self.grace is not None:
-            self.now = max(self.now, self.grace[1])
-            self._apply(self.t.expire(self.now))
         for _ in range(1000):
             if not self.held:
                 break

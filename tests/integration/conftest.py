@@ -153,7 +153,17 @@ class RawClient:
     def call(self, msg: dict, timeout: float = 10.0) -> dict:
         return self.wait_for(self.send(msg), timeout)
 
+    def detach(self) -> None:
+        """End the session like a well-behaved client: the server forgets its grants."""
+        assert self.call(m.detach(0))["op"] == "DETACH_OK"
+
     def close(self) -> None:
+        """Detach (best effort, as the client library does) and close the socket."""
+        if self.info:
+            try:
+                self.call(m.detach(0), timeout=2)
+            except (OSError, TimeoutError):
+                pass
         self.sock.close()
 
 

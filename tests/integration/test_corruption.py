@@ -19,6 +19,7 @@ def test_damaged_leaf_is_refused_and_reported(tmp_path):
     _create(handle, origin, "s")
     for start in range(0, 512, 64):
         assert origin.call(m.query_write(0, [[start, 64]]))["op"] == "WRITE_OK"
+    origin.detach()
     assert handle.stop() == 0
     store = open_store(str(handle.store), readonly=True)
     leaves = [(v.addr, v.lo) for v in walk_tree(store) if v.depth == 0]

@@ -75,3 +75,30 @@ def test_full_store_with_on_full_fail_rejects_the_write(tmp_path):
     assert handle.stop() == 0
     check = run_tool("csnap-check", "--store", str(handle.store), check=False)
     assert check.returncode == 0, check.stdout
+
+
+def test_squash_takes_only_as_many_snapshots_as_the_space_needs(tmp_path):
+    """Squashing the lowest priority snapshot frees enough: the other one must survive."""
+    handle = make_server(tmp_path, block_size="512", **SMALL)
+    handle.start("--lease", "0.2")
+    origin = handle.client("origin")
+    free0 = _status(handle)["store"]["free_chunks"]
+    ctl = handle.control_client()
+    for name, prio in (("low", -5), ("high", 10)):
+        rid = ctl.send(m.create_snapshot(0, name, priority=prio))
+        advice = origin.recv()
+        assert origin.call(m.ack_advice(0, advice["advice"]))["op"] == "ACK_OK"
+        assert ctl.wait_for(rid)["op"] == "OK"
+        if name == "low":  # low alone owns copies of chunks 0..149
+            assert all(r["op"] == "WRITE_OK" for r in _fill(origin, range(0, 150)))
+    # copies shared by both snapshots until the store is full, then some more:
+    # squashing "low" frees its 150 chunks, which is room for every one of them
+    more = free0 - 150 + 100
+    replies = _fill(origin, range(150, 150 + more))
+    assert all(r["op"] == "WRITE_OK" for r in replies), [r for r in replies if r["op"] != "WRITE_OK"][:1]
+    snaps = {s["name"]: s for s in handle.ctl(m.list_snapshots(1))["result"]}
+    assert snaps["low"]["squashed"] is True
+    assert snaps["high"]["squashed"] is False, handle.log_text()[-2000:]
+    assert handle.stop() == 0
+    check = run_tool("csnap-check", "--store", str(handle.store), check=False)
+    assert check.returncode == 0, check.stdout

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "packaging" / "csnapd.toml"
 DOC = ROOT / "docs" / "packaging.md"
 KEYS = {"store", "origin", "listen", "control", "cache_size", "log_level", "lease", "lock_lease",
-        "grace", "state", "on_full", "max_inflight", "max_connections", "identify_timeout",
+        "on_full", "max_inflight", "max_connections", "identify_timeout",
         "frame_timeout", "metrics", "log_format"}
 
 
@@ -123,11 +123,11 @@ def test_default_file_is_used_only_when_it_exists(tmp_path, monkeypatch):
 
 
 def test_bad_file_exits_2_with_the_key(tmp_path, capsys):
-    path = write(tmp_path, 'store = "/s"\norigin = "/o"\ngrace = "long"\n')
+    path = write(tmp_path, 'store = "/s"\norigin = "/o"\nlock_lease = "long"\n')
     with pytest.raises(SystemExit) as exc:
         apply_config(build_parser(), ["--config", path])
     assert exc.value.code == 2
-    assert "'grace'" in capsys.readouterr().err
+    assert "'lock_lease'" in capsys.readouterr().err
 
 
 def test_add_arguments_is_idempotent():

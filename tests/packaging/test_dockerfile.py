@@ -75,7 +75,7 @@ def test_default_command_parses_and_matches_the_image(instructions):
     args = csnapd_args(instructions)
     volumes = words(instructions, "VOLUME")
     under_volume = [PurePosixPath(v) for v in volumes]
-    for path in (args.store, args.origin, args.state):
+    for path in (args.store, args.origin):
         assert any(PurePosixPath(path).is_relative_to(v) for v in under_volume), path
     exposed = {int(p.split("/")[0]) for p in words(instructions, "EXPOSE")}
     assert {4270, 9270} <= exposed

@@ -104,14 +104,12 @@ def test_hardening_keeps_device_access(name):
 def test_csnapd_unit_paths_and_command():
     unit = load("csnapd.service")
     assert one(unit, "Service", "RuntimeDirectory") == "csnapd"
-    assert one(unit, "Service", "StateDirectory") == "csnapd"
     argv = shlex.split(one(unit, "Service", "ExecStart"))
     assert argv[0] == INSTALLED + "csnapd"
     parser = build_parser()
     add_arguments(parser)
     args = parser.parse_args([*argv[1:], "--store", "s", "--origin", "o"])
     assert args.control == "/run/csnapd/control.sock"  # RuntimeDirectory=csnapd
-    assert args.state.startswith("/var/lib/csnapd/")  # StateDirectory=csnapd: survives restarts
     assert args.config == "/etc/csnap/csnapd.toml"
     assert one(unit, "Service", "RestartPreventExitStatus") == "2"  # usage errors
 

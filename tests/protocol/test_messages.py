@@ -46,10 +46,8 @@ EXAMPLES = {
     Op.FINISH_SNAPSHOT_READ: [P.finish_snapshot_read(11, 10),
                               P.finish_snapshot_read(12, 10, [[100, 5]])],
     Op.FINISH_OK: [P.finish_ok(11, True), P.finish_ok(12, False)],
-    Op.UPLOAD_LOCK: [P.upload_lock(1, 10, [[100, 10]])],
-    Op.UPLOAD_OK: [P.upload_ok(1)],
-    Op.FINISH_UPLOAD_LOCK: [P.finish_upload_lock(2)],
-    Op.UPLOAD_DONE: [P.upload_done(2)],
+    Op.DETACH: [P.detach(1)],
+    Op.DETACH_OK: [P.detach_ok(1)],
     Op.PING: [P.ping(2**64 - 1)],
     Op.PONG: [P.pong(2**64 - 1)],
     Op.ACK_ADVICE: [P.ack_advice(5, 77)],
@@ -69,6 +67,7 @@ EXAMPLES = {
     Op.LIST_SNAPSHOTS: [P.list_snapshots(1)],
     Op.STATUS: [P.status(1)],
     Op.SHUTDOWN: [P.shutdown(1)],
+    Op.FORGET_CLIENT: [P.forget_client(1, 42)],
     Op.OK: [P.ok(1), P.ok(2, {"snapshots": [{"name": "s", "tag": 4}]})],
 }
 

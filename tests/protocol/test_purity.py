@@ -40,4 +40,4 @@ def test_runtime_imports():
 def test_all_is_complete():
     for name in protocol.__all__:
         assert hasattr(protocol, name), name
-    assert protocol.PROTOCOL_VERSION == 1
+    assert protocol.PROTOCOL_VERSION == 2
