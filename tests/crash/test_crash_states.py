@@ -17,9 +17,9 @@ import random
 
 import pytest
 
-from csnapd.store import format as fmt
 from csnapd.store import journal as jnl
 from csnapd.store import superblock as sbk
+from csnapd.store import txn
 from csnapd.store.cache import BlockCache
 from csnapd.store.copier import Copier
 from csnapd.store.store import Store
@@ -183,9 +183,13 @@ def test_mutant_superblock_before_home_writes_is_caught(monkeypatch):
     assert _mutant_failures().failures > 0
 
 
-def test_mutant_commit_crc_over_commit_block_only_is_caught(monkeypatch):
+def test_mutant_images_not_checked_against_the_commit_record_is_caught(monkeypatch):
     """ddsnap checksum_block class: a torn transaction whose images are not covered."""
-    monkeypatch.setattr(fmt, "commit_valid", lambda block, images: True)
+
+    def mend(rec, blocks, start, nblocks, store_id):
+        return txn.Mended(rec, list(blocks[1:len(rec.homes) + 1]), [], None)
+
+    monkeypatch.setattr(txn, "mend", mend)
     assert _mutant_failures().failures > 0
 
 
