@@ -17,6 +17,7 @@ count (exit 0, saying what it did).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -413,11 +414,15 @@ def test_bit_flip_in_the_newest_transaction_of_a_killed_store(show_figure):
 # the csnap-check command on file-backed stores
 
 
-def _csnap_check(*args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / "csnap-check"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tools.csnap_check"]
-    return subprocess.run([*cmd, "--quiet", *args], capture_output=True, text=True, timeout=120,
+def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / name
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", f"tools.{name.replace('-', '_')}"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])
+
+
+def _csnap_check(*args: str) -> subprocess.CompletedProcess:
+    return _tool("csnap-check", "--quiet", *args)
 
 
 @pytest.fixture
@@ -553,3 +558,61 @@ def test_cli_damaged_bitmap_is_reported_not_fatal(store_file):
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"corrupt CBITMAP block {block}: checksum mismatch" in result.stdout
     assert result.stdout.count(f"CBITMAP block {block}") == 1  # reported once
+
+
+def test_cli_lists_a_mended_journal_block_and_dump_shows_it(tmp_path):
+    """A crashed store with a flipped image in its newest transaction: csnap-check says
+    what it rebuilt (exit 0, file untouched), csnap-dump shows the block statuses, and
+    --repair makes it permanent."""
+    q = build(pending_txns=2)
+    f, scan = pending_scan(q)
+    last = scan.transactions[-1]
+    at = (last.position + 1) % f.journal_blocks
+    img = bytearray(q.image)
+    img[(f.journal_start + at) * BS + 123] ^= 8
+    path = tmp_path / "store.img"
+    path.write_bytes(bytes(img))
+    result = _csnap_check("--store", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    home = last.images[0][0]
+    assert (f"journal: journal transaction {last.seq} at journal block {last.position}: image 0 "
+            f"(home block {home}) at journal block {at} rebuilt from parity") in result.stdout
+    assert "clean (journal recovery: 1 damaged block(s) mended, 0 torn transaction(s) dropped, " \
+           "in memory only" in result.stdout
+    assert path.read_bytes() == bytes(img)  # read-only: mended in memory only
+    dump = _tool("csnap-dump", "--store", str(path), "journal", "--json")
+    assert dump.returncode == 0, dump.stderr
+    journal = json.loads(dump.stdout)
+    assert journal["format"] == "redundant" and journal["epochs"] == [0]
+    newest = journal["pending_transactions"][-1]
+    assert newest["seq"] == last.seq and newest["blocks"] == len(last.images) + 3
+    assert (newest["leading"], newest["parity"], newest["trailing"]) == ("ok", "ok", "ok")
+    assert newest["images"][0] == {"home": home, "crc": f"0x{last.record.crcs[0]:08x}",
+                                   "status": "rebuilt from parity"}
+    assert all(i["status"] == "ok" for i in newest["images"][1:])
+    human = _tool("csnap-dump", "--store", str(path), "journal")
+    assert "rebuilt from parity" in human.stdout
+    repaired = _csnap_check("--store", str(path), "--repair")
+    assert repaired.returncode == 0 and "rebuilt from parity" in repaired.stdout
+    after = _csnap_check("--store", str(path))
+    assert after.returncode == 0 and "journal" not in after.stdout
+    assert wrong_mappings(open_image(path.read_bytes(), q.origin), q, set()) == []
+
+
+def test_cli_reports_a_dropped_torn_transaction(tmp_path):
+    q = build(pending_txns=2)
+    f, scan = pending_scan(q)
+    last = scan.transactions[-1]
+    img = bytearray(q.image)
+    for offset in (1, 2):  # two images: a torn write, cannot be mended
+        block = f.journal_start + (last.position + offset) % f.journal_blocks
+        img[block * BS + 99] ^= 1
+    path = tmp_path / "store.img"
+    path.write_bytes(bytes(img))
+    result = _csnap_check("--store", str(path), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "clean"
+    assert report["journal"] == [f"torn transaction {last.seq} at journal block "
+                                 f"{last.position} dropped: never acknowledged"]
+    assert report["stats"]["journal_dropped"] == 1
