@@ -101,6 +101,14 @@ def open_for_serving(args: argparse.Namespace) -> Store:
         log.info("replayed %d journal transaction(s)", r.transactions)
     for note in r.notes:
         log.warning("%s", note)
+    for note in r.journal_notes:
+        log.warning("journal: %s", note)
+    for note in r.info:
+        log.info("%s", note)
+    if r.upgraded:
+        log.info("journal switched to the redundant transaction format (incompatible feature "
+                 "0x%x): csnap versions without it can no longer open this store",
+                 fmt.INCOMPAT_JOURNAL_V2)
     return store
 
 

@@ -204,6 +204,9 @@ class EngineCollector(Collector):
                      "(divide by csnap_journal_commits_total for operations per commit)",
                      stats.get("ops_committed", 0)),
             _counter("csnap_checkpoints", "Journal checkpoints", stats.get("checkpoints", 0)),
+            _counter("csnap_journal_corrected_blocks", "Damaged journal blocks that recovery "
+                     "mended (or found not needed) when the store was opened",
+                     stats.get("journal_corrected", 0)),
             _counter("csnap_store_flushes", "Flushes (fsyncs) of the snapshot store",
                      stats.get("flushes", 0)),
             _counter("csnap_copyouts", "Chunks copied from the origin to the store",

@@ -2,6 +2,13 @@
 
 Exit status: 0 clean, 1 inconsistencies found (each listed), 2 the store
 cannot be read at all (not a store, damaged superblock or journal, I/O error).
+
+What journal recovery mended (a damaged journal block rebuilt from parity or
+the other commit record copy) or dropped (a torn transaction at the end of the
+journal, never acknowledged) is listed as "journal: ..." and summed up on the
+verdict line; it does not make the store unclean.  Without --repair the store
+is opened read-only, so this is done in memory only; the next read-write open
+(csnapd, or --repair) does it for good.
 """
 
 from __future__ import annotations
@@ -78,11 +85,13 @@ def _print(args: argparse.Namespace, report, actions: list[str]) -> None:  # noq
     if args.json:
         print(json.dumps({"status": "clean" if report.clean else "inconsistent",
                           "problems": [p.as_dict() for p in report.problems],
-                          "notes": report.notes,
+                          "notes": report.notes, "journal": report.journal,
                           "repairs": actions, "stats": report.stats}, indent=1))
         return
     for action in actions:
         print(f"repair: {action}")
+    for note in report.journal:
+        print(f"journal: {note}")
     for note in report.notes:
         print(f"note: {note}")
     for p in report.problems:
@@ -90,6 +99,10 @@ def _print(args: argparse.Namespace, report, actions: list[str]) -> None:  # noq
         print(f"{p.severity}: {p.message}{where}")
     s = report.stats
     verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
+    if report.journal:
+        verdict += (f" (journal recovery: {s.get('journal_corrected', 0)} damaged block(s) "
+                    f"mended, {s.get('journal_dropped', 0)} torn transaction(s) dropped"
+                    + (")" if args.repair else ", in memory only until a read-write open)"))
     print(f"{verdict}: {s.get('exceptions', 0)} exceptions in {s.get('leaves', 0)} leaves and "
           f"{s.get('nodes', 0)} index nodes, depth {s.get('depth', 0)}, "
           f"{s.get('free_chunks', 0)}/{s.get('store_chunks', 0)} chunks free")

@@ -119,13 +119,42 @@ def dump_tree(store) -> list[dict[str, Any]]:  # noqa: ANN001
 
 
 def dump_journal(store) -> dict[str, Any]:  # noqa: ANN001
-    f = store.committed_super
-    scan = jnl.scan(store.dev, f.journal_start, f.journal_blocks, f.block_size, f.store_id,
-                    f.journal_tail, f.journal_seq)
-    return {"start": f.journal_start, "blocks": f.journal_blocks, "tail": f.journal_tail,
-            "tail_seq": f.journal_seq, "pending_transactions": [
-                {"seq": t.seq, "position": t.position, "homes": [h for h, _ in t.images]}
-                for t in scan.transactions]}
+    """The pending transactions between the checkpoint and the head, block by block.
+
+    For the redundant format each transaction shows both commit record copies,
+    every image's listed CRC and whether it verified or was rebuilt from
+    parity, and the parity block; ``notes`` is what recovery mended or dropped.
+    """
+    j = store.journal  # tail and sequence as the superblock slot gives them
+    scan = jnl.scan(store.dev, j.start, j.nblocks, j.block_size, j.store_id, j.tail,
+                    j.tail_seq, redundant=j.redundant)
+    return {"start": j.start, "blocks": j.nblocks, "tail": j.tail, "tail_seq": j.tail_seq,
+            "head": scan.head, "next_seq": scan.next_seq,
+            "format": "redundant" if j.redundant else "single-crc",
+            "max_images": jnl.max_images(j.nblocks, j.block_size, j.redundant),
+            "epochs": scan.epochs, "notes": scan.notes,
+            "torn_dropped_at": scan.torn,
+            "pending_transactions": [_txn_dict(t, j.nblocks) for t in scan.transactions]}
+
+
+def _txn_dict(t: jnl.Transaction, nblocks: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"seq": t.seq, "position": t.position, "blocks": t.span}
+    if t.record is None:
+        out["homes"] = [h for h, _ in t.images]
+        return out
+    n = len(t.images)
+
+    def status(offset: int) -> str:
+        return "damaged" if offset in t.damaged else "ok"
+
+    out.update(epoch=t.epoch, leading=status(0), trailing=status(n + 2),
+               trailing_position=(t.position + n + 2) % nblocks, parity=status(n + 1),
+               parity_crc=f"0x{t.record.parity_crc:08x}")
+    out["images"] = [{"home": home, "crc": f"0x{crc:08x}",
+                      "status": "rebuilt from parity" if i == t.rebuilt else "ok"}
+                     for i, (home, crc) in enumerate(zip(t.record.homes, t.record.crcs,
+                                                         strict=True))]
+    return out
 
 
 def dump_bitmap(store) -> dict[str, Any]:  # noqa: ANN001

@@ -6,7 +6,10 @@ depth; every exception's store chunk is a data chunk inside the store,
 allocated, and referenced exactly once; sharemaps name only existing
 snapshots and never give one snapshot two copies of a chunk; no allocated
 chunk or metadata block is unreferenced (a leak); the free count and the
-exception count match what the walk found.
+exception count match what the walk found.  The journal between the
+checkpoint (tail) and the head is verified block by block in its format:
+what recovery mended there, or dropped as a torn tail, is listed in
+``Report.journal`` (findings, not problems: the store itself is consistent).
 
 Problems carry a severity: "error" (the store may return wrong data) or
 "leak" / "count" (space accounting only; ``repair`` fixes these safely).
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import format as fmt
+from . import journal as jnl
 from .errors import CorruptionError
 from .walk import bitmap_int, set_bits, walk_tree
 
@@ -45,6 +49,8 @@ class Report:
     leaked_chunks: list[int] = field(default_factory=list)
     leaked_blocks: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth knowing, not problems
+    #: What the journal scan mended or dropped (journal.py invariants 5 and 6).
+    journal: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -93,6 +99,7 @@ class _Checker:
         for note in self.store.recovery.notes:
             self.report.add("leak" if "slot" in note else "error", note)
         self.report.notes.extend(self.store.recovery.info)
+        self._journal()
         self._snapshot_table()
         self._tree()
         self._grants()
@@ -103,6 +110,33 @@ class _Checker:
                                  free_chunks=self.f.free_chunks,
                                  store_chunks=self.f.store_chunks)
         return self.report
+
+    def _journal(self) -> None:
+        """Verify the pending journal region again and list what recovery did to it.
+
+        A read-only open replayed the region between tail and head in memory;
+        scanning it again must find the same transactions.  A read-write open
+        has already written them home (the region is empty) and its recovery
+        findings are what there is to report.
+        """
+        store, r = self.store, self.store.recovery
+        j = store.journal
+        self.report.journal = list(r.journal_notes)
+        self.report.stats.update(journal_transactions=r.transactions,
+                                 journal_corrected=r.journal_corrected,
+                                 journal_dropped=r.journal_dropped)
+        if not j.used:
+            return
+        try:
+            again = jnl.scan(store.dev, j.start, j.nblocks, j.block_size, j.store_id, j.tail,
+                             j.tail_seq, redundant=j.redundant)
+        except CorruptionError as exc:
+            self.error(exc)
+            return
+        if (again.head, again.next_seq) != (j.head, j.seq):
+            self.report.add("error", f"journal changed while checking: the scan now ends at "
+                            f"journal block {again.head}, sequence {again.next_seq}, not "
+                            f"{j.head}, {j.seq} (is a server writing this store?)")
 
     def _flags(self) -> None:
         """A flag set by the server is only lifted once a check finds no damage."""

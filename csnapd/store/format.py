@@ -58,11 +58,18 @@ assert HEADER.size == HEADER_SIZE
 #: Feature bits, as in qcow2: an unknown *incompatible* bit makes the store
 #: unopenable; unknown *compatible* bits are ignored; unknown *autoclear* bits
 #: are cleared by any writer that does not understand them.
-#: The store keeps a table of client grants (chunks and snapshot slots clients may
-#: still write without asking, see grants.py) and snapshots may be in the CREATING
-#: state; a csnap that ignored either could let a stalled client change a snapshot.
+#:
+#: INCOMPAT_GRANTS: the store keeps a table of client grants (chunks and snapshot
+#: slots clients may still write without asking, see grants.py) and snapshots may be
+#: in the CREATING state; a csnap that ignored either could let a stalled client
+#: change a snapshot.
 INCOMPAT_GRANTS = 1 << 0
-INCOMPAT_KNOWN = INCOMPAT_GRANTS
+#:
+#: INCOMPAT_JOURNAL_V2: the journal holds redundant transactions (commit record,
+#: images, parity, trailing commit record; see "Journal commit record, redundant
+#: format" below).  Without it the journal holds the single-CRC format.
+INCOMPAT_JOURNAL_V2 = 1 << 1
+INCOMPAT_KNOWN = INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2
 COMPAT_KNOWN = 0
 AUTOCLEAR_KNOWN = 0
 
@@ -89,7 +96,8 @@ class BlockKind(IntEnum):
     CBITMAP = 5  # chunk allocation bitmap
     MBITMAP = 6  # metadata-block bitmap
     SNAPTAB = 7
-    GRANTS = 8  # client grant table (grants.py)
+    COMMIT2 = 8  # journal commit record, redundant format
+    GRANTS = 9  # client grant table (grants.py)
 
 
 KIND_SALT = {
@@ -100,7 +108,8 @@ KIND_SALT = {
     BlockKind.CBITMAP: 0xB17C0005,
     BlockKind.MBITMAP: 0xB17B0006,
     BlockKind.SNAPTAB: 0x5AA70007,
-    BlockKind.GRANTS: 0x6AA17008,
+    BlockKind.COMMIT2: 0xC0112708,
+    BlockKind.GRANTS: 0x6AA17009,
 }
 
 
@@ -292,7 +301,10 @@ def decode_super(block: bytes, slot: int) -> SuperFields:
 
 
 # ---------------------------------------------------------------------------
-# Journal commit block (kind COMMIT).  A transaction occupies 1 + n consecutive
+# Journal commit block, single-CRC format (kind COMMIT), used while the
+# superblock lacks INCOMPAT_JOURNAL_V2 (stores made before it existed; a
+# read-write open replays such a journal and then switches to the redundant
+# format).  A transaction occupies 1 + n consecutive
 # journal blocks (wrapping at the end of the journal): the commit block first,
 # then the n block images in the order of the address list.
 #
@@ -363,6 +375,113 @@ def commit_valid(block: bytes, images: list[bytes]) -> bool:
     for image in images:
         value = _crc.crc32c(image, value)
     return value == block_crc(block)
+
+
+# ---------------------------------------------------------------------------
+# Journal commit record, redundant format (kind COMMIT2; INCOMPAT_JOURNAL_V2).
+# A transaction of n images occupies n + 3 consecutive journal blocks,
+# wrapping at the end of the journal:
+#
+#   JOURNAL POSITION  BLOCK
+#   first             leading commit record
+#   first + 1 + i     image i (i = 0 .. n-1), in the order of the lists below
+#   first + n + 1     parity: the XOR of the n images (all zero when n = 0)
+#   first + n + 2     trailing commit record: the leading record with only the
+#                     header self address (and so the header CRC) changed
+#
+# Commit record:
+#
+#   OFFSET    SIZE DESCRIPTION
+#       12       4 (header count) n, the number of images
+#       16       8 (header self address) this record's own block number
+#       32       8 transaction sequence number
+#       40       8 epoch of the writer (carried for fencing; 0 = none)
+#       48       4 first: journal position of the leading record
+#       52       4 n again (cross-check)
+#       56     8*n home block number of each image (0 = the superblock)
+#   56+8n      4*n CRC32C (seed 0) of each image, all block_size bytes as stored
+#   56+12n       4 CRC32C (seed 0) of the parity block
+#
+# The header CRC is the ordinary kind-salted block CRC, so a record verifies on
+# its own.  A record whose self address is journal_start + first is the
+# leading copy; journal_start + (first + n + 2) % journal_blocks, the trailing
+# one.  Every block of the transaction is covered by a CRC that both records
+# list, so any one damaged block is found, and the other record or the parity
+# stands in for it.  n MUST NOT exceed max_images (journal.py), which bounds
+# the search for a trailing record.
+
+COMMIT2 = struct.Struct("<QQII")
+COMMIT2_FIXED = HEADER_SIZE + COMMIT2.size
+assert COMMIT2_FIXED == 56
+
+
+def commit2_capacity(block_size: int) -> int:
+    """How many images one redundant-format commit record can describe."""
+    return (block_size - COMMIT2_FIXED - 4) // 12
+
+
+def image_crc(block: bytes | bytearray | memoryview) -> int:
+    """The CRC a redundant commit record lists for an image or parity block."""
+    return _crc.crc32c(block)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """The decoded payload of a redundant-format commit record."""
+
+    seq: int
+    epoch: int
+    first: int
+    homes: tuple[int, ...]
+    crcs: tuple[int, ...]
+    parity_crc: int
+
+
+def seal_commit2(addr: int, store_id: int, rec: CommitRecord, block_size: int) -> bytes:
+    """A sealed commit record for self address ``addr``."""
+    n = len(rec.homes)
+    if len(rec.crcs) != n or n > commit2_capacity(block_size):
+        raise ValueError(f"commit record for {n} images does not fit or is inconsistent")
+    payload = COMMIT2.pack(rec.seq, rec.epoch, rec.first, n) + struct.pack(
+        f"<{n}Q{n + 1}I", *rec.homes, *rec.crcs, rec.parity_crc)
+    return seal(BlockKind.COMMIT2, addr, store_id, n, payload, block_size)
+
+
+def readdress_commit2(block: bytes, addr: int) -> bytes:
+    """A sealed commit record moved to self address ``addr`` (one CRC pass, one copy)."""
+    head = bytearray(block[:HEADER_SIZE])
+    struct.pack_into("<IIQ", head, 8, 0, struct.unpack_from("<I", block, 12)[0], addr)
+    value = _crc.crc32c(memoryview(block)[HEADER_SIZE:], _crc_of(head, KIND_SALT[BlockKind.COMMIT2]))
+    struct.pack_into("<I", head, 8, value)
+    return bytes(head) + block[HEADER_SIZE:]
+
+
+def decode_commit2(block: bytes, addr: int, store_id: int) -> CommitRecord | None:
+    """A verified commit record read at ``addr``, or None if it is not one."""
+    hdr = peek_header(block)
+    if (hdr is None or hdr.kind != BlockKind.COMMIT2 or hdr.addr != addr
+            or hdr.store_id != store_id or hdr.count > commit2_capacity(len(block))):
+        return None
+    if _crc_of(block, KIND_SALT[BlockKind.COMMIT2]) != hdr.crc:
+        return None
+    seq, epoch, first, n = COMMIT2.unpack_from(block, HEADER_SIZE)
+    if n != hdr.count:
+        return None
+    values = struct.unpack_from(f"<{n}Q{n + 1}I", block, COMMIT2_FIXED)
+    return CommitRecord(seq, epoch, first, values[:n], values[n:2 * n], values[2 * n])
+
+
+def commit2_seq_unverified(block: bytes, addr: int, store_id: int) -> int | None:
+    """The sequence field of what looks like a commit record at ``addr``, CRC unchecked.
+
+    Only used to tell a torn transaction from the plain end of the journal in
+    reports; never to accept anything.
+    """
+    hdr = peek_header(block)
+    if hdr is None or hdr.kind != BlockKind.COMMIT2 or hdr.addr != addr \
+            or hdr.store_id != store_id:
+        return None
+    return COMMIT2.unpack_from(block, HEADER_SIZE)[0]
 
 
 # ---------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """The circular write-ahead journal for metadata blocks.
 
 A transaction is the set of metadata block images one operation (or one group
-of operations) changed.  It is written to the next free journal blocks as a
-commit block followed by the images; the commit block lists the home address
-of every image and carries a CRC32C over itself and all images (format.py).
+of operations) changed.  It is written to the next free journal blocks.  In
+the redundant format (superblock feature INCOMPAT_JOURNAL_V2, every store made
+or opened read-write by this version) that is a commit record, the images, a
+parity block and a second copy of the commit record; the record lists the home
+address and CRC of every image (format.py, txn.py).  Stores made before the
+feature hold single-CRC transactions (a commit block and the images); they are
+only ever replayed, never written (see invariant 8).
 
 Durability invariants (the store relies on every one of them):
-  1. Write-ahead: a transaction's commit block and images are flushed before
-     any of its blocks is written to its home location.
+  1. Write-ahead: every block of a transaction is flushed before any of its
+     images is written to its home location.
   2. Data first: copy-out data that a transaction points at is flushed before
      the transaction is written (the store flushes before calling write()).
   3. Reclaim after home: journal space is reused only after a checkpoint,
@@ -15,61 +19,120 @@ Durability invariants (the store relies on every one of them):
      flushed and a superblock naming the new tail has been flushed.
   4. Replay is idempotent: it writes whole block images in sequence order, so
      replaying twice (a crash during recovery) gives the same result.
-  5. Torn tail: recovery stops at the first transaction that does not verify.
-     If a verified transaction with a later sequence number exists anywhere in
-     the journal, the gap is damage, not a torn tail, and recovery refuses
+  5. Single faults are mended: each block of a transaction is covered by a
+     CRC that both commit records list, so after a transaction was written
+     and flushed any one of its blocks, damaged in any way (a flipped bit,
+     zeros, a stale block of an older lap), is found and replaced: the other
+     commit record, or the parity XOR the good images.  Every mended or
+     unneeded damaged block is reported (ScanResult.notes, .corrected).
+  6. Torn tail: a transaction that cannot be made whole (no commit record
+     verifies, or two or more images, or an image and the parity, are bad)
+     is a torn write.  If it is the last thing in the journal it is dropped
+     and reported: it was never acknowledged, because acknowledgement comes
+     only after the flush that follows the whole transaction write.  If a
+     verified transaction with a later sequence number exists anywhere in
+     the journal, the hole is damage, and recovery refuses (CorruptionError)
      instead of silently dropping acknowledged work.
-  6. A transaction never exceeds ``max_images``, which is at most half the
-     journal, so one always fits after a checkpoint.
+  7. A transaction never exceeds ``max_images``, chosen so that it occupies at
+     most half the journal: one always fits after a checkpoint.
+  8. The format follows the superblock: without INCOMPAT_JOURNAL_V2 the scan
+     reads single-CRC transactions.  A read-write open replays them,
+     checkpoints (the journal is then empty), sets the feature in both
+     superblock slots and writes only the redundant format from then on.
 
 This module must not import the B-tree, allocator or store.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from . import format as fmt
+from . import txn
 from .device import Device
 from .errors import CorruptionError
+
+#: Journal blocks read per pread when the whole journal is searched.
+_SWEEP = 256
 
 
 @dataclass(slots=True)
 class Transaction:
-    """One committed transaction found by a journal scan."""
+    """One committed transaction found by a journal scan.
+
+    ``version`` is 1 (single CRC) or 2 (redundant); ``damaged`` lists the
+    offsets inside the transaction (0 = leading commit record) of blocks that
+    did not verify, and ``rebuilt`` the image rebuilt from parity, if any.
+    """
 
     seq: int
     position: int
     images: list[tuple[int, bytes]]
+    epoch: int = 0
+    version: int = 2
+    record: fmt.CommitRecord | None = None
+    damaged: list[int] = field(default_factory=list)
+    rebuilt: int | None = None
+
+    @property
+    def span(self) -> int:
+        """Journal blocks the transaction occupies."""
+        return len(self.images) + (txn.OVERHEAD if self.version == 2 else 1)
 
 
 @dataclass(slots=True)
 class ScanResult:
+    """What a scan found: the transactions to replay, where the journal ends, and why."""
+
     transactions: list[Transaction]
     head: int
     next_seq: int
     blocks_used: int
+    notes: list[str] = field(default_factory=list)
+    corrected: int = 0  # damaged blocks of replayed transactions, mended or not needed
+    torn: int | None = None  # journal position of a torn transaction that was dropped
+
+    @property
+    def epochs(self) -> list[int]:
+        """The writer epochs of the replayed transactions, ascending."""
+        return sorted({t.epoch for t in self.transactions})
 
 
 class Journal:
     """Writer side of the journal; positions are indexes inside the region."""
 
     def __init__(self, dev: Device, start: int, nblocks: int, block_size: int,
-                 store_id: int, tail: int, seq: int) -> None:
+                 store_id: int, tail: int, seq: int, redundant: bool = True) -> None:
         self.dev, self.start, self.nblocks = dev, start, nblocks
         self.block_size, self.store_id = block_size, store_id
         self.tail = self.head = tail
         self.tail_seq = self.seq = seq
         self.used = 0
         self.commits = 0
-        self.max_images = max_images(nblocks, block_size)
+        #: Written into every commit record; a later HA feature fences old leaders with it.
+        self.epoch = 0
+        self.redundant = redundant
+        self.max_images = max_images(nblocks, block_size, redundant)
 
     @property
     def free(self) -> int:
         return self.nblocks - self.used
 
+    @property
+    def overhead(self) -> int:
+        """Blocks a transaction needs besides its images."""
+        return txn.OVERHEAD if self.redundant else 1
+
     def fits(self, nimages: int) -> bool:
-        return nimages + 1 <= self.free
+        return nimages + self.overhead <= self.free
+
+    def use_redundant_format(self) -> None:
+        """Write the redundant format from now on (the journal must be empty)."""
+        if self.used:
+            raise ValueError("the journal format changes only when the journal is empty")
+        self.redundant = True
+        self.max_images = max_images(self.nblocks, self.block_size, True)
 
     def write(self, images: list[tuple[int, bytes]]) -> int:
         """Append one transaction (not flushed); return its sequence number."""
@@ -79,13 +142,17 @@ class Journal:
         if not self.fits(n):
             raise ValueError("journal full: checkpoint before writing")
         pos, seq = self.head, self.seq
-        homes = [home for home, _ in images]
-        blobs = [image for _, image in images]
-        commit = fmt.seal_commit(self.start + pos, self.store_id, seq, homes, blobs,
-                                 self.block_size)
-        self._write_run(pos, [commit, *blobs])
-        self.head = (pos + n + 1) % self.nblocks
-        self.used += n + 1
+        if self.redundant:
+            blocks = txn.encode(self.start, self.nblocks, pos, self.store_id, seq, self.epoch,
+                                images, self.block_size)
+        else:
+            blobs = [image for _, image in images]
+            blocks = [fmt.seal_commit(self.start + pos, self.store_id, seq,
+                                      [home for home, _ in images], blobs, self.block_size),
+                      *blobs]
+        self._write_run(pos, blocks)
+        self.head = (pos + len(blocks)) % self.nblocks
+        self.used += len(blocks)
         self.seq += 1
         self.commits += 1
         return seq
@@ -102,66 +169,191 @@ class Journal:
         self.tail, self.tail_seq, self.used = self.head, self.seq, 0
 
 
-def max_images(nblocks: int, block_size: int) -> int:
-    """Largest transaction (in images) a journal of this size accepts."""
+def max_images(nblocks: int, block_size: int, redundant: bool = True) -> int:
+    """Largest transaction (in images) a journal of this size and format accepts.
+
+    A transaction then occupies at most half the journal (invariant 7).
+    """
+    if redundant:
+        return max(1, min(fmt.commit2_capacity(block_size), nblocks // 2 - txn.OVERHEAD))
     return max(1, min(fmt.commit_capacity(block_size), nblocks // 2 - 1))
 
 
 def scan(dev: Device, start: int, nblocks: int, block_size: int, store_id: int,
-         tail: int, seq: int) -> ScanResult:
-    """Find the committed transactions after the checkpoint, in order."""
-    reader = _Reader(dev, start, nblocks, block_size)
+         tail: int, seq: int, redundant: bool = True) -> ScanResult:
+    """Find the committed transactions after the checkpoint, in order, mending single faults."""
+    reader = _Reader(dev, start, nblocks, block_size, store_id)
     found: list[Transaction] = []
+    result = ScanResult(found, tail, seq, 0)
     pos, expected, used = tail, seq, 0
+    window = max_images(nblocks, block_size, True) + txn.OVERHEAD
     while True:
-        txn = _read_transaction(reader, pos, expected, store_id, nblocks - used)
-        if txn is None:
+        room = nblocks - used
+        if redundant:
+            got, torn = _read_v2(reader, pos, expected, room, window)
+        else:
+            got, torn = _read_v1(reader, pos, expected, room)
+        if got is None:
             break
-        found.append(txn)
-        step = 1 + len(txn.images)
-        pos, used, expected = (pos + step) % nblocks, used + step, expected + 1
-    _check_no_later_commit(reader, expected, store_id, pos)
-    return ScanResult(found, pos, expected, used)
+        found.append(got)
+        _note_damage(result, got, nblocks)
+        pos, used, expected = (pos + got.span) % nblocks, used + got.span, expected + 1
+    later = _later_v2(reader, expected, pos) if redundant else _later_v1(reader, expected, pos)
+    if later is not None:
+        raise CorruptionError(
+            start + pos, "COMMIT2" if redundant else "COMMIT",
+            f"journal damaged: transaction {expected} at journal block {pos} cannot be "
+            f"recovered but later transaction {later[0]} at journal block {later[1]} verifies")
+    if torn:
+        result.torn = pos
+        result.notes.append(f"torn transaction {expected} at journal block {pos} dropped: "
+                            "never acknowledged")
+    result.head, result.next_seq, result.blocks_used = pos, expected, used
+    return result
+
+
+def _note_damage(result: ScanResult, t: Transaction, nblocks: int) -> None:
+    """Report every block of a replayed transaction that did not verify (invariant 5)."""
+    if not t.damaged or t.record is None:
+        return
+    n = len(t.images)
+    for offset in t.damaged:
+        what = txn.describe(offset, n, t.record.homes)
+        if offset == 0:
+            action = "damaged; the trailing copy was used"
+        elif offset == n + 1 or offset == n + 2:
+            action = "damaged; not needed"
+        else:
+            action = "rebuilt from parity"
+        result.notes.append(f"journal transaction {t.seq} at journal block {t.position}: "
+                            f"{what} at journal block {(t.position + offset) % nblocks} {action}")
+    result.corrected += len(t.damaged)
 
 
 class _Reader:
-    def __init__(self, dev: Device, start: int, nblocks: int, block_size: int) -> None:
+    """Reads journal blocks by position, wrapping at the end of the region."""
+
+    def __init__(self, dev: Device, start: int, nblocks: int, block_size: int,
+                 store_id: int) -> None:
         self.dev, self.start, self.nblocks, self.bs = dev, start, nblocks, block_size
+        self.store_id = store_id
 
     def block(self, pos: int) -> bytes:
         pos %= self.nblocks
         return self.dev.pread((self.start + pos) * self.bs, self.bs)
 
+    def run(self, pos: int, count: int) -> list[bytes]:
+        """``count`` consecutive blocks from ``pos`` (at most two reads)."""
+        pos %= self.nblocks
+        first = min(count, self.nblocks - pos)
+        bs = self.bs
+        raw = self.dev.pread((self.start + pos) * bs, first * bs)
+        if first < count:
+            raw += self.dev.pread(self.start * bs, (count - first) * bs)
+        return [raw[i * bs:(i + 1) * bs] for i in range(count)]
 
-def _read_transaction(reader: _Reader, pos: int, expected: int, store_id: int,
-                      room: int) -> Transaction | None:
+    def sweep(self) -> Iterator[tuple[int, bytes]]:
+        """Every journal block with its position."""
+        for lo in range(0, self.nblocks, _SWEEP):
+            yield from enumerate(self.run(lo, min(_SWEEP, self.nblocks - lo)), lo)
+
+
+# ---------------------------------------------------------------------------
+# the redundant format
+
+
+def _read_v2(reader: _Reader, pos: int, expected: int, room: int,
+             window: int) -> tuple[Transaction | None, bool]:
+    """The transaction at ``pos``, mended if need be; else (None, whether one was torn)."""
+    start, nb, sid = reader.start, reader.nblocks, reader.store_id
+    lead = reader.block(pos)
+    rec = fmt.decode_commit2(lead, start + pos, sid)
+    torn = fmt.commit2_seq_unverified(lead, start + pos, sid) == expected
+    tried = None
+    if rec is not None and rec.seq == expected and rec.first == pos:
+        n = len(rec.homes)
+        if n + txn.OVERHEAD <= room:
+            blocks = [lead, *reader.run(pos + 1, n + txn.OVERHEAD - 1)]
+            got = txn.mend(rec, blocks, start, nb, sid)
+            if got is not None:
+                return _v2(got, pos, start), True
+        tried = rec
+    # No usable leading record: a trailing copy with this sequence number that
+    # points back here is at most max_images + 2 blocks ahead.
+    span = min(window, room)
+    blocks = reader.run(pos, span)
+    for d in range(2, span):
+        cand = fmt.decode_commit2(blocks[d], start + (pos + d) % nb, sid)
+        if cand is None or cand.seq != expected or cand.first != pos:
+            continue
+        if len(cand.homes) + 2 != d or cand == tried:
+            continue
+        torn = True
+        got = txn.mend(cand, blocks[:d + 1], start, nb, sid)
+        if got is not None:
+            return _v2(got, pos, start), True
+    return None, torn
+
+
+def _v2(m: txn.Mended, pos: int, start: int) -> Transaction:
+    rec = m.record
+    t = Transaction(rec.seq, pos, list(zip(rec.homes, m.images, strict=True)), rec.epoch, 2,
+                    rec, m.damaged, m.rebuilt)
+    _check_homes(t, start)
+    return t
+
+
+def _later_v2(reader: _Reader, expected: int, stop: int) -> tuple[int, int] | None:
+    """Invariant 6: (seq, position) of a transaction past the stopping point that verifies."""
+    start, nb, sid = reader.start, reader.nblocks, reader.store_id
+    for pos, raw in reader.sweep():
+        rec = fmt.decode_commit2(raw, start + pos, sid)
+        if rec is None or rec.seq < expected or (rec.seq == expected and rec.first == stop):
+            continue
+        n = len(rec.homes)
+        if txn.role(rec, pos, nb) is None or n + txn.OVERHEAD > nb:
+            continue
+        if txn.mend(rec, reader.run(rec.first, n + txn.OVERHEAD), start, nb, sid) is not None:
+            return rec.seq, pos
+    return None
+
+
+# ---------------------------------------------------------------------------
+# the single-CRC format (stores made before INCOMPAT_JOURNAL_V2)
+
+
+def _read_v1(reader: _Reader, pos: int, expected: int,
+             room: int) -> tuple[Transaction | None, bool]:
     raw = reader.block(pos)
-    info = fmt.decode_commit(raw, reader.start + pos, store_id)
-    if info is None or info.seq != expected or len(info.homes) + 1 > room:
-        return None
-    images = [reader.block(pos + 1 + i) for i in range(len(info.homes))]
+    info = fmt.decode_commit(raw, reader.start + pos, reader.store_id)
+    if info is None or info.seq != expected:
+        return None, False
+    if len(info.homes) + 1 > room:
+        return None, True
+    images = reader.run(pos + 1, len(info.homes)) if info.homes else []
     if not fmt.commit_valid(raw, images):
-        return None
-    for home, image in zip(info.homes, images, strict=True):
+        return None, True
+    t = Transaction(expected, pos, list(zip(info.homes, images, strict=True)), version=1)
+    _check_homes(t, reader.start)
+    return t, True
+
+
+def _later_v1(reader: _Reader, expected: int, stop: int) -> tuple[int, int] | None:
+    for pos, raw in reader.sweep():
+        info = fmt.decode_commit(raw, reader.start + pos, reader.store_id)
+        if info is None or info.seq < expected or (pos == stop and info.seq == expected):
+            continue
+        images = reader.run(pos + 1, len(info.homes)) if info.homes else []
+        if fmt.commit_valid(raw, images):
+            return info.seq, pos
+    return None
+
+
+def _check_homes(t: Transaction, start: int) -> None:
+    """A verified image must carry its home address: anything else is a writer bug."""
+    for home, image in t.images:
         hdr = fmt.peek_header(image)
         if hdr is None or hdr.addr != home:
-            raise CorruptionError(reader.start + pos, "COMMIT",
-                                  f"transaction {expected} holds an image for the wrong home {home}")
-    return Transaction(expected, pos, list(zip(info.homes, images, strict=True)))
-
-
-def _check_no_later_commit(reader: _Reader, expected: int, store_id: int, stop: int) -> None:
-    """Invariant 5: a verified commit past the stopping point means damage."""
-    for pos in range(reader.nblocks):
-        raw = reader.block(pos)
-        info = fmt.decode_commit(raw, reader.start + pos, store_id)
-        if info is None or info.seq < expected:
-            continue
-        if pos == stop and info.seq == expected:
-            continue
-        images = [reader.block(pos + 1 + i) for i in range(len(info.homes))]
-        if fmt.commit_valid(raw, images):
-            raise CorruptionError(
-                reader.start + stop, "COMMIT",
-                f"journal damaged: transaction {expected} at journal block {stop} does not "
-                f"verify but later transaction {info.seq} at journal block {pos} does")
+            raise CorruptionError(start + t.position, "COMMIT2" if t.version == 2 else "COMMIT",
+                                  f"transaction {t.seq} at journal block {t.position} holds an "
+                                  f"image for the wrong home {home}")

@@ -56,13 +56,24 @@ BATCH = 64
 
 @dataclasses.dataclass
 class Recovery:
-    """What open() found and did."""
+    """What open() found and did.
+
+    ``notes`` are superblock findings; ``journal_notes`` say what the journal
+    scan mended or dropped (journal.py invariants 5 and 6), so a server can
+    log it and csnap-check can list it; ``info`` is what recovery did that is
+    harmless (a create cut short by the crash, now being deleted).
+    """
 
     unclean: bool = False
     transactions: int = 0
     blocks: int = 0
-    notes: list[str] = dataclasses.field(default_factory=list)  # damage found (slots)
     info: list[str] = dataclasses.field(default_factory=list)  # what recovery did, harmless
+    notes: list[str] = dataclasses.field(default_factory=list)  # damage found (slots)
+    journal_notes: list[str] = dataclasses.field(default_factory=list)
+    journal_corrected: int = 0  # damaged journal blocks of replayed transactions
+    journal_dropped: int = 0  # torn transactions dropped at the end of the journal
+    epochs: list[int] = dataclasses.field(default_factory=list)
+    upgraded: bool = False  # this open switched the journal to the redundant format
 
 
 class Store:
@@ -87,7 +98,8 @@ class Store:
         self.cache.is_meta = self.alloc.is_meta
         self.tree = BTree(self.cache, self.alloc, self.sbs)
         self.journal = jnl.Journal(dev, f.journal_start, f.journal_blocks, f.block_size,
-                                   f.store_id, f.journal_tail, f.journal_seq)
+                                   f.store_id, f.journal_tail, f.journal_seq,
+                                   redundant=bool(f.incompat & fmt.INCOMPAT_JOURNAL_V2))
         self.copier = Copier(dev, origin, f.chunk_size, self.alloc)
         self.recovery = Recovery()
         self.committed_super = self.sbs.snapshot()
@@ -95,7 +107,7 @@ class Store:
         self.grants: Grants  # set by _load_tables
         self.failed: str = ""
         self.stats = {"commits": 0, "checkpoints": 0, "copyouts": 0, "bytes_copied": 0,
-                      "flushes": 0, "ops_committed": 0}
+                      "flushes": 0, "ops_committed": 0, "journal_corrected": 0}
         self._ops_since_commit = 0
 
     # ------------------------------------------------------------------
@@ -137,7 +149,8 @@ class Store:
         f = self.sb
         self.recovery.unclean = bool(f.flags & fmt.FLAG_BUSY)
         scan = jnl.scan(self.dev, f.journal_start, f.journal_blocks, f.block_size,
-                        f.store_id, f.journal_tail, f.journal_seq)
+                        f.store_id, f.journal_tail, f.journal_seq,
+                        redundant=self.journal.redundant)
         for txn in scan.transactions:
             for home, image in txn.images:
                 if home == 0:
@@ -151,6 +164,11 @@ class Store:
             del self.cache.pending_home[home]
         self.recovery.transactions = len(scan.transactions)
         self.recovery.blocks = sum(len(t.images) for t in scan.transactions)
+        self.recovery.journal_notes = list(scan.notes)
+        self.recovery.journal_corrected = scan.corrected
+        self.recovery.journal_dropped = int(scan.torn is not None)
+        self.recovery.epochs = scan.epochs
+        self.stats["journal_corrected"] = scan.corrected
         self.journal.head, self.journal.seq, self.journal.used = (
             scan.head, scan.next_seq, scan.blocks_used)
         self.committed_super = self.sbs.snapshot()
@@ -182,6 +200,25 @@ class Store:
         self.sbs.touch()
         self.committed_super = self.sbs.snapshot()
         self._checkpoint()
+        if not self.journal.redundant:
+            self._upgrade_journal()
+
+    def _upgrade_journal(self) -> None:
+        """Switch an older store's journal to the redundant format (journal.py invariant 8).
+
+        The checkpoint just taken replayed the old journal and left it empty.
+        The feature bit then goes into both superblock slots (two checkpoints),
+        so no slot an older csnap could fall back to after damage to the newest
+        one describes a journal it would misread; only then is anything written
+        in the new format.
+        """
+        self.sb.incompat |= fmt.INCOMPAT_JOURNAL_V2
+        self.sbs.touch()
+        self.committed_super = self.sbs.snapshot()
+        self._checkpoint()
+        self._checkpoint()
+        self.journal.use_redundant_format()
+        self.recovery.upgraded = True
 
     def close(self) -> None:
         """Commit, checkpoint and mark the store clean."""
@@ -577,7 +614,7 @@ class Store:
         for _ in range(max_leaves):
             self._reserve(0)
             path, leaf, _lo, hi = self.tree.find(self.sb.delete_cursor)
-            worst = len(self.cache.dirty) + 2 * self.sb.depth + 12 + sum(map(len, leaf.vals))
+            worst = len(self.cache.dirty) + 2 * self.sb.depth + 12 + self._bitmap_blocks(leaf)
             if worst > self.journal.max_images:
                 self.commit()
             if self._clear_bits(leaf, mask):
@@ -588,6 +625,15 @@ class Store:
                 self.snaps.finish_pass()
                 return self.deleting
         return True
+
+    def _bitmap_blocks(self, leaf: Leaf) -> int:
+        """Chunk-bitmap blocks that freeing every copy in ``leaf`` could dirty.
+
+        One per distinct bitmap block of its store chunks (not one per copy), so
+        the estimate stays within a transaction for small blocks too.
+        """
+        bpb = self.alloc.bpb
+        return len({store // bpb for excs in leaf.vals for store, _ in excs})
 
     def _clear_bits(self, leaf: Leaf, mask: int) -> bool:
         changed = False

@@ -13,7 +13,11 @@ Crash model (CrashMonkey / dm-log-writes style, see docs/reliability-crash.md):
     order;
   * a write of several 512-byte sectors may be torn: its first (or last) k
     sectors are new, the rest old.  A one-sector write is atomic on real disks;
-    we tear those too, at 256 bytes, as a stricter than real-world variant.
+    we tear those too, at 256 bytes, as a stricter than real-world variant;
+  * "flip" states add media damage on top: right after the flush that made a
+    journal transaction durable (and so after its op was acknowledged), one
+    random bit of one random block of that transaction is flipped.  Recovery
+    must mend it, report it, and keep the acknowledged op.
 
 Client model (what an acknowledgement promises):
   * ops run one at a time; before an op the test marks ("start", k), after
@@ -46,6 +50,7 @@ from dataclasses import dataclass, field
 
 from csnapd.store import create
 from csnapd.store import format as fmt
+from csnapd.store import superblock as sbk
 from csnapd.store.check import check_store
 from csnapd.store.device import Device, MemoryDevice
 from csnapd.store.errors import CorruptionError, StoreError, TooManySnapshots
@@ -210,7 +215,7 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None) -> Run:
 
 @dataclass
 class CrashState:
-    kind: str  # prefix, torn-head, torn-tail, torn-sub, reorder
+    kind: str  # prefix, torn-head, torn-tail, torn-sub, reorder, flip
     position: int  # log entries issued before the crash
     image: bytearray
     detail: str = ""
@@ -239,15 +244,41 @@ def _subsets(m: int, rng: random.Random, limit: int = 64) -> Iterator[list[int]]
         yield list(sub)
 
 
+def _journal_range(run: Run) -> tuple[int, int]:
+    """Byte range of the journal region of the run's store."""
+    f = sbk.load(ImageDevice(bytearray(run.base)))[0]
+    bs = f.block_size
+    return f.journal_start * bs, (f.journal_start + f.journal_blocks) * bs
+
+
+def _flip_state(cur: bytearray, writes: list[tuple[int, bytes]], position: int, bs: int,
+                rng: random.Random) -> CrashState:
+    """The durable image with one bit flipped in one block of the last flushed transaction."""
+    blocks = [off + i * bs for off, data in writes for i in range(len(data) // bs)]
+    at = rng.choice(blocks)
+    bit = rng.randrange(bs * 8)
+    image = bytearray(cur)
+    image[at + bit // 8] ^= 1 << (bit % 8)
+    return CrashState("flip", position, image,
+                      f"block {at // bs} (block {blocks.index(at)} of {len(blocks)}) bit {bit}")
+
+
 def enumerate_states(run: Run, rng: random.Random) -> Iterator[CrashState]:
-    """Every prefix; torn variants of every write; reordered subsets per barrier interval."""
+    """Every prefix; torn variants of every write; reordered subsets per barrier interval;
+    a bit flip in each transaction made durable by a flush."""
     cur = bytearray(run.base)
     durable = bytes(run.base)
     window: list[tuple[int, bytes]] = []
+    jlo, jhi = _journal_range(run)
+    bs = run.geometry.block_size
+    flushed_txn: list[tuple[int, bytes]] = []  # journal writes of the last flushed window
     for idx, entry in enumerate(run.log):
         tag = entry[0]
         if tag == "W":
             _, offset, data = entry
+            if flushed_txn:  # crash after the flush (and the ack) but before the next write
+                yield _flip_state(cur, flushed_txn, idx, bs, rng)
+                flushed_txn = []
             yield CrashState("prefix", idx, bytearray(cur))
             old = bytes(cur[offset:offset + len(data)])
             sectors = len(data) // SECTOR
@@ -278,7 +309,10 @@ def enumerate_states(run: Run, rng: random.Random) -> Iterator[CrashState]:
                     yield CrashState("reorder", idx, image,
                                      f"{len(sub)}/{len(window)} writes {order[:8]}")
             durable = bytes(cur)
+            flushed_txn = [w for w in window if jlo <= w[0] < jhi] or flushed_txn
             window = []
+    if flushed_txn:
+        yield _flip_state(cur, flushed_txn, len(run.log), bs, rng)
     yield CrashState("prefix", len(run.log), bytearray(cur))
 
 
@@ -476,6 +510,8 @@ def check_state(state: CrashState, run: Run, exp: Expectation, tally: Tally,
     base = bytes(state.image) if double_rate else b""
     tally.count(state.kind)
     store, rec, problems = recover_and_verify(state.image, run, exp, tally)
+    if store is not None and state.kind == "flip" and not store.recovery.journal_corrected:
+        problems.append("the flipped journal block was not reported as corrected")
     if problems:
         tally.fail(spec, problems)
         return

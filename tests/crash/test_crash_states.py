@@ -1,4 +1,5 @@
-"""Power-loss crash states: every prefix, torn writes, reordered writes after a barrier.
+"""Power-loss crash states: every prefix, torn writes, reordered writes after a barrier,
+and a bit flipped in each transaction right after the flush that made it durable.
 
 For seeded random workloads (origin writes, snapshot create/delete, snapshot
 writes with client data, background delete steps, clean reopen) every write
@@ -17,9 +18,9 @@ import random
 
 import pytest
 
-from csnapd.store import format as fmt
 from csnapd.store import journal as jnl
 from csnapd.store import superblock as sbk
+from csnapd.store import txn
 from csnapd.store.cache import BlockCache
 from csnapd.store.copier import Copier
 from csnapd.store.store import Store
@@ -48,7 +49,7 @@ def test_crash_states_ci(show_figure):
     show_figure(total.figure())
     assert total.states >= CI_MIN_STATES, total.figure()
     # every kind of crash state is represented
-    for kind in ("prefix", "torn-head", "torn-tail", "torn-sub", "reorder", "double"):
+    for kind in ("prefix", "torn-head", "torn-tail", "torn-sub", "reorder", "flip", "double"):
         assert total.by_kind.get(kind, 0) > 0, (kind, total.by_kind)
     assert total.continued > 0
     assert total.failures == 0, "\n".join(total.examples)
@@ -183,10 +184,28 @@ def test_mutant_superblock_before_home_writes_is_caught(monkeypatch):
     assert _mutant_failures().failures > 0
 
 
-def test_mutant_commit_crc_over_commit_block_only_is_caught(monkeypatch):
+def test_mutant_images_not_checked_against_the_commit_record_is_caught(monkeypatch):
     """ddsnap checksum_block class: a torn transaction whose images are not covered."""
-    monkeypatch.setattr(fmt, "commit_valid", lambda block, images: True)
+
+    def mend(rec, blocks, start, nblocks, store_id):
+        return txn.Mended(rec, list(blocks[1:len(rec.homes) + 1]), [], None)
+
+    monkeypatch.setattr(txn, "mend", mend)
     assert _mutant_failures().failures > 0
+
+
+def test_mutant_damaged_newest_transaction_treated_as_torn_is_caught(monkeypatch):
+    """The reported defect: one bad block in the newest transaction silently rolled it back."""
+    real = txn.mend
+
+    def mend(*args):
+        got = real(*args)
+        return got if got is not None and not got.damaged else None
+
+    monkeypatch.setattr(txn, "mend", mend)
+    tally = _mutant_failures()
+    assert tally.failures > 0
+    assert " flip " in tally.examples[0]
 
 
 def test_mutant_single_superblock_slot_is_caught(monkeypatch):

@@ -174,3 +174,27 @@ def test_snap_entry_round_trip():
     e = fmt.SnapEntry(3, fmt.SNAP_LIVE, 0, -5, 77, 123456789, 2, "snäp")
     assert fmt.decode_snap_entry(fmt.encode_snap_entry(e), 3, 2) == e
     assert fmt.decode_snap_entry(bytes(128), 4, 2) == fmt.SnapEntry(4)
+
+
+def test_redundant_commit_record_matches_the_worked_example():
+    """docs/on-disk-format.md 10.3: the bytes and CRCs printed there."""
+    from csnapd.store import txn
+
+    sid, bs = 0x0123456789ABCDEF, 4096
+    payload = fmt.encode_leaf([5, 9], [[[40, 1]], [[41, 0b1010], [42, 1 << 100]]])
+    leaf = fmt.seal(fmt.BlockKind.LEAF, 1000, sid, 2, payload, bs)
+    assert fmt.block_crc(leaf) == 0xAEDC5662  # the leaf of 10.1
+    lead, image, parity, trail = txn.encode(290, 2048, 10, sid, 7, 0, [(1000, leaf)], bs)
+    assert image == parity == leaf
+    assert lead[:80] == bytes.fromhex(
+        "43536e7008000000e08aabea01000000" "2c01000000000000efcdab8967452301"
+        "07000000000000000000000000000000" "0a00000001000000e803000000000000"
+        "8d11d16f8d11d16f0000000000000000")
+    assert not any(lead[80:])
+    assert fmt.block_crc(trail) == 0xE450FA24 and trail[16:24] == (303).to_bytes(8, "little")
+    assert lead[:16] != trail[:16] and lead[24:] == trail[24:]
+    rec = fmt.decode_commit2(lead, 300, sid)
+    assert rec == fmt.decode_commit2(trail, 303, sid)
+    assert (rec.seq, rec.epoch, rec.first, rec.homes, rec.crcs) == (7, 0, 10, (1000,), (0x6FD1118D,))
+    assert fmt.decode_commit2(lead, 301, sid) is None  # misdirected
+    assert fmt.decode_commit2(lead, 300, sid + 1) is None  # another store

@@ -68,27 +68,39 @@ def test_commit_then_recovery_replays_everything(journaled):
     audit(s2)
 
 
-@pytest.mark.parametrize("damage", ["garble_commit", "zero_commit", "garble_last_image",
-                                    "zero_all"])
-def test_torn_tail_is_ignored(journaled, damage):
+#: A torn write of the newest transaction (create_snapshot "three": leading
+#: record, snapshot table, superblock, parity, trailing record): which of its
+#: blocks did not land or landed torn.
+TORN = {
+    "both commit records garbled": (0, 4),
+    "both images garbled": (1, 2),
+    "an image and the parity garbled": (2, 3),
+    "only the leading record landed": (1, 2, 3, 4),
+    "nothing landed": (0, 1, 2, 3, 4),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(TORN))
+def test_torn_tail_is_dropped_and_reported(journaled, damage):
     dev, origin, data, (_, _, t3) = journaled
-    if damage == "garble_commit":
-        targets = t3[:1]
-    elif damage == "zero_commit":
-        targets = t3[:1]
-    elif damage == "garble_last_image":
-        targets = t3[-1:]
-    else:
-        targets = t3
-    for b in targets:
-        fill = b"\0" if damage.startswith("zero") else b"\xa5"
-        dev.pwrite(b * BS + (0 if fill == b"\0" else 40), fill * (BS if fill == b"\0" else 64))
+    assert len(t3) == 5
+    for i in TORN[damage]:
+        if "landed" in damage:
+            dev.pwrite(t3[i] * BS, bytes(BS))
+        else:
+            dev.pwrite(t3[i] * BS + 40, b"\xa5" * 64)
     s = Store.open(dev, origin)
     assert s.recovery.transactions == 2
     assert names(s) == ["one"]  # the torn third transaction is gone, the rest is there
     one = s.snaps.find("one")
     for c in range(8):
         assert snapshot_read(s, one.slot, c) == data[c]
+    if damage == "nothing landed":  # indistinguishable from the end of the journal
+        assert s.recovery.journal_notes == []
+    else:
+        pos = t3[0] - s.sb.journal_start
+        assert s.recovery.journal_notes == [
+            f"torn transaction 3 at journal block {pos} dropped: never acknowledged"]
     audit(s)
     # the store goes on working and the new tail is written over the torn one
     s.create_snapshot("again")
@@ -98,14 +110,28 @@ def test_torn_tail_is_ignored(journaled, damage):
 
 
 @pytest.mark.parametrize("which", ["commit", "image"])
-def test_bad_checksum_in_the_middle_is_corruption(journaled, which):
-    dev, origin, _, (_, t2, _) = journaled
+def test_one_bad_block_in_the_middle_is_mended(journaled, which):
+    dev, origin, data, (_, t2, _) = journaled
     block = t2[0] if which == "commit" else t2[1]
     raw = bytearray(dev.pread(block * BS, BS))
     raw[100] ^= 0x10
     dev.pwrite(block * BS, bytes(raw))
-    with pytest.raises(CorruptionError, match="journal damaged"):
+    s = Store.open(dev, origin)
+    assert s.recovery.transactions == 3 and s.recovery.journal_corrected == 1
+    assert names(s) == ["one", "three"]
+    audit(s)
+
+
+@pytest.mark.parametrize("which", ["commit records", "images"])
+def test_two_bad_blocks_in_the_middle_are_corruption(journaled, which):
+    dev, origin, _, (_, t2, _) = journaled
+    for block in ((t2[0], t2[-1]) if which == "commit records" else (t2[1], t2[2])):
+        raw = bytearray(dev.pread(block * BS, BS))
+        raw[100] ^= 0x10
+        dev.pwrite(block * BS, bytes(raw))
+    with pytest.raises(CorruptionError, match="journal damaged") as info:
         Store.open(dev, origin)
+    assert info.value.block == t2[0]
 
 
 def test_replay_across_journal_wrap():
