@@ -245,6 +245,10 @@ class Client:
         self.held_locks: dict[int, list[list[int]]] = {}
         self.advice_handler: Callable[[Message], Awaitable[None]] | None = None
         self.on_reset: Callable[[str], None] | None = None
+        #: awaited with every IDENTIFY_OK and a call function, before the session is
+        #: used: checks the devices (csnap_client.devices.DeviceCheck); raising refuses
+        self.device_check: Callable[[Message, Callable[..., Awaitable[Message]]],
+                                    Awaitable[None]] | None = None
         self.reconnects = 0
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
@@ -578,6 +582,9 @@ class Client:
                 log.info("server restarted (epoch %s -> %s)", old.server_epoch,
                          info.server_epoch)
                 self._reset("server restarted")
+            if self.device_check is not None:
+                await self.device_check(reply, lambda build, *args: asyncio.wait_for(
+                    self._call_direct(wire, build(self._take_id(), *args)), self.timeout))
             self._slots.resize(info.max_inflight)
             if not first and info.snapshot is not None:
                 await self._upload_locks(wire)
