@@ -12,14 +12,21 @@ format, so the server tells it what to look for, in ``IDENTIFY_OK.devices``:
   VERIFY_DEVICES; the server reads the same ranges from its own origin *then* and
   compares. Samples prefer ranges that are not all zeros (a zero range tells a wrong
   device from the right one only if the wrong one has data there), plus the first and
-  last range, which a wrong device of the same size most often differs in.
+  last range, which a wrong device of the same size most often differs in. Each round
+  reads a few random probes (half steered past the holes of a sparse origin with
+  SEEK_DATA, half uniform) and re-reads a few data ranges earlier rounds found (a small
+  pool), so even an origin that is mostly zeros gets data samples once some probe has
+  found data; zero ranges fill the rest. A round costs at most 2 + SAMPLES/2 + PROBES
+  reads of SAMPLE_BYTES (64 KiB); while the pool is nearly empty, one round every
+  HUNT_S seconds probes HUNT_PROBES ranges instead (256 KiB).
 
 The origin changes under live writes, so a sample counts as matching if the client's
 checksum equals the server's when it chose the sample *or* when it checks it (one write
 in between cannot cause a mismatch), and a round with a mismatch is retried with fresh
 samples (``VERIFY_AGAIN``) up to ``MAX_ROUNDS`` rounds before ``WRONG_DEVICE``. A wrong
-device differs in every round. Limit: where the server's origin reads as zeros, only
-the size and zeros can be compared.
+device differs in every round. Limits: where the server's origin reads as zeros, only
+the size and zeros can be compared; a device that differs only outside the sampled
+ranges (a copy of the origin, say) passes.
 
 Everything here runs on the store thread (the engine's), like every other device read.
 """
@@ -29,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +52,10 @@ log = logging.getLogger("csnapd.engine")
 
 SAMPLE_BYTES = 4096  # bytes per origin sample range
 SAMPLES = 8  # sample ranges per round: first, last, and the others (non-zero preferred)
-PROBES = 32  # random ranges read per round while looking for non-zero ones
+PROBES = 8  # random ranges read per round: half steered onto data (SEEK_DATA), half uniform
+POOL = 64  # data ranges remembered from earlier rounds (re-read when used)
+HUNT_PROBES = 64  # probes of a round while the pool is nearly empty (at most every HUNT_S)
+HUNT_S = 10.0
 MAX_ROUNDS = 4  # rounds with a mismatch before the origin is refused
 
 
@@ -74,6 +85,8 @@ class DeviceVerifier:
         self.store = store
         self.rng = rng or random.Random(os.urandom(16))
         self._rounds: dict[int, _Round] = {}
+        self._pool: set[int] = set()  # origin ranges (by index) last seen holding data
+        self._next_hunt = 0.0  # monotonic time after which a nearly empty pool may hunt
 
     def offer(self, conn_id: int) -> dict[str, Any]:
         """The ``devices`` map of IDENTIFY_OK for a newly identified connection."""
@@ -122,7 +135,7 @@ class DeviceVerifier:
                         "differ (%d rounds)", conn_id, differ, total, r.rounds)
             return m.reply_error(rid, ErrorCode.WRONG_DEVICE,
                                  f"origin: {differ} of {total} sampled chunks differ "
-                                 f"({r.rounds} rounds)")
+                                 f"({r.rounds} rounds, each with differences)")
         log.info("connection %d: %d of %d origin samples differ (round %d); sending fresh "
                  "ones", conn_id, differ, total, r.rounds)
         try:
@@ -138,49 +151,73 @@ class DeviceVerifier:
         return self.store.origin.pread(offset, length)
 
     def _choose(self) -> list[tuple[int, int, int]]:
-        """Sample ranges for one round, sorted, each with its CRC now."""
+        """Sample ranges for one round, sorted, each with its CRC now.
+
+        The first and the last range; then ranges holding data: a few from the pool of
+        data ranges earlier rounds found (re-read, so always current) and what this
+        round's probes find; then zero ranges from the probes to fill up.
+        """
         size = self.store.sb.origin_bytes
         if size <= 0:
             return []
         length = min(SAMPLE_BYTES, self.store.chunk_size, size)
         pieces = -(-size // length)
-        chosen: dict[int, bytes] = {}
-        for piece in (0, pieces - 1):
-            chosen[piece] = self._piece(piece, length, size)
-        zeros: dict[int, bytes] = {}
         want = min(SAMPLES, pieces)
-        for _ in range(PROBES):
+        chosen = {p: self._piece(p, length, size) for p in (0, pieces - 1)}
+        data: dict[int, bytes] = {}
+        zeros: dict[int, bytes] = {}
+        known = [p for p in self._pool if p not in chosen]
+        for piece in self.rng.sample(known, min(len(known), want // 2)):
+            self._sort(piece, self._piece(piece, length, size), data, zeros)
+        probes = PROBES
+        if len(self._pool) < SAMPLES // 2 and time.monotonic() >= self._next_hunt:
+            probes, self._next_hunt = HUNT_PROBES, time.monotonic() + HUNT_S
+        for probe in range(probes):
+            offset = self.rng.randrange(pieces) * length
+            if probe % 2 == 0:  # half the probes look for data, half are uniform
+                offset = _data_near(self.store.origin, offset, size, self.rng)
+            piece = offset // length
+            if piece not in chosen and piece not in data and piece not in zeros:
+                self._sort(piece, self._piece(piece, length, size), data, zeros)
+        for piece, image in [*data.items(), *zeros.items()]:
             if len(chosen) >= want:
                 break
-            piece = _data_near(self.store.origin, self.rng.randrange(pieces) * length,
-                               size) // length
-            if piece in chosen or piece in zeros:
-                continue
-            data = self._piece(piece, length, size)
-            if data.count(0) == len(data):
-                zeros[piece] = data
-            else:
-                chosen[piece] = data
-        for piece, data in zeros.items():
-            if len(chosen) >= want:
-                break
-            chosen[piece] = data
+            chosen[piece] = image
         return [(p * length, len(d), checksum(d)) for p, d in sorted(chosen.items())]
+
+    def _sort(self, piece: int, image: bytes, data: dict[int, bytes],
+              zeros: dict[int, bytes]) -> None:
+        """File a range read under data or zeros, keeping the pool of data ranges."""
+        if image.count(0) == len(image):
+            zeros[piece] = image
+            self._pool.discard(piece)
+        else:
+            data[piece] = image
+            if len(self._pool) < POOL:
+                self._pool.add(piece)
 
     def _piece(self, piece: int, length: int, size: int) -> bytes:
         off = piece * length
         return self._read(off, min(length, size - off))
 
 
-def _data_near(dev: Device, offset: int, size: int) -> int:
-    """The first byte at or after ``offset`` that is not in a hole of a sparse file, so
-    probes of a mostly sparse origin land on data; ``offset`` itself where the device
-    cannot tell (block devices, memory) or there is no data after it."""
+def _data_near(dev: Device, offset: int, size: int, rng: random.Random) -> int:
+    """Where a probe at ``offset`` should read: ``offset`` itself if it is in data (or
+    the device cannot tell: block devices, memory), else a random byte of the next data
+    extent of the sparse file (SEEK_DATA, SEEK_HOLE; wrapping round to the start), so
+    probes of a mostly sparse origin land on data, spread over each extent; ``offset``
+    if the file holds no data at all."""
     fd = getattr(dev, "fd", None)
     if not isinstance(fd, int) or fd < 0:
         return offset
     try:
-        found = os.lseek(fd, offset, os.SEEK_DATA)
-    except OSError:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after offset; wrap around to the first data
+            start = os.lseek(fd, 0, os.SEEK_DATA)
+        if start == offset:
+            return offset
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+    except OSError:  # no data at all, or SEEK_DATA not supported
         return offset
-    return found if found < size else offset
+    return rng.randrange(start, end) if start < end else offset

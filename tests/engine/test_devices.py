@@ -66,6 +66,8 @@ def test_offer_names_the_store_uuid_and_samples_data_first_and_last():
     origin = MemoryDevice(CHUNKS * CS)
     origin.pwrite(CS, os.urandom(CS * (CHUNKS // 2 - 1)))  # chunks 1..511 hold data
     eng = make_engine(origin)
+    for conn in range(2, 8):  # earlier connections fill the pool of known data ranges
+        identify(eng, conn)
     devices = identify(eng, 1)["devices"]
     store = eng.store
     assert devices["store_bytes"] == store.dev.size
@@ -79,6 +81,7 @@ def test_offer_names_the_store_uuid_and_samples_data_first_and_last():
     assert all(n == dv.SAMPLE_BYTES for _, n in devices["origin"])
     # the samples between the first and the last are all chunks holding data
     assert all(CS <= off < CHUNKS // 2 * CS for off in offsets[1:-1]), offsets
+    assert len(eng.devices._pool) > dv.SAMPLES
 
 
 def test_all_zero_origin_still_gets_its_samples():
@@ -107,7 +110,8 @@ def test_wrong_answers_get_fresh_samples_then_wrong_device():
         samples = reply["origin"]
     final = answer(eng, 1, crcs_of(other, samples))
     assert final["op"] == "ERROR" and final["code"] == ErrorCode.WRONG_DEVICE
-    assert final["message"] == f"origin: 1 of {len(samples)} sampled chunks differ (4 rounds)"
+    assert final["message"] == (f"origin: 1 of {len(samples)} sampled chunks differ "
+                                "(4 rounds, each with differences)")
 
 
 def test_a_sample_written_once_between_choice_and_check_still_matches():
