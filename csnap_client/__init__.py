@@ -24,6 +24,7 @@ _EXPORTS = {
     "AuthenticationError": "client", "Client": "client", "ClientClosedError": "client", "ConnectionLostError": "client",
     "ReconnectFailedError": "client", "SessionInfo": "client", "StoreChangedError": "client",
     "ControlClient": "control", "open_control": "control",
+    "DeviceCheck": "devices", "WrongDeviceError": "protocol",
     "ProtocolError": "protocol", "RemoteError": "protocol", "SnapshotDeletedError": "protocol",
     "Volume": "volume", "connect": "volume",
 }

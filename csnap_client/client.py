@@ -3,7 +3,7 @@
 Owns: the socket (an :class:`asyncio.Protocol` with one streaming :class:`Framer` that
 accepts server frames up to ``MAX_SERVER_FRAME``), request ids, the table of requests in
 flight, reply matching, ERROR -> exception mapping, the IDENTIFY handshake, reconnection
-with exponential backoff, read-lock re-upload, heartbeat and the client-side lease.
+with exponential backoff, heartbeat and the client-side lease.
 
 It does *not* know about bytes, devices or caches: :mod:`csnap_client.volume` builds on it
 and plugs in hooks: ``advice_sync`` (called synchronously the moment an ADVICE is decoded,
@@ -253,6 +253,10 @@ class Client:
         self.advice_handler: Callable[[Message], Awaitable[None]] | None = None
         self.on_reset: Callable[[str], None] | None = None
         self.before_identify: Callable[[], Awaitable[None]] | None = None
+        #: awaited with every IDENTIFY_OK and a call function, before the session is
+        #: used: checks the devices (csnap_client.devices.DeviceCheck); raising refuses
+        self.device_check: Callable[[Message, Callable[..., Awaitable[Message]]],
+                                    Awaitable[None]] | None = None
         self.reconnects = 0
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
@@ -602,6 +606,9 @@ class Client:
                 log.info("server restarted (epoch %s -> %s)", old.server_epoch,
                          info.server_epoch)
                 self._reset("server restarted")
+            if self.device_check is not None:
+                await self.device_check(reply, lambda build, *args: asyncio.wait_for(
+                    self._call_direct(wire, build(self._take_id(), *args)), self.timeout))
             self._slots.resize(info.max_inflight)
         except BaseException:
             if self._wire is wire:

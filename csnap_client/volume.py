@@ -51,6 +51,7 @@ from typing import Any
 
 from .cache import DEFAULT_MAX_RUNS, RunSet, StoreMap
 from .client import Client, SessionInfo, Slots
+from .devices import DeviceCheck
 from .protocol import (
     ORIGIN,
     ErrorCode,
@@ -170,8 +171,12 @@ class Volume:
                 if store is None:
                     raise ValueError("a snapshot volume needs the store device path")
                 self._store_fd = os.open(store, os.O_RDONLY if self.read_only else os.O_RDWR)
+            if isinstance(client.device_check, DeviceCheck):  # verified: the same files?
+                client.device_check.adopt(self._origin_fd, self._store_fd)
         except BaseException:
             os.close(self._origin_fd)
+            if self._store_fd >= 0:
+                os.close(self._store_fd)
             self._pool.shutdown(wait=False)
             raise
         client.advice_sync = self._advice_sync
@@ -475,13 +480,18 @@ async def connect(host: str, port: int, volume: str | int = ORIGIN, *,
     Extra keyword options go to :class:`~csnap_client.client.Client` (``reconnect``,
     ``reconnect_delay``, ``reconnect_max_delay``, ``reconnect_timeout``, ``heartbeat``).
     Raises OSError if the server is unreachable and the IDENTIFY's RemoteError (e.g.
-    UnknownSnapshotError) if it refuses the volume.
+    UnknownSnapshotError) if it refuses the volume. Before any data I/O (and again after
+    every reconnect) the devices opened are checked against the server's
+    (:mod:`csnap_client.devices`): a device that is not the server's raises
+    :class:`~csnap_client.protocol.WrongDeviceError` naming its path.
     """
     client = Client(host, port, volume, client_id=client_id, timeout=timeout,
                     **client_options)
+    check = client.device_check = DeviceCheck(origin, None if volume == ORIGIN else store)
     try:
         await client.connect()
         return Volume(client, origin, store, io_threads=io_threads, cache_runs=cache_runs)
     except BaseException:
         await client.close()
+        check.close()
         raise

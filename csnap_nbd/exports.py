@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from csnap_client.client import Client
+from csnap_client.devices import DeviceCheck
 from csnap_client.protocol import messages as m
 from csnap_client.volume import Volume, connect
 
@@ -117,11 +118,21 @@ class Gateway:
         self.chunk_size = 0
         self.max_chunks = m.MAX_CHUNKS_PER_REQUEST
         self._shared: dict[tuple[Any, ...], _Shared] = {}
+        self._check = DeviceCheck(self.origin, self.store)
 
     async def start(self) -> None:
-        """Open the catalogue session (checks csnapd is reachable, learns the geometry)."""
+        """Open the catalogue session (checks csnapd is reachable, learns the geometry).
+
+        It also checks both devices against the server's, so a wrong --origin or
+        --store stops the gateway at start (WrongDeviceError), not at the first export.
+        """
         client = Client(self.host, self.port, ORIGIN, **self.client_options)
-        await client.connect()
+        client.device_check = self._check
+        try:
+            await client.connect()
+        except BaseException:
+            await client.close()
+            raise
         assert client.info is not None
         self.catalogue = client
         self.size = client.info.origin_bytes
@@ -136,6 +147,7 @@ class Gateway:
         self._shared.clear()
         if self.catalogue is not None:
             await self.catalogue.close()
+        self._check.close()
 
     # ------------------------------------------------------------------ catalogue
 

@@ -4,6 +4,9 @@ Startup order: take the store's exclusive lock (a second csnapd on the same
 store is refused), replay the journal and log what was replayed, mark the
 store busy, and only then listen.  SIGTERM/SIGINT stop accepting, let the
 queued requests finish, commit, checkpoint, mark the store clean, exit 0.
+If the store or origin is replaced under it (csnapd/engine/watch.py), it
+answers every waiting request SHUTTING_DOWN, writes nothing more to the
+store and exits EXIT_DEVICE_CHANGED (3).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from csnapd.store.store import Store
 log = logging.getLogger("csnapd")
 DEFAULT_LISTEN = "127.0.0.1:4270"
 DEFAULT_CONTROL = "/run/csnapd/control.sock"
+#: Exit status when csnapd stopped because its store or origin was replaced under it.
+EXIT_DEVICE_CHANGED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +117,7 @@ def open_for_serving(args: argparse.Namespace) -> Store:
     return store
 
 
-async def serve(args: argparse.Namespace, store: Store) -> None:
+async def serve(args: argparse.Namespace, store: Store) -> int:
     host, port = parse_listen(args.listen)
     control_dir = os.path.dirname(os.path.abspath(args.control))
     os.makedirs(control_dir, mode=0o700, exist_ok=True)
@@ -150,7 +155,13 @@ async def serve(args: argparse.Namespace, store: Store) -> None:
     server.worker.shutdown()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.control)
+    if engine.stopped:
+        log.error("stopped without writing to the store again (%s); find out which device "
+                  "%s and %s name before starting csnapd again", engine.stopped, args.store,
+                  args.origin)
+        return EXIT_DEVICE_CHANGED
     log.info("store closed cleanly")
+    return 0
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -189,12 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     store = open_for_serving(args)
     try:
         import uvloop
-        uvloop.run(serve(args, store))
+        return uvloop.run(serve(args, store))
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         store.close()
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """csnap-check: verify a snapshot store; with --repair, fix leaks and counts.
 
 Exit status: 0 clean, 1 inconsistencies found (each listed), 2 the store
-cannot be read at all (not a store, damaged superblock or journal, I/O error).
+cannot be read at all (not a store, damaged superblock or journal, I/O error),
+3 --repair on a store in use (a running csnapd or another csnap tool holds its
+lock): stop it first.
 
 What journal recovery mended (a damaged journal block rebuilt from parity or
 the other commit record copy) or dropped (a torn transaction at the end of the
@@ -19,9 +21,11 @@ import json
 import sys
 
 from csnapd.store.check import check_store, repair
-from csnapd.store.errors import StoreError
+from csnapd.store.errors import StoreBusyError, StoreError
 from csnapd.store.paths import open_store
 from tools.progress import Progress
+
+EXIT_IN_USE = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         store = open_store(args.store, args.origin, readonly=not args.repair)
-    except BlockingIOError:
-        return _fail(args, f"{args.store} is in use by another process (a running csnapd?)")
+    except StoreBusyError as exc:
+        if args.json:
+            print(json.dumps({"status": "in_use", "error": str(exc)}))
+        else:
+            print(f"csnap-check: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
     except (OSError, StoreError) as exc:
         return _fail(args, str(exc))
     try:

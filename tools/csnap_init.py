@@ -1,4 +1,8 @@
-"""csnap-init: create a snapshot store on a file or block device."""
+"""csnap-init: create a snapshot store on a file or block device.
+
+Exit status: 0 created, 1 refused or failed (the message says why), 2 usage, 3 the store
+is in use (a running csnapd, or another csnap tool, holds its lock): stop it first.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,16 @@ import sys
 from csnap_client.units import format_size, parse_size
 from csnapd.store import create
 from csnapd.store.device import FileDevice
-from csnapd.store.errors import StoreError
+from csnapd.store.errors import StoreBusyError, StoreError
 from csnapd.store.superblock import read_slots
 from tools.progress import Progress
 
+EXIT_IN_USE = 3
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="csnap-init", description=__doc__)
+    p = argparse.ArgumentParser(prog="csnap-init", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="snapshot store file or block device")
     p.add_argument("--origin", required=True, help="origin file or block device")
     p.add_argument("--chunk-size", default="64K", help="copy-out unit (4K..1M, default 64K)")
@@ -44,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.path.realpath(args.origin) == os.path.realpath(args.store):
             raise StoreError("the store and the origin must be different devices")
         dev = FileDevice(args.store, writable=True, lock=True)
+    except StoreBusyError as exc:
+        print(f"csnap-init: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
     except (OSError, ValueError, StoreError) as exc:
         print(f"csnap-init: {exc}", file=sys.stderr)
         return 1

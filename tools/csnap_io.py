@@ -7,7 +7,8 @@ Examples::
 
 Defaults from the environment: ``CSNAP_SERVER`` (host:port, else 127.0.0.1:4270),
 ``CSNAP_ORIGIN`` and ``CSNAP_STORE`` (device paths). Sizes accept K, M, G, T suffixes.
-Exit codes: 0 ok, 1 server or I/O error, 2 usage, 3 cannot connect.
+Exit codes: 0 ok, 1 server or I/O error, 2 usage, 3 cannot connect, 4 wrong device (the
+origin or store given is not the server's; nothing was read or written).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import ssl
 import sys
 
 import csnap_client
-from csnap_client.protocol import ProtocolError, RemoteError
+from csnap_client.protocol import ProtocolError, RemoteError, WrongDeviceError
 from csnap_client.protocol.auth import read_secret
 from csnap_client.units import parse_size
 
 DEFAULT_SERVER = "127.0.0.1:4270"
-EXIT_SERVER, EXIT_USAGE, EXIT_CONNECT = 1, 2, 3
+EXIT_SERVER, EXIT_USAGE, EXIT_CONNECT, EXIT_WRONG_DEVICE = 1, 2, 3, 4
 BLOCK = 4 << 20  # bytes per read/write request issued by the tool
 
 
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="csnap-io", description="Read or write a csnap volume through csnapd.",
         epilog="Environment: CSNAP_SERVER (default 127.0.0.1:4270), CSNAP_ORIGIN, CSNAP_STORE "
                "give the defaults of --server, --origin, --store. Sizes take K/M/G/T "
-               "suffixes. Exit codes: 0 ok, 1 server or I/O error, 2 usage, 3 cannot connect.")
+               "suffixes. Exit codes: 0 ok, 1 server or I/O error, 2 usage, 3 cannot connect, "
+               "4 wrong device (the origin or store is not the server's).")
     p.add_argument("--server", default=os.environ.get("CSNAP_SERVER", DEFAULT_SERVER),
                    metavar="HOST:PORT", help="csnapd data address (default %(default)s)")
     p.add_argument("--volume", required=True,
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # range outside the volume
         print(f"csnap-io: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except WrongDeviceError as exc:
+        print(f"csnap-io: {exc.message}", file=sys.stderr)
+        return EXIT_WRONG_DEVICE
     except (RemoteError, ProtocolError) as exc:
         print(f"csnap-io: server error: {exc}", file=sys.stderr)
         return EXIT_SERVER

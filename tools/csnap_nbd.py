@@ -8,7 +8,8 @@ Example::
 
 Export names: ``origin`` (also the default, empty name) and every live snapshot by name
 or by tag. Snapshots created later appear without a restart. See docs/nbd.md.
-Exit codes: 0 clean stop (SIGTERM/SIGINT), 2 usage, 3 cannot reach csnapd or listen.
+Exit codes: 0 clean stop (SIGTERM/SIGINT), 2 usage, 3 cannot reach csnapd or listen,
+4 wrong device (--origin or --store is not the server's).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import signal
 import ssl
 import sys
 
+from csnap_client.protocol import WrongDeviceError
 from csnap_client.protocol.auth import read_secret
 from csnap_nbd.exports import Gateway
 from csnap_nbd.server import NbdServer
 
 DEFAULT_SERVER = "127.0.0.1:4270"
 DEFAULT_LISTEN = "127.0.0.1:10809"
-EXIT_USAGE, EXIT_CONNECT = 2, 3
+EXIT_USAGE, EXIT_CONNECT, EXIT_WRONG_DEVICE = 2, 3, 4
 
 log = logging.getLogger("csnap_nbd")
 
@@ -80,6 +82,10 @@ async def serve(args: argparse.Namespace) -> int:
                       io_threads=args.io_threads, **options)
     try:
         await gateway.start()
+    except WrongDeviceError as exc:
+        print(f"csnap-nbd: {exc.message}", file=sys.stderr)
+        await gateway.close()
+        return EXIT_WRONG_DEVICE
     except (OSError, TimeoutError, ConnectionError) as exc:
         print(f"csnap-nbd: cannot reach csnapd at {args.server}: {exc}", file=sys.stderr)
         return EXIT_CONNECT

@@ -45,9 +45,10 @@ ERROR_TABLE: tuple[tuple[int, str, str, bool], ...] = (
     (201, "SNAPSHOT_DELETED", "snapshot has been deleted", False),
     (202, "SNAPSHOT_SQUASHED", "snapshot was squashed to free store space", False),
     (203, "SNAPSHOT_EXISTS", "a snapshot with that name or tag already exists", False),
-    # 3xx: the snapshot store
+    # 3xx: the devices (snapshot store, origin)
     (300, "STORE_FULL", "snapshot store is full", False),
     (301, "STORE_CORRUPT", "snapshot store metadata is corrupt", False),
+    (302, "WRONG_DEVICE", "a device does not match the server's", False),
     # 4xx: authentication and authorisation
     (400, "AUTH_FAILED", "authentication failed", False),
     (401, "PERMISSION_DENIED", "permission denied", False),
@@ -226,6 +227,14 @@ class StoreFullError(RemoteError):
 
 class StoreCorruptError(RemoteError):
     code = ErrorCode.STORE_CORRUPT
+
+
+class WrongDeviceError(RemoteError):
+    """A device is not the server's: an ERROR WRONG_DEVICE reply to VERIFY_DEVICES, or the
+    client library's own finding (then ``request_id`` is 0) when it checks the devices it
+    opened against IDENTIFY_OK. ``message`` names the device and what did not match."""
+
+    code = ErrorCode.WRONG_DEVICE
 
 
 class AuthFailedError(RemoteError):

@@ -37,6 +37,9 @@ MAX_CHUNKS_PER_REQUEST = 65536  # chunks covered by one request's ranges
 MAX_INFLIGHT = 256  # requests a client may have outstanding on one connection
 MAX_READ_LOCKS = 1024  # read-lock ids (held locks) per connection
 MAX_NAME_LEN = 255  # characters in a snapshot name
+MAX_SAMPLES = 64  # origin sample ranges in IDENTIFY_OK.devices / VERIFY_AGAIN
+MAX_SAMPLE_BYTES = 1 << 20  # bytes in one origin sample range
+MAX_STORE_MARKS = 8  # [offset, bytes] entries in IDENTIFY_OK.devices.store
 ORIGIN = "origin"  # the reserved volume name for the origin device
 
 Message = dict[str, Any]
@@ -65,6 +68,9 @@ class Op(enum.StrEnum):
     VOLUMES = "VOLUMES"
     QUERY_MAP = "QUERY_MAP"
     MAP_OK = "MAP_OK"
+    VERIFY_DEVICES = "VERIFY_DEVICES"
+    VERIFY_OK = "VERIFY_OK"
+    VERIFY_AGAIN = "VERIFY_AGAIN"
     ADVICE = "ADVICE"
     ERROR = "ERROR"
     CREATE_SNAPSHOT = "CREATE_SNAPSHOT"
@@ -259,6 +265,43 @@ def _check_runs(v: Any, limits: Limits, width: int, max_entries: int, allow_empt
               ErrorCode.LIMIT_EXCEEDED)
 
 
+def _check_samples(v: Any, limits: Limits) -> None:
+    """Origin sample ranges: [[offset, length], ...], 0 < length <= MAX_SAMPLE_BYTES."""
+    if type(v) is not list or len(v) > MAX_SAMPLES:
+        _fail(f"expected a list of at most {MAX_SAMPLES} [offset, length] samples")
+    for s in v:
+        if (type(s) is not list or len(s) != 2 or type(s[0]) is not int
+                or type(s[1]) is not int or not 0 <= s[0] <= U64_MAX
+                or not 0 < s[1] <= MAX_SAMPLE_BYTES or s[0] + s[1] > U64_MAX + 1):
+            _fail(f"bad sample {_show(s)}: need [offset, length], "
+                  f"0 < length <= {MAX_SAMPLE_BYTES}")
+
+
+def _check_crc_list(v: Any, limits: Limits) -> None:
+    if type(v) is not list or len(v) > MAX_SAMPLES:
+        _fail(f"expected a list of at most {MAX_SAMPLES} uint32 checksums")
+    for crc in v:
+        _check_uint32(crc, limits)
+
+
+def _check_devices(v: Any, limits: Limits) -> None:
+    """IDENTIFY_OK.devices: {store: [[offset, bin], ...], store_bytes, origin: samples}."""
+    if type(v) is not dict or set(v) != {"store", "store_bytes", "origin"}:
+        _fail("expected a map {store, store_bytes, origin}")
+    marks = v["store"]
+    if type(marks) is not list or len(marks) > MAX_STORE_MARKS:
+        _fail(f"devices.store: expected a list of at most {MAX_STORE_MARKS} [offset, bin]")
+    for mark in marks:
+        if type(mark) is not list or len(mark) != 2:
+            _fail(f"devices.store: bad entry {_show(mark)}")
+        _check_uint64(mark[0], limits)
+        _check_bin(mark[1], limits)
+        if not mark[1]:
+            _fail("devices.store: empty byte string")
+    _check_uint64(v["store_bytes"], limits)
+    _check_samples(v["origin"], limits)
+
+
 def _show(v: Any) -> str:
     """Short, safe rendering of a peer-supplied value for error text."""
     text = repr(v)
@@ -284,6 +327,9 @@ SNAPSHOT_INFO = FieldType("null | snapshot-info", _check_snapshot_info)
 RANGES = FieldType("ranges", _check_ranges)
 CHUNK_LIST = FieldType("chunk-list", _check_chunk_list)
 MAPPING = FieldType("mapping", _check_mapping)
+SAMPLES = FieldType("samples", _check_samples)
+CRC_LIST = FieldType("crc-list", _check_crc_list)
+DEVICES = FieldType("devices", _check_devices)
 
 
 # ----------------------------------------------------------------------------------------
@@ -325,7 +371,8 @@ _SPECS = (
     _spec(Op.IDENTIFY_OK, _S2C, {
         "version": UINT32, "chunk_size": UINT32, "origin_chunks": UINT64,
         "origin_bytes": UINT64, "store_uuid": STR, "server_epoch": UINT64, "lease_ms": UINT32,
-        "snapshot": SNAPSHOT_INFO, "read_only": BOOL}, {"limits": MAP, "auth": BIN}),
+        "snapshot": SNAPSHOT_INFO, "read_only": BOOL},
+          {"limits": MAP, "auth": BIN, "devices": DEVICES}),
     _spec(Op.CHALLENGE, _S2C, {"nonce": BIN}),
     _spec(Op.QUERY_WRITE, _C2S, {"ranges": RANGES},
           replies=(Op.WRITE_OK, Op.SNAPSHOT_WRITE_OK, _E)),
@@ -347,6 +394,10 @@ _SPECS = (
     _spec(Op.VOLUMES, _S2C, {"snapshots": ANY}),
     _spec(Op.QUERY_MAP, _C2S, {"ranges": RANGES}, replies=(Op.MAP_OK, _E)),
     _spec(Op.MAP_OK, _S2C, {"store": MAPPING}),
+    _spec(Op.VERIFY_DEVICES, _C2S, {"origin": CRC_LIST},
+          replies=(Op.VERIFY_OK, Op.VERIFY_AGAIN, _E)),
+    _spec(Op.VERIFY_OK, _S2C, {}),
+    _spec(Op.VERIFY_AGAIN, _S2C, {"origin": SAMPLES, "differ": UINT32}),
     _spec(Op.ADVICE, _S2C, {"advice": UINT64, "kind": ADVICE_KIND, "snapshot": NAME,
                             "lease_ms": UINT32}),
     _spec(Op.ERROR, _S2C, {"code": UINT32, "message": STR}),
@@ -443,16 +494,51 @@ def challenge(nonce: bytes) -> Message:
 def identify_ok(id: int, *, chunk_size: int, origin_chunks: int, origin_bytes: int,
                 store_uuid: str, server_epoch: int, lease_ms: int,
                 snapshot: dict[str, Any] | None = None, read_only: bool = False,
-                version: int = PROTOCOL_VERSION, limits: dict[str, Any] | None = None
-                ) -> Message:
-    """IDENTIFY_OK: the server's description of the volume and session."""
+                version: int = PROTOCOL_VERSION, limits: dict[str, Any] | None = None,
+                devices: dict[str, Any] | None = None) -> Message:
+    """IDENTIFY_OK: the server's description of the volume and session.
+
+    ``devices`` (see :func:`devices_info`) tells the client how to check that the
+    devices it opened are the server's.
+    """
     msg = {"op": "IDENTIFY_OK", "id": id, "version": version, "chunk_size": chunk_size,
            "origin_chunks": origin_chunks, "origin_bytes": origin_bytes,
            "store_uuid": store_uuid, "server_epoch": server_epoch, "lease_ms": lease_ms,
            "snapshot": snapshot, "read_only": read_only}
     if limits is not None:
         msg["limits"] = limits
+    if devices is not None:
+        msg["devices"] = devices
     return msg
+
+
+def devices_info(store: list[list[Any]], store_bytes: int,
+                 origin: list[list[int]]) -> dict[str, Any]:
+    """The ``devices`` map of IDENTIFY_OK.
+
+    ``store``: ``[[offset, bytes], ...]``, byte strings the client's store device must hold
+    at those offsets (a match of any one entry passes: each superblock slot holds the
+    store UUID, and one slot may be torn); ``store_bytes``: the store device's size;
+    ``origin``: ``[[offset, length], ...]`` sample ranges whose CRC32C the client sends
+    back in VERIFY_DEVICES.
+    """
+    return {"store": store, "store_bytes": store_bytes, "origin": origin}
+
+
+def verify_devices(id: int, origin: list[int]) -> Message:
+    """VERIFY_DEVICES: CRC32C of each origin sample range the server asked for, in order."""
+    return {"op": "VERIFY_DEVICES", "id": id, "origin": origin}
+
+
+def verify_ok(id: int) -> Message:
+    """VERIFY_OK: the client's origin matched the server's in every sample."""
+    return {"op": "VERIFY_OK", "id": id}
+
+
+def verify_again(id: int, origin: list[list[int]], differ: int) -> Message:
+    """VERIFY_AGAIN: ``differ`` samples did not match (perhaps live writes); check these
+    fresh ``origin`` samples and send VERIFY_DEVICES again."""
+    return {"op": "VERIFY_AGAIN", "id": id, "origin": origin, "differ": differ}
 
 
 def snapshot_info(name: str, tag: int, created: float) -> dict[str, Any]:

@@ -35,6 +35,8 @@ from typing import Any
 from csnap_client.protocol import ErrorCode
 from csnap_client.protocol import messages as m
 from csnapd.engine import locks as lk
+from csnapd.engine.devices import DeviceVerifier
+from csnapd.engine.watch import DeviceWatch
 from csnapd.store import errors as se
 from csnapd.store import format as fmt
 from csnapd.store.btree import KEY_LIMIT
@@ -131,6 +133,9 @@ class Engine:
         self._usage_at: float | None = None
         self._scan: tuple[int, dict[int, dict[str, int]]] | None = None
         self.peers: dict[int, str] = {}  # client id -> address it last came from
+        self.devices = DeviceVerifier(store)  # VERIFY_DEVICES (engine/devices.py)
+        self.watch = DeviceWatch(store, now)  # store or origin replaced (engine/watch.py)
+        self.stopped = ""  # why serving stopped for good (a device changed), or ""
 
     # ------------------------------------------------------------------
     # connections
@@ -143,6 +148,7 @@ class Engine:
         conn = self.conns.pop(conn_id, None)
         if conn is None:
             return
+        self.devices.forget(conn_id)
         if conn.client_id is not None and self.by_client.get(conn.client_id) == conn_id:
             del self.by_client[conn.client_id]
             self._events(self.locks.drop_client(conn.client_id, now))
@@ -171,6 +177,10 @@ class Engine:
             return
         op, rid = msg["op"], msg.get("id", 0)
         self.counters[op] = self.counters.get(op, 0) + 1
+        if self.stopped:
+            self._error(conn_id, rid, ErrorCode.SHUTTING_DOWN,
+                        f"csnapd is stopping: {self.stopped}")
+            return
         try:
             if conn.control:
                 self._control(conn, op, msg, now)
@@ -208,6 +218,8 @@ class Engine:
             elif not self._snapshot_gone(conn, rid):
                 _, store = self._read_map(conn.slot, msg["ranges"])
                 self._after_commit.append((conn.id, m.map_ok(rid, store)))
+        elif op == "VERIFY_DEVICES":
+            self._now_out.append((conn.id, self.devices.verify(conn.id, rid, msg["origin"])))
         elif op == "LIST_VOLUMES":
             self._now_out.append((conn.id, m.volumes(rid, [
                 {k: d[k] for k in ("name", "tag", "created", "squashed")}
@@ -281,7 +293,8 @@ class Engine:
         self._now_out.append((conn.id, m.identify_ok(
             rid, chunk_size=f.chunk_size, origin_chunks=f.origin_chunks,
             origin_bytes=f.origin_bytes, store_uuid=f.uuid.hex(), server_epoch=self.epoch,
-            lease_ms=int(self.lease * 1000), snapshot=info, read_only=conn.read_only)))
+            lease_ms=int(self.lease * 1000), snapshot=info, read_only=conn.read_only,
+            devices=self.devices.offer(conn.id))))
         if snap is None:
             self._join_advice(conn)
         log.info("client %d identified for %s from %s", conn.client_id,
@@ -617,8 +630,11 @@ class Engine:
     # ------------------------------------------------------------------
     # time and batches
     def tick(self, now: float) -> None:
-        """Expire leases and advice deadlines."""
+        """Expire leases and advice deadlines; stop if a device was replaced."""
         self.now = now
+        reason = None if self.stopped else self.watch.due(now)
+        if reason:
+            self.stop_serving(reason)
         self._events(self.locks.expire(now))
         adv = self._advice
         if adv is not None and now >= adv.deadline and adv.awaiting:
@@ -647,9 +663,38 @@ class Engine:
         out.extend(done)
         return out
 
+    def stop_serving(self, reason: str) -> None:
+        """A device is not the one this server opened: never change anything again.
+
+        Runs on the store thread, so no commit is in progress. The store is detached
+        first (it writes nothing from now on, not even a flag: the device may be someone
+        else's), then every request still waiting is answered SHUTTING_DOWN naming the
+        reason, and the server is asked to shut down (the daemon then exits non-zero).
+        """
+        log.error("%s; refusing all changes and stopping", reason)
+        self.stopped = reason
+        self.store.detach(reason)
+        text = f"not done: csnapd is stopping: {reason}"
+        waiting = [(c, msg["id"]) for c, msg in self._after_commit if msg.get("id")]
+        waiting += list(self._waiting_writes) + list(self._queued_reads)
+        waiting += [(c, msg["id"]) for c, msg in
+                    self._held_origin + self._advice_queue + self._space_waiters]
+        if self._advice is not None:
+            waiting.append(self._advice.reply_to)
+        self._after_commit, self._held_origin, self._advice_queue = [], [], []
+        self._space_waiters = []
+        self._waiting_writes.clear()
+        self._queued_reads.clear()
+        self._advice = None
+        for conn_id, rid in waiting:
+            self._error(conn_id, rid, ErrorCode.SHUTTING_DOWN, text)
+        self.shutdown_requested = True
+
     def background(self, budget_leaves: int = 4) -> bool:
         """Run a slice of background work (deletion, usage scan); True while more remains."""
         more = False
+        if self.stopped:
+            return False
         if self._scan is not None:
             more = self._scan_step(4 * budget_leaves)
         if self.revoked and self.store.deleting and self.now >= self.revoke_until:

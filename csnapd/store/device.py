@@ -17,6 +17,8 @@ import os
 import stat
 import struct
 
+from .errors import StoreBusyError
+
 BLKGETSIZE64 = 0x80081272
 
 
@@ -57,7 +59,8 @@ class FileDevice(Device):
     """A regular file or block device opened with os.open.
 
     ``lock=True`` takes an exclusive, non-blocking flock so two processes can
-    never both write the same store.
+    never both write the same store; when another process holds it,
+    :class:`StoreBusyError` says so in words.
     """
 
     def __init__(self, path: str, writable: bool = True, lock: bool = False) -> None:
@@ -67,7 +70,10 @@ class FileDevice(Device):
         try:
             self._size = device_size(self.fd)
             if lock:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise StoreBusyError(path) from None
         except BaseException:
             os.close(self.fd)
             raise

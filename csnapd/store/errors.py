@@ -6,6 +6,8 @@ an expected outcome with its own type, so callers can apply a policy to it.
 
 from __future__ import annotations
 
+import errno
+
 
 class StoreError(Exception):
     """Base class of every store-layer error."""
@@ -38,8 +40,20 @@ class GeometryError(StoreError):
     """Sizes given to init (or found at open) are impossible or inconsistent."""
 
 
-class StoreBusyError(StoreError):
-    """Another process holds the store open."""
+class StoreBusyError(StoreError, BlockingIOError):
+    """Another process holds the store's lock (a running csnapd, or a writing tool).
+
+    Also a BlockingIOError (EWOULDBLOCK, what the failed flock raised), so code that
+    catches that keeps working; ``str()`` is the sentence for the user.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.EWOULDBLOCK, f"{path} is in use by a running csnapd (or another "
+                                            "csnap tool holds its lock); stop it first")
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class SnapshotError(StoreError):

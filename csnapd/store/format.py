@@ -228,6 +228,9 @@ def verify(block: bytes, kind: BlockKind, addr: int, store_id: int | None) -> in
 SUPER = struct.Struct("<8sIIIIIII I16sQQQ QI I Q Q I I Q Q Q Q I I Q Q Q Q Q Q Q Q Q")
 SUPER_OFFSET = HEADER_SIZE
 assert SUPER.size == 232, SUPER.size
+#: Byte offset of the store UUID inside a superblock block (72 in the table above).
+SUPER_UUID_OFFSET = SUPER_OFFSET + struct.calcsize("<8sIIIIIII I")
+assert SUPER_UUID_OFFSET == 72
 
 
 @dataclass(slots=True)

@@ -315,6 +315,21 @@ class Store:
         except OSError:
             pass
 
+    def detach(self, why: str) -> None:
+        """The devices are no longer known to be ours: refuse every change from now on.
+
+        Unlike :meth:`_fail` this writes nothing at all, not even the needs-check flag,
+        because the device under the store's path may be someone else's; uncommitted
+        work is dropped (its requests were never acknowledged) and close() skips the
+        final checkpoint.
+        """
+        if not self.failed:
+            self.failed = why
+        self.sbs.dirty = False
+        self.cache.drop_all()
+        self.copier.pending.clear()
+        self.alloc.abandon()
+
     def mark_corrupt(self, why: str) -> None:
         """Metadata failed verification while serving: refuse every change from now on."""
         if not self.readonly and not self.failed:
