@@ -47,8 +47,6 @@ import multiprocessing as mp
 import queue
 import random
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -58,6 +56,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from csnap_soak.daemon import Daemon
 
 BIN = Path(sys.executable).parent
 BLOCK = 1024
@@ -94,12 +94,6 @@ def decode_blocks(data: bytes, block0: int) -> list[tuple[int, int] | str]:
             continue
         out.append((writer, seq))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- clients
@@ -317,81 +311,6 @@ def verify_bytes(model: Model, name: str | None, data: bytes) -> tuple[int, list
 # ----------------------------------------------------------------------------- controller
 
 
-class Daemon:
-    """A csnapd subprocess on files in ``tmp``."""
-
-    def __init__(self, tmp: Path, extra: tuple[str, ...] = ()) -> None:
-        self.tmp, self.extra = tmp, extra
-        self.origin, self.store = tmp / "origin.img", tmp / "store.img"
-        self.control = tmp / "csnapd.sock"
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log = tmp / "csnapd.log"
-
-    def init(self) -> None:
-        with open(self.origin, "wb") as f:
-            f.write(b"".join(stamp_block(0, 0, b) for b in range(NBLOCKS)))
-        with open(self.store, "wb") as f:
-            f.truncate(STORE_BYTES)
-        subprocess.run([str(BIN / "csnap-init"), "--store", str(self.store), "--origin",
-                        str(self.origin), "--chunk-size", str(CHUNK), "--quiet"], check=True)
-
-    def start(self) -> float:
-        t0 = time.monotonic()
-        with open(self.log, "a") as out:
-            self.proc = subprocess.Popen(
-                [str(BIN / "csnapd"), "--store", str(self.store), "--origin", str(self.origin),
-                 "--listen", f"127.0.0.1:{self.port}", "--control", str(self.control),
-                 "--lease", "5", *self.extra], stdout=out, stderr=out)
-        deadline = t0 + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"csnapd exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                with socket.socket(socket.AF_UNIX) as u:
-                    u.connect(str(self.control))
-                return time.monotonic() - t0
-            except OSError:
-                time.sleep(0.01)
-        raise RuntimeError(f"csnapd did not start:\n{self.tail()}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
-
-    def tail(self, n: int = 30) -> str:
-        return "\n".join(self.log.read_text().splitlines()[-n:]) if self.log.exists() else ""
-
-    def ctl(self, op: str, *args: Any) -> Any:
-        """One control request on a fresh blocking connection; raises on ERROR."""
-        from csnap_client.protocol import Framer, encode
-        from csnap_client.protocol import messages as m
-        build = {"create": m.create_snapshot, "delete": m.delete_snapshot,
-                 "list": m.list_snapshots}[op]
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(60)
-            s.connect(str(self.control))
-            s.sendall(encode(build(1, *args)))
-            framer = Framer(max_frame_size=2 << 20)
-            while True:
-                data = s.recv(1 << 16)
-                if not data:
-                    raise ConnectionError("control connection closed")
-                for msg in framer.feed_many(data):
-                    if msg["id"] == 1:
-                        if msg["op"] == "ERROR":
-                            raise RuntimeError(f"{op} {args}: {msg['message']}")
-                        return msg["result"]
-
-
 async def _read_volume(d: Daemon, name: str | None) -> bytes:
     cfg = {"port": d.port, "origin": str(d.origin), "store": str(d.store)}
     if name is None:
@@ -428,8 +347,8 @@ def run(tmp: Path, cycles: int, seed: int = 1, max_live: int = 6,
         kill_min: float = 0.3, kill_max: float = 1.5, log: Any = print) -> Result:
     """The whole soak in ``tmp``; returns the figures (see the module docstring)."""
     rng = random.Random(seed)
-    d = Daemon(tmp)
-    d.init()
+    d = Daemon(tmp, ("--lease", "5"))
+    d.init(b"".join(stamp_block(0, 0, b) for b in range(NBLOCKS)), STORE_BYTES, CHUNK)
     res = Result()
     res.restart_s.append(d.start())
     cfg = {"port": d.port, "origin": str(d.origin), "store": str(d.store), "dir": str(tmp),
