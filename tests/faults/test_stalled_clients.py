@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 import textwrap
 import time
@@ -12,8 +11,9 @@ import time
 import pytest
 
 from csnap_client.protocol import messages as m
+from csnap_soak import stall
 
-from ..integration.conftest import BIN, make_server, read_snapshot_chunk, run_tool
+from ..integration.conftest import BIN, make_server, read_snapshot_chunk
 
 
 def _write_origin(handle, chunk: int, data: bytes) -> None:
@@ -49,136 +49,19 @@ def test_cut_off_client_writing_on_a_stale_approval_cannot_reach_the_snapshot(tm
 
 
 # --------------------------------------------------------------------------------------
-# Real client processes: a host whose event loop blocks, and one SIGSTOPped mid-write.
-
-STAMP = struct.Struct(">IIId")  # magic, writer, seq, monotonic time the write started
-MAGIC = 0x57A11ED0
-
-HOST = textwrap.dedent("""
-    import asyncio, os, random, struct, sys, time
-    import csnap_client
-    from csnap_client import volume
-
-    STAMP = struct.Struct(">IIId")
-    stall = []  # seconds the next device write holds the whole event loop
-    real = volume._pwrite_all
-
-    def stalling_pwrite(fd, buf, off):
-        # small writes run on the event loop: blocking here stalls the whole host right
-        # between the library's last permission check and the device write
-        if stall:
-            print("blocked", flush=True)
-            time.sleep(stall.pop())
-            print("unblocked", flush=True)
-        real(fd, buf, off)
-
-    volume._pwrite_all = stalling_pwrite
-
-    async def writer(vol, w, cs, chunks, rng):
-        seq = 0
-        while True:
-            seq += 1
-            chunk = rng.randrange(chunks)
-            block = STAMP.pack(0x57A11ED0, w, seq, time.monotonic())
-            await vol.write(chunk * cs, block * (cs // STAMP.size))
-            await asyncio.sleep(rng.choice((0, 0.001, 0.005)))
-
-    async def main(port, origin, cs, chunks):
-        vol = await csnap_client.connect("127.0.0.1", port, volume="origin", origin=origin,
-                                         reconnect_timeout=None)
-        loop = asyncio.get_running_loop()
-
-        def command():
-            line = sys.stdin.readline().split()
-            if line and line[0] == "block":
-                stall.append(float(line[1]))
-
-        loop.add_reader(sys.stdin.fileno(), command)
-        tasks = [asyncio.ensure_future(writer(vol, w, cs, chunks, random.Random(w)))
-                 for w in range(4)]
-        print("ready", flush=True)
-        await asyncio.gather(*tasks)
-
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
-""")
+# Real client processes: a host stalled every way across creates, one SIGSTOPped mid-write.
 
 
-def _read_snapshot(handle, name: str, chunks: int) -> list[bytes]:
-    """Every chunk of snapshot ``name``, read as a client reads it (locks released)."""
-    snap, cs = handle.client(name), handle.chunk_size
-    try:
-        reply = snap.call(m.query_snapshot_read(0, [[0, chunks]]))
-        where = dict.fromkeys(range(chunks))
-        for c, n, s in reply["store"]:
-            for i in range(n):
-                where[c + i] = s + i
-        out = []
-        with open(handle.origin, "rb") as o, open(handle.store, "rb") as st:
-            for c in range(chunks):
-                f, pos = (o, c) if where[c] is None else (st, where[c])
-                f.seek(pos * cs)
-                out.append(f.read(cs))
-        if reply["origin"]:
-            assert snap.call(m.finish_snapshot_read(0, reply["id"]))["valid"]
-        return out
-    finally:
-        snap.close()
-
-
-def _wait_for_origin_client(handle, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(c["volume"] == "origin" for c in handle.ctl(m.status(1))["result"]["clients"]):
-        assert time.monotonic() < deadline, "the origin host did not reconnect"
-        time.sleep(0.05)
-
-
-def _late_blocks(image: list[bytes], done: float) -> list[tuple[int, int, int, float]]:
-    """Blocks of a snapshot image whose write started after the create returned."""
-    late = []
-    for chunk, data in enumerate(image):
-        magic, w, seq, started = STAMP.unpack_from(data)
-        if magic == MAGIC and started > done:
-            late.append((chunk, w, seq, round(started - done, 3)))
-    return late
-
-
-def test_a_host_whose_event_loop_blocks_across_creates_and_server_kills(tmp_path):
-    """Issue item 1a: four origin writers in one process that stalls while a snapshot is
-    created; csnapd is SIGKILLed and restarted between snapshots. No snapshot ever holds
-    a block written after it was created, and none changes later."""
-    chunks = 96
-    handle = make_server(tmp_path, origin_size=chunks * 4096)
-    handle.start("--lease", "1")
-    host = subprocess.Popen([str(BIN / "python"), "-c", HOST, str(handle.port),
-                             str(handle.origin), str(handle.chunk_size), str(chunks)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    taken: list[tuple[str, float, list[bytes]]] = []
-    try:
-        assert host.stdout.readline().strip() == "ready"
-        for cycle in range(6):
-            handle.kill()
-            handle.start("--lease", "1")
-            _wait_for_origin_client(handle)
-            time.sleep(0.3)  # the writers write on
-            host.stdin.write("block 2.6\n")
-            host.stdin.flush()
-            assert host.stdout.readline().strip() == "blocked"
-            name = f"s{cycle}"
-            assert handle.ctl(m.create_snapshot(1, name))["op"] == "OK"
-            done = time.monotonic()
-            taken.append((name, done, _read_snapshot(handle, name, chunks)))
-            assert host.stdout.readline().strip() == "unblocked"
-            time.sleep(0.6)  # the host resumes: stale approvals, buffered replies
-        for name, done, first in taken:
-            assert _late_blocks(first, done) == [], name
-            assert _read_snapshot(handle, name, chunks) == first, f"snapshot {name} changed"
-    finally:
-        host.kill()
-        host.wait()
-    assert "copying them for the snapshot first" in handle.log_text()
-    assert handle.stop() == 0
-    check = run_tool("csnap-check", "--store", str(handle.store), check=False)
-    assert check.returncode == 0, check.stdout + check.stderr
+def test_a_host_stalled_across_creates_and_server_kills_never_changes_a_snapshot(tmp_path):
+    """Issue item 1a: origin writers in one host process that stalls while snapshots are
+    created (its event loop blocked right after the library's last check, SIGSTOP, SIGSTOP
+    during a 1 MiB write); csnapd is SIGKILLed and restarted between snapshots. No
+    snapshot changes later, and none holds a write started after it was created."""
+    result = stall.run(cycles=6, seed=5, tmp=tmp_path)
+    assert result.changed == [] and result.late == [], result.changed + result.late
+    assert result.check_rc == 0
+    assert result.stalls == {"loop": 2, "sigstop": 2, "sigstop-mid-write": 2}
+    assert result.cutoff_log_lines >= 1  # the server did cut the stalled host off
 
 
 STOPPED_WRITER = textwrap.dedent("""
@@ -225,14 +108,15 @@ def test_sigstop_during_an_approved_write_cannot_change_the_snapshot(tmp_path, s
         assert handle.ctl(m.create_snapshot(1, "taken"))["op"] == "OK"
         assert time.monotonic() - start >= 0.9  # waited for the silent client
         chunks = size // cs
-        before = _read_snapshot(handle, "taken", chunks)
+        before = stall.read_snapshot(handle.port, handle.origin, handle.store, "taken", chunks)
         assert set(before) == {b"O" * cs}
         os.kill(proc.pid, signal.SIGCONT)
         assert proc.stdout.readline().strip() == "wrote"
         assert proc.wait(30) == 0
         with open(handle.origin, "rb") as f:
             assert f.read(size) == b"N" * size  # the write itself was not lost
-        assert _read_snapshot(handle, "taken", chunks) == before
+        assert stall.read_snapshot(handle.port, handle.origin, handle.store, "taken",
+                                   chunks) == before
     finally:
         proc.kill()
         proc.wait()
