@@ -129,6 +129,7 @@ class Engine:
         self.on_full = on_full
         self.now = now
         self.revoke_until = 0.0
+        self._held_wait_until = 0.0  # writers of a squashed snapshot may still let go
         self._usage: dict[int, dict[str, int]] = {}
         self._usage_at: float | None = None
         self._scan: tuple[int, dict[int, dict[str, int]]] | None = None
@@ -369,13 +370,24 @@ class Engine:
         """
         if self.on_full != "squash":
             return False
-        if self.store.deleting:
+        if self._space_coming(now):
             return True  # freed chunks are on their way
         victims = self.store.snapshots_needing(exc.chunk) if exc.chunk is not None else []
         if not victims:
             return False
         self._squash(min(victims, key=lambda e: (e.priority, e.created_ns)), now)
         return True
+
+    def _space_coming(self, now: float) -> bool:
+        """Will deletes or squashes already decided free space soon?
+
+        A pass that still runs will.  So may a squashed snapshot whose writers were
+        just cut off: its chunks are held until they let go, which a live client does
+        when it reconnects (for up to the advice timeout).
+        """
+        if self.store.deleting:
+            return True
+        return bool(self.store.held_deleting) and now < self._held_wait_until
 
     def _retry_space_waiters(self, now: float) -> None:
         """Space came back (a delete pass slice ran): try the parked origin writes again."""
@@ -398,6 +410,7 @@ class Engine:
                 self._disconnect(conn.id, now)
         # a cut-off client of that snapshot stops using its cache after one lease
         self.revoke_until = max(self.revoke_until, now + self.lease)
+        self._held_wait_until = max(self._held_wait_until, now + self.advice_timeout)
 
     # ------------------------------------------------------------------
     # snapshot I/O
@@ -702,7 +715,7 @@ class Engine:
             self.store.commit()
             if self._space_waiters:
                 self._retry_space_waiters(self.now)
-        elif self._space_waiters and not self.store.deleting:
+        elif self._space_waiters and not self._space_coming(self.now):
             self._retry_space_waiters(self.now)  # nothing more is coming: squash or fail
         return more or bool(self._after_commit or self._now_out)
 

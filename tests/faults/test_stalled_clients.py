@@ -10,10 +10,12 @@ import time
 
 import pytest
 
+from csnap_client.protocol import ErrorCode
 from csnap_client.protocol import messages as m
 from csnap_soak import stall
 
-from ..integration.conftest import BIN, make_server, read_snapshot_chunk
+from ..integration.conftest import BIN, make_server, read_snapshot_chunk, run_tool
+from ..integration.test_server import _create
 
 
 def _write_origin(handle, chunk: int, data: bytes) -> None:
@@ -121,3 +123,39 @@ def test_sigstop_during_an_approved_write_cannot_change_the_snapshot(tmp_path, s
         proc.kill()
         proc.wait()
     assert handle.stop() == 0
+
+
+def test_stalled_snapshot_writer_cannot_write_into_a_chunk_another_snapshot_reuses(tmp_path):
+    """A writer of a deleted snapshot that never acknowledged keeps writing its old store
+    addresses: those chunks must stay its own until it lets go (or is forgotten)."""
+    handle = make_server(tmp_path, block_size="512", store_size=1536 << 10)
+    handle.start("--lease", "0.3", "--on-full", "fail")
+    cs = handle.chunk_size
+    origin = handle.client("origin")
+    _create(handle, origin, "w")
+    writer = handle.client("w", client_id=4242)
+    mapping = writer.call(m.query_write(0, [[0, 64]]))["map"]
+    mine = [s + i for _, n, s in mapping for i in range(n)]
+    assert handle.ctl(m.delete_snapshot(1, "w"))["op"] == "OK"  # the writer never acks
+    _create(handle, origin, "v")
+    for start in range(0, 1024, 8):  # copy-outs until the store is full: every free
+        reply = origin.call(m.query_write(0, [[start, 8]]))  # chunk gets used
+        if reply["op"] == "ERROR":
+            assert reply["code"] == ErrorCode.STORE_FULL
+            break
+    else:
+        raise AssertionError("the store never filled up")
+    before = stall.read_snapshot(handle.port, handle.origin, handle.store, "v", 1024)
+    with open(handle.store, "r+b") as f:  # the stalled writer resumes
+        for chunk in mine:
+            f.seek(chunk * cs)
+            f.write(b"STALE" * (cs // 5))
+    assert stall.read_snapshot(handle.port, handle.origin, handle.store, "v", 1024) == before
+    unproven = handle.ctl(m.status(1))["result"]["unproven_clients"]
+    assert [(u["client_id"], u["writes_snapshots"]) for u in unproven] == [(4242, ["w"])]
+    assert handle.ctl(m.forget_client(1, 4242))["result"] == {"client_id": 4242,
+                                                              "forgotten": True}
+    origin.detach()
+    assert handle.stop() == 0
+    check = run_tool("csnap-check", "--store", str(handle.store), check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
