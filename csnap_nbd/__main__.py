@@ -1,5 +1,5 @@
 """``python -m csnap_nbd``: the same as the ``csnap-nbd`` command."""
 
-from tools.csnap_nbd import main
+from csnap_nbd.cli import main
 
 raise SystemExit(main())

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from csnap_client.units import parse_size
+from csnapd.options import build_parser
 
 DEFAULT_CONFIG = "/etc/csnap/csnapd.toml"
 LOG_FORMATS = ("kv", "json")
@@ -122,8 +123,6 @@ def load_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
     the wrong type or outside the option's choices.
     """
     if parser is None:
-        from csnapd.daemon import build_parser  # late: the daemon imports this module
-
         parser = build_parser()
         add_arguments(parser)
     try:

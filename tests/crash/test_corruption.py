@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from csnap_soak.recording import ImageDevice
 from csnapd.store import create
 from csnapd.store import format as fmt
 from csnapd.store import journal as jnl
@@ -36,8 +37,6 @@ from csnapd.store.device import FileDevice, MemoryDevice
 from csnapd.store.errors import CorruptionError, FormatError, StoreError
 from csnapd.store.store import Store
 from csnapd.store.walk import walk_tree
-
-from .recording import ImageDevice
 
 CS, BS = 4096, 512
 ORIGIN_CHUNKS = 64

@@ -5,9 +5,9 @@ For seeded random workloads (origin writes, snapshot create/delete, snapshot
 writes with client data, background delete steps, clean reopen) every write
 the store issues is recorded.  Each crash state is recovered, checked with
 check_store, and compared with the model of what clients were told (see
-tests/crash/harness.py for the exact crash and client model).
+csnap_soak/crash_harness.py for the exact crash and client model).
 
-The CI run tries at least 2,000 states; tools/crash_soak.py runs the long
+The CI run tries at least 2,000 states; csnap_soak/crash.py runs the long
 version.  The second half of this file makes sure the harness has teeth:
 with a durability rule of the store deliberately broken, crash states fail.
 """
@@ -18,14 +18,7 @@ import random
 
 import pytest
 
-from csnapd.store import journal as jnl
-from csnapd.store import superblock as sbk
-from csnapd.store import txn
-from csnapd.store.cache import BlockCache
-from csnapd.store.copier import Copier
-from csnapd.store.store import Store
-
-from .harness import (
+from csnap_soak.crash_harness import (
     Expectation,
     Op,
     Run,
@@ -35,7 +28,13 @@ from .harness import (
     run_seed,
     run_workload,
 )
-from .recording import RecordingDevice, replay, torn
+from csnap_soak.recording import RecordingDevice, replay, torn
+from csnapd.store import journal as jnl
+from csnapd.store import superblock as sbk
+from csnapd.store import txn
+from csnapd.store.cache import BlockCache
+from csnapd.store.copier import Copier
+from csnapd.store.store import Store
 
 CI_SEEDS = (1, 2, 3)
 CI_OPS = 80
@@ -97,7 +96,7 @@ def test_workload_exercises_checkpoints_and_journal_wrap():
 
 
 def _dev(image: bytes):
-    from .recording import ImageDevice
+    from csnap_soak.recording import ImageDevice
 
     return ImageDevice(bytearray(image))
 
@@ -248,12 +247,12 @@ def test_mutant_recovery_without_replay_is_caught(monkeypatch):
 
 
 def test_regression_checkpoint_inside_commit_keeps_images_of_blocks_being_freed():
-    """Found by tools/crash_soak.py (seed 56): a delete step merged two leaves,
+    """Found by csnap_soak/crash.py (seed 56): a delete step merged two leaves,
     freeing leaf 140 whose committed image was not yet home; BlockCache.forget
     dropped that image; commit() then checkpointed (the transaction did not fit)
     and moved the tail past it, so a crash before the new transaction left the
     committed tree pointing at a stale leaf.  Every prefix state of that run."""
-    from .harness import GEOMETRIES, check_state
+    from csnap_soak.crash_harness import GEOMETRIES, check_state
 
     run = run_workload(56, 120, GEOMETRIES["small"])
     exps = expectations(run)

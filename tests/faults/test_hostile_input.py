@@ -1,7 +1,7 @@
 """Hostile input against a live csnapd: Hypothesis fuzzing of both sockets, plus regressions.
 
-The fuzzer lives in ``tools/fuzz_server.py`` (its docstring lists the inputs and checks);
-CI runs a fixed-seed sample, ``python -m tools.fuzz_server --examples N`` runs longer.
+The fuzzer lives in ``csnap_soak/fuzz.py`` (its docstring lists the inputs and checks);
+CI runs a fixed-seed sample, ``python -m csnap_soak.fuzz --examples N`` runs longer.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 from csnap_client.protocol import ErrorCode
 from csnap_client.protocol import messages as m
-from tools import fuzz_server
+from csnap_soak import fuzz as fuzz_server
 
 from ..integration.conftest import run_tool
 

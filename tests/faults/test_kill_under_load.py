@@ -1,14 +1,14 @@
 """SIGKILL csnapd at random moments under concurrent client load; nothing acknowledged is lost.
 
-The harness is ``tools/kill_soak.py`` (its docstring describes the model); CI runs 20
-cycles, ``python -m tools.kill_soak --cycles N`` runs longer soaks.
+The harness is ``csnap_soak/kill.py`` (its docstring describes the model); CI runs 20
+cycles, ``python -m csnap_soak.kill --cycles N`` runs longer soaks.
 """
 
 from __future__ import annotations
 
 import time
 
-from tools import kill_soak
+from csnap_soak import kill as kill_soak
 
 CYCLES = 20
 SEED = 20241122

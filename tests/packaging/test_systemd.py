@@ -137,7 +137,7 @@ def test_nbd_unit_runs_the_documented_command():
 
 
 def test_nbd_unit_command_parses_with_csnap_nbd():
-    csnap_nbd = pytest.importorskip("tools.csnap_nbd", reason="csnap-nbd is not there yet")
+    csnap_nbd = pytest.importorskip("csnap_nbd.cli", reason="csnap-nbd is not there yet")
     argv = shlex.split(one(load("csnap-nbd.service"), "Service", "ExecStart"))
     env = dict(line.split("=", 1) for line in
                (ROOT / "packaging" / "csnap-nbd.env").read_text().splitlines()

@@ -7,13 +7,13 @@ import dataclasses
 
 import pytest
 
+from csnap_soak.recording import SECTOR, RecordingDevice, replay, torn
 from csnapd.store import format as fmt
 from csnapd.store.check import check_store
 from csnapd.store.device import MemoryDevice
 from csnapd.store.errors import CorruptionError
 from csnapd.store.store import Store
 from csnapd.store.superblock import SuperState, load, read_slots, write_slot
-from tests.crash.recording import SECTOR, RecordingDevice, replay, torn
 from tools.csnap_dump import dump_journal
 
 from .conftest import BS, CS, audit, chunk_bytes, fill_origin, make_store, snapshot_read

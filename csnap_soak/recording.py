@@ -13,7 +13,7 @@ Log entries:
 
 A crash state is the base image (the device as it was when recording began)
 plus a subset of the logged writes; ``replay`` builds one.  What subsets are
-legal is the crash model's business (see tests/crash/harness.py): everything
+legal is the crash model's business (see csnap_soak/crash_harness.py): everything
 before the last barrier is on disk, anything after it may or may not be, in
 any order, and a multi-sector write may be torn at a sector boundary.
 """

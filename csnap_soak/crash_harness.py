@@ -1,7 +1,7 @@
 """Power-loss crash-state enumeration for the snapshot store.
 
 One *run* = a seeded random workload against a fresh store whose device is a
-RecordingDevice (tests/crash/recording.py).  The run yields the base image
+RecordingDevice (csnap_soak/recording.py).  The run yields the base image
 (the store right after ``create``), the write log with barriers and marks,
 and a reference model of what every client had been told.  ``enumerate_states``
 turns the log into crash states; ``check_state`` recovers each one and

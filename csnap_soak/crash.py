@@ -1,4 +1,4 @@
-"""crash_soak: the long power-loss crash-state run for the snapshot store.
+"""Crash soak: the long power-loss crash-state run for the snapshot store.
 
 Runs the same enumeration as tests/crash/test_crash_states.py (every prefix
 of the recorded write log, torn variants of every write, reordered subsets of
@@ -6,13 +6,13 @@ the writes after each barrier, a crash inside recovery for a sample, and more
 work after recovery for a sample) over many seeded workloads and four store
 geometries, until at least ``--states`` crash states have been tried.  Every
 state is recovered, checked with check_store and compared with the model of
-what clients were told; see tests/crash/harness.py and
+what clients were told; see csnap_soak/crash_harness.py and
 docs/reliability-crash.md.
 
 Run from the repository root:
 
-    .venv/bin/python tools/crash_soak.py --states 100000 --jobs 2
-    .venv/bin/python tools/crash_soak.py --seed 17 --states 1 --verbose   # replay one seed
+    .venv/bin/python -m csnap_soak.crash --states 100000 --jobs 2
+    .venv/bin/python -m csnap_soak.crash --seed 17 --states 1 --verbose   # replay one seed
 
 Seeds run in order (seed, seed+1, ...); seed s uses geometry
 GEOMETRY_ORDER[s % 4].  Results are collected in seed order and the run stops
@@ -30,11 +30,7 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from tests.crash.harness import GEOMETRIES, Tally, run_seed  # noqa: E402
+from .crash_harness import GEOMETRIES, Tally, run_seed
 
 GEOMETRY_ORDER = ("small", "k1", "wide", "deep")
 
@@ -67,7 +63,7 @@ def _in_order(pool, args: argparse.Namespace):  # noqa: ANN001
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crash_soak", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m csnap_soak.crash", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--states", type=int, default=100_000,
                    help="stop after the seed that brings the total to this many states")
@@ -86,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.states < 1 or args.jobs < 1 or args.ops < 1:
-        print("crash_soak: --states, --jobs and --ops must be positive", file=sys.stderr)
+        print("csnap_soak.crash: --states, --jobs and --ops must be positive", file=sys.stderr)
         return 2
     total = Tally()
     per_geometry: dict[str, int] = {}

@@ -2,12 +2,12 @@
 
 Usage (long runs, outside CI; starts its own csnapd on temporary sparse files)::
 
-    .venv/bin/python -m tools.fuzz_server --examples 20000 [--seed N] [--dir DIR]
+    .venv/bin/python -m csnap_soak.fuzz --examples 20000 [--seed N] [--dir DIR]
 
 or against a server you started yourself (it must have a snapshot named ``fz`` and you
 must not mind what the fuzzer does to it)::
 
-    .venv/bin/python -m tools.fuzz_server --examples 5000 --port 4270 --control data/csnapd.sock
+    .venv/bin/python -m csnap_soak.fuzz --examples 5000 --port 4270 --control data/csnapd.sock
 
 One *example* opens one connection (TCP data socket, unidentified or identified for the
 origin or the snapshot ``fz``, or the unix control socket) and sends 1-6 *inputs*: random

@@ -2,7 +2,7 @@
 
 Usage (long runs, outside CI)::
 
-    .venv/bin/python -m tools.kill_soak --cycles 1000 --seed 1 [--dir /tmp/soak] [--keep]
+    .venv/bin/python -m csnap_soak.kill --cycles 1000 --seed 1 [--dir /tmp/soak] [--keep]
 
 What runs:
 
