@@ -49,18 +49,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .protocol import (
-    CATALOGUE,
     MAX_CHUNKS_PER_REQUEST,
     MAX_INFLIGHT,
     MAX_RANGES,
     MAX_READ_LOCKS,
-    MAX_SERVER_FRAME,
     PROTOCOL_VERSION,
-    SERVER_MESSAGES,
-    BadRequest,
     BusyError,
-    Framer,
-    FramingError,
     Message,
     RemoteError,
     RemoteProtocolError,
@@ -68,13 +62,12 @@ from .protocol import (
     ack_advice,
     auth,
     detach,
-    encode,
     error_from_reply,
     finish_snapshot_read,
     identify,
     ping,
-    validate,
 )
+from .protocol.session import ClientEvent, ClientSession, Failed, Reply, Unsolicited, Violation
 
 log = logging.getLogger("csnap_client")
 
@@ -186,11 +179,11 @@ class _Pending:
 
 
 class _Wire(asyncio.Protocol):
-    """The asyncio side of one TCP connection: bytes in -> Framer -> messages -> Client."""
+    """The asyncio side of one TCP connection: bytes in -> protocol session -> events."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self.framer = Framer(max_frame_size=MAX_SERVER_FRAME)
+        self.session = ClientSession()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -198,21 +191,20 @@ class _Wire(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        """Decode every complete frame and hand the messages to the client, in order."""
-        try:
-            msgs = self.framer.feed_many(data)
-        except FramingError as exc:
-            log.error("framing error from server, dropping the connection: %s", exc)
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        on_message = self.client._on_message
-        for msg in msgs:
-            on_message(self, msg)
+        """Hand every event the bytes complete to the client, in order."""
+        on_event = self.client._on_event
+        for ev in self.session.receive_data(data):
+            on_event(self, ev)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the client; it decides whether to reconnect."""
         self.client._on_lost(self, exc)
+
+    def write(self, msgs: list[Message]) -> None:
+        """Send requests (recorded as in flight by the session) in one write."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and msgs:
+            transport.write(b"".join(self.session.send(msg) for msg in msgs))
 
     def close(self) -> None:
         """Close the transport (idempotent)."""
@@ -271,7 +263,7 @@ class Client:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._outbuf: list[bytes] = []
+        self._outbuf: list[Message] = []
         self._flush_scheduled = False
 
     # ------------------------------------------------------------------ public API
@@ -420,18 +412,17 @@ class Client:
         return rid
 
     def _send(self, msg: Message) -> None:
-        """Queue one frame; frames queued in the same loop iteration go out in one write."""
-        self._outbuf.append(encode(msg))
+        """Queue one request; those queued in the same loop iteration go out in one write."""
+        self._outbuf.append(msg)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_out)
 
     def _flush_out(self) -> None:
         self._flush_scheduled = False
-        data, self._outbuf = self._outbuf, []
-        wire = self._wire
-        if wire is not None and wire.transport is not None and not wire.transport.is_closing():
-            wire.transport.write(b"".join(data))
+        msgs, self._outbuf = self._outbuf, []
+        if self._wire is not None:
+            self._wire.write(msgs)
 
     async def _call_direct(self, wire: _Wire, msg: Message) -> Message:
         """Send on ``wire`` even before IDENTIFY completed (handshake messages)."""
@@ -440,7 +431,7 @@ class Client:
         self._pending[rid] = _Pending(msg, fut, resend=False, counted=False,
                                       sent_at=time.monotonic())
         assert wire.transport is not None
-        wire.transport.write(encode(msg))
+        wire.write([msg])
         try:
             return await fut
         finally:
@@ -448,49 +439,40 @@ class Client:
 
     def _abandoned(self, p: _Pending) -> None:
         """A caller gave up on a request (cancelled). Nothing to undo except read locks,
-        which are released when their reply arrives with no one waiting (see _on_message)."""
+        which are released when their reply arrives with no one waiting (see _on_event)."""
 
     # ------------------------------------------------------------------ internals: receiving
 
-    def _on_message(self, wire: _Wire, msg: Message) -> None:
-        """Dispatch one decoded server message (called from data_received)."""
-        if msg.get("op") == "CHALLENGE" and self._wire in (None, wire):
-            # may arrive before create_connection() has returned the new wire
-            if self._challenge is not None and not self._challenge.done():
-                nonce = msg.get("nonce")
-                self._challenge.set_result(nonce if isinstance(nonce, bytes) else b"")
+    def _on_event(self, wire: _Wire, ev: ClientEvent) -> None:
+        """Dispatch one event of a connection's session (called from data_received)."""
+        if isinstance(ev, Unsolicited):
+            msg = ev.msg
+            if msg["op"] == "CHALLENGE" and self._wire in (None, wire):
+                # may arrive before create_connection() has returned the new wire
+                if self._challenge is not None and not self._challenge.done():
+                    self._challenge.set_result(msg["nonce"])
+            elif wire is self._wire:
+                self._on_unsolicited(msg)
             return
         if wire is not self._wire:
             return
-        try:
-            validate(msg, SERVER_MESSAGES)
-        except BadRequest as exc:
-            log.error("invalid message from server: %s", exc)
-            p = self._pending.get(exc.request_id)
-            if p is not None and not p.fut.done():
-                p.fut.set_exception(RemoteProtocolError(str(exc)))
+        if isinstance(ev, Violation):
+            log.error("%s%s", ev.reason, "; dropping the connection" if ev.fatal else "")
+            if ev.fatal and wire.transport is not None:
+                wire.transport.abort()
             return
-        rid = msg["id"]
-        if rid == 0:
-            self._on_unsolicited(msg)
-            return
-        p = self._pending.get(rid)
-        op = msg["op"]
+        p = self._pending.get(ev.id)
         if p is None:
-            self._on_orphan(msg)
+            if isinstance(ev, Reply):
+                self._on_orphan(ev.msg)
             return
         self._answered(p.sent_at)
-        req_op = p.msg["op"]
-        if op == "ERROR":
-            if not p.fut.done():
-                p.fut.set_exception(error_from_reply(msg))
+        if p.fut.done():
             return
-        if op not in CATALOGUE[req_op].replies:
-            if not p.fut.done():
-                p.fut.set_exception(RemoteProtocolError(f"{op} is no answer to {req_op}"))
-            return
-        if not p.fut.done():
-            p.fut.set_result(msg)
+        if isinstance(ev, Failed):
+            p.fut.set_exception(ev.error)
+        else:
+            p.fut.set_result(ev.msg)
 
     def _answered(self, sent_at: float) -> None:
         """A reply came to a request sent at ``sent_at``: the lease runs from there."""
@@ -512,10 +494,6 @@ class Client:
             pass
 
     def _on_unsolicited(self, msg: Message) -> None:
-        if msg["op"] == "CHALLENGE":
-            if self._challenge is not None and not self._challenge.done():
-                self._challenge.set_result(msg["nonce"])
-            return
         if msg["op"] == "ADVICE":
             if self.advice_sync is not None:
                 self.advice_sync(msg)  # before any later message is looked at

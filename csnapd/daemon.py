@@ -109,9 +109,8 @@ async def serve(args: argparse.Namespace, store: Store) -> int:
         loop.add_signal_handler(sig, _on_signal, server, sig)
     runner = loop.create_task(server.run())
     await server.stopping.wait()
-    log.info("shutting down: no new connections; finishing queued requests")
+    log.info("shutting down: no new connections; finishing what is in flight")
     await server.stop_listening()
-    server.submit(("tick",))
     await runner
     server.close_all()
     await loop.run_in_executor(server.worker, store.close)
@@ -143,7 +142,6 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 def _on_signal(server: Server, sig: int) -> None:
     log.info("received %s", signal.Signals(sig).name)
     server.stopping.set()
-    server.wake.set()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 Ranges = tuple[tuple[int, int], ...]
 """Normalised chunk ranges: sorted, disjoint, non-adjacent ``(start, count)``."""
@@ -138,6 +139,7 @@ class ReadGranted:
     lock_id: Hashable
     ranges: Ranges
     expiry: float | None
+    payload: Any = field(default=None, compare=False)  # what acquire_read was given
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,7 @@ class WriteReady:
 
     client: Hashable
     write_id: Hashable
+    payload: Any = field(default=None, compare=False)  # what wait_write was given
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,24 +254,25 @@ class _Lock:
 class _Write:
     """A waiting origin write (invariant 2 describes ``blocked``)."""
 
-    __slots__ = ("client", "write_id", "chunks", "seq", "blocked", "behind")
+    __slots__ = ("client", "write_id", "chunks", "seq", "blocked", "behind", "payload")
 
     def __init__(self, client: Hashable, write_id: Hashable, chunks: set[int],
-                 seq: int, blocked: int) -> None:
+                 seq: int, blocked: int, payload: Any = None) -> None:
         self.client, self.write_id, self.chunks, self.seq = client, write_id, chunks, seq
-        self.blocked = blocked
+        self.blocked, self.payload = blocked, payload
         self.behind: dict[_Read, None] = {}  # queued reads waiting on this write
 
 
 class _Read:
     """A queued read: granted when ``waiting_on`` becomes empty."""
 
-    __slots__ = ("client", "lock_id", "ranges", "chunks", "seq", "waiting_on")
+    __slots__ = ("client", "lock_id", "ranges", "chunks", "seq", "waiting_on", "payload")
 
     def __init__(self, client: Hashable, lock_id: Hashable, ranges: Ranges,
-                 chunks: set[int], seq: int, waiting_on: set[_Write]) -> None:
+                 chunks: set[int], seq: int, waiting_on: set[_Write], payload: Any = None
+                 ) -> None:
         self.client, self.lock_id, self.ranges, self.chunks = client, lock_id, ranges, chunks
-        self.seq, self.waiting_on = seq, waiting_on
+        self.seq, self.waiting_on, self.payload = seq, waiting_on, payload
 
 
 class _Client:
@@ -323,11 +327,13 @@ class LockTable:
     # ------------------------------------------------------------ reads
 
     def acquire_read(self, client: Hashable, lock_id: Hashable,
-                     ranges: Iterable[Sequence[int]], now: float) -> ReadGrant | QueuedRead:
+                     ranges: Iterable[Sequence[int]], now: float, payload: Any = None
+                     ) -> ReadGrant | QueuedRead:
         """Lock the chunks of a snapshot read, or queue it behind waiting writes.
 
-        Raises :class:`LockLimitExceeded`, :class:`DuplicateRequest` or
-        :class:`InvalidRanges`; nothing changes when it raises.
+        ``payload`` comes back in the :class:`ReadGranted` event of a queued read, so
+        the caller needs no table of its own. Raises :class:`LockLimitExceeded`,
+        :class:`DuplicateRequest` or :class:`InvalidRanges`; nothing changes when it raises.
         """
         self._tick(now)
         norm, total = normalize_ranges(ranges)
@@ -338,7 +344,7 @@ class LockTable:
         chunks = _chunk_set(norm)
         waiting_on = self._writes_on(chunks) if self._wwait else None
         if waiting_on:
-            return self._queue_read(client, lock_id, norm, chunks, waiting_on)
+            return self._queue_read(client, lock_id, norm, chunks, waiting_on, payload)
         lock = self._hold(client, lock_id, norm, chunks)
         return ReadGrant(client, lock_id, norm, lock.expiry)
 
@@ -374,11 +380,12 @@ class LockTable:
     # ----------------------------------------------------------- writes
 
     def wait_write(self, client: Hashable, write_id: Hashable,
-                   ranges: Iterable[Sequence[int]]) -> bool:
+                   ranges: Iterable[Sequence[int]], payload: Any = None) -> bool:
         """May this origin write proceed now?  False: it waits for a WriteReady.
 
-        Call it after the copy-out for the write is recorded.  O(number of
-        ranges) when no lock is held anywhere.
+        Call it after the copy-out for the write is recorded; ``payload`` comes back
+        in the :class:`WriteReady` event.  O(number of ranges) when no lock is held
+        anywhere.
         """
         norm, total = normalize_ranges(ranges)
         if not total or not self._readers:
@@ -390,7 +397,7 @@ class LockTable:
         if state is not None and write_id in state.writes:
             raise DuplicateRequest(f"write {write_id!r} of {client!r} is already waiting")
         self._check_queue(client, state, total)
-        self._register_write(client, write_id, _chunk_set(norm), blocked)
+        self._register_write(client, write_id, _chunk_set(norm), blocked, payload)
         return False
 
     # ---------------------------------------------------------- clients
@@ -458,6 +465,14 @@ class LockTable:
     def queued_reads(self) -> int:
         """Number of reads queued behind waiting writes."""
         return self._queued_reads
+
+    def pending(self) -> list[tuple[Hashable, Hashable, Any]]:
+        """Every waiting write and queued read as ``(client, id, payload)``."""
+        out: list[tuple[Hashable, Hashable, Any]] = []
+        for client, state in self._clients.items():
+            out += [(client, w.write_id, w.payload) for w in state.writes.values()]
+            out += [(client, r.lock_id, r.payload) for r in state.queued.values()]
+        return out
 
     def was_broken(self, client: Hashable, lock_id: Hashable) -> bool:
         """True if the lock was broken and not yet released (for error texts)."""
@@ -661,12 +676,12 @@ class LockTable:
     # ============================================ internals: queued reads
 
     def _queue_read(self, client: Hashable, lock_id: Hashable, norm: Ranges,
-                    chunks: set[int], waiting_on: set[_Write]) -> QueuedRead:
+                    chunks: set[int], waiting_on: set[_Write], payload: Any) -> QueuedRead:
         """Queue a read behind the writes waiting on its chunks."""
         self._check_queue(client, self._clients.get(client), 0)
         state = self._state(client)
         self._seq += 1
-        read = _Read(client, lock_id, norm, chunks, self._seq, waiting_on)
+        read = _Read(client, lock_id, norm, chunks, self._seq, waiting_on, payload)
         for write in waiting_on:
             write.behind[read] = None
         state.queued[lock_id] = read
@@ -696,15 +711,16 @@ class LockTable:
         state = self._clients[read.client]
         self._unqueue_read(state, read)
         lock = self._hold(read.client, read.lock_id, read.ranges, read.chunks)
-        events.append(ReadGranted(read.client, read.lock_id, read.ranges, lock.expiry))
+        events.append(ReadGranted(read.client, read.lock_id, read.ranges, lock.expiry,
+                                  read.payload))
 
     # =========================================== internals: waiting writes
 
     def _register_write(self, client: Hashable, write_id: Hashable, chunks: set[int],
-                        blocked: int) -> None:
+                        blocked: int, payload: Any) -> None:
         """Make a write wait, registered on all its chunks (invariant 3)."""
         self._seq += 1
-        write = _Write(client, write_id, chunks, self._seq, blocked)
+        write = _Write(client, write_id, chunks, self._seq, blocked, payload)
         wwait = self._wwait
         for chunk in chunks:
             waiting = wwait.get(chunk)
@@ -740,7 +756,7 @@ class LockTable:
             state = self._clients.get(write.client)
             if write.blocked or state is None or state.writes.get(write.write_id) is not write:
                 continue
-            events.append(WriteReady(write.client, write.write_id))
+            events.append(WriteReady(write.client, write.write_id, write.payload))
             self._unregister_write(state, write, events)
 
     # ==================================================== invariants

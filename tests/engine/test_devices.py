@@ -35,7 +35,7 @@ def make_engine(origin: MemoryDevice | None = None) -> Engine:
 
 def identify(eng: Engine, conn: int, volume: str = "origin") -> dict:
     eng.open_conn(conn, peer=f"test-{conn}")
-    eng.handle(conn, m.identify(1, 1000 + conn, volume), 0.0)
+    eng.handle_message(conn, m.identify(1, 1000 + conn, volume), 0.0)
     (_, reply), = eng.flush(0.0)
     assert reply["op"] == "IDENTIFY_OK", reply
     m.validate(reply)
@@ -44,10 +44,10 @@ def identify(eng: Engine, conn: int, volume: str = "origin") -> dict:
 
 def snapshot(eng: Engine, name: str) -> None:
     """Create a snapshot, acknowledging the advice on every origin connection."""
-    eng.handle(100, m.create_snapshot(7, name), 0.0)
+    eng.handle_message(100, m.create_snapshot(7, name), 0.0)
     out = eng.flush(0.0)
     for conn, adv in [(c, msg) for c, msg in out if msg["op"] == "ADVICE"]:
-        eng.handle(conn, m.ack_advice(50, adv["advice"]), 0.0)
+        eng.handle_message(conn, m.ack_advice(50, adv["advice"]), 0.0)
     assert (100, "OK") in [(c, msg["op"]) for c, msg in eng.flush(0.0)]
 
 
@@ -56,7 +56,7 @@ def crcs_of(dev: MemoryDevice, samples: list[list[int]]) -> list[int]:
 
 
 def answer(eng: Engine, conn: int, crcs: list[int], rid: int = 5) -> dict:
-    eng.handle(conn, m.verify_devices(rid, crcs), 0.0)
+    eng.handle_message(conn, m.verify_devices(rid, crcs), 0.0)
     (_, reply), = eng.flush(0.0)
     m.validate(reply)
     return reply
@@ -130,7 +130,7 @@ def test_a_sample_written_once_between_choice_and_check_still_matches():
 def test_bad_verify_requests_are_errors_and_the_engine_goes_on():
     eng = make_engine()
     eng.open_conn(1)
-    eng.handle(1, m.verify_devices(4, [1]), 0.0)
+    eng.handle_message(1, m.verify_devices(4, [1]), 0.0)
     (_, reply), = eng.flush(0.0)
     assert reply["code"] == ErrorCode.NOT_IDENTIFIED
     samples = identify(eng, 2)["devices"]["origin"]
@@ -167,9 +167,9 @@ def test_uuid_overwritten_in_place_stops_the_engine_and_fails_waiting_requests()
     identify(eng, 2)
     snapshot(eng, "s")
     identify(eng, 3, "s")
-    eng.handle(3, m.query_snapshot_read(8, [[5, 1]]), 0.0)  # read lock on chunk 5
+    eng.handle_message(3, m.query_snapshot_read(8, [[5, 1]]), 0.0)  # read lock on chunk 5
     assert eng.flush(0.0)[0][1]["op"] == "SNAPSHOT_READ_OK"
-    eng.handle(1, m.query_write(9, [[5, 1]]), 0.0)  # waits for the read lock
+    eng.handle_message(1, m.query_write(9, [[5, 1]]), 0.0)  # waits for the read lock
     assert eng.flush(0.0) == []
     dev = eng.store.dev
     dev.pwrite(fmt.SUPER_UUID_OFFSET, b"\xee" * 16)
@@ -183,7 +183,7 @@ def test_uuid_overwritten_in_place_stops_the_engine_and_fails_waiting_requests()
     assert [(c, msg["id"], msg["code"]) for c, msg in out] == [
         (1, 9, ErrorCode.SHUTTING_DOWN)]
     assert "not done: csnapd is stopping" in out[0][1]["message"]
-    eng.handle(2, m.query_write(10, [[7, 1]]), 2.0)
+    eng.handle_message(2, m.query_write(10, [[7, 1]]), 2.0)
     (_, refused), = eng.flush(2.0)
     assert refused["code"] == ErrorCode.SHUTTING_DOWN
     assert eng.background() is False
@@ -228,9 +228,9 @@ def test_origin_removed_or_resized_is_noticed(file_engine):
 def test_the_servers_own_commits_do_not_trip_the_watch(file_engine):
     eng, _, _ = file_engine
     eng.open_conn(1)
-    eng.handle(1, m.identify(1, 1001, "origin"), 0.0)
+    eng.handle_message(1, m.identify(1, 1001, "origin"), 0.0)
     eng.flush(0.0)
-    eng.handle(1, m.query_write(2, [[1, 3]]), 0.0)
+    eng.handle_message(1, m.query_write(2, [[1, 3]]), 0.0)
     eng.flush(0.0)
     for _ in range(3):
         eng.store._checkpoint()

@@ -6,6 +6,7 @@ import pytest
 
 from csnap_client.protocol import ErrorCode
 from csnap_client.protocol import messages as m
+from csnapd.engine import report
 from csnapd.engine.service import Engine
 from csnapd.store import create
 from csnapd.store.device import MemoryDevice
@@ -26,19 +27,19 @@ def engine():
 
 def connect(eng: Engine, conn: int, volume: str | int = "origin") -> dict:
     eng.open_conn(conn, peer=f"test-{conn}")
-    eng.handle(conn, m.identify(1, 1000 + conn, volume), 0.0)
+    eng.handle_message(conn, m.identify(1, 1000 + conn, volume), 0.0)
     (cid, reply), = eng.flush(0.0)
     assert cid == conn and reply["op"] == "IDENTIFY_OK", reply
     return reply
 
 
 def create_snapshot(eng: Engine, name: str, origin_conns: list[int]) -> None:
-    eng.handle(100, m.create_snapshot(7, name), 0.0)
+    eng.handle_message(100, m.create_snapshot(7, name), 0.0)
     out = eng.flush(0.0)
     advices = [(c, msg) for c, msg in out if msg["op"] == "ADVICE"]
     assert sorted(c for c, _ in advices) == sorted(origin_conns)
     for conn, adv in advices:
-        eng.handle(conn, m.ack_advice(50, adv["advice"]), 0.0)
+        eng.handle_message(conn, m.ack_advice(50, adv["advice"]), 0.0)
     out = eng.flush(0.0)
     assert (100, "OK") in [(c, msg["op"]) for c, msg in out], out
 
@@ -49,7 +50,7 @@ def test_group_commit_one_journal_transaction_per_batch(engine):
     create_snapshot(engine, "s", [1, 2, 3])
     commits = engine.store.stats["commits"]
     for conn in (1, 2, 3):
-        engine.handle(conn, m.query_write(9, [[conn * 10, 5]]), 0.0)
+        engine.handle_message(conn, m.query_write(9, [[conn * 10, 5]]), 0.0)
     out = engine.flush(0.0)
     assert sorted((c, msg["op"]) for c, msg in out) == [(1, "WRITE_OK"), (2, "WRITE_OK"),
                                                         (3, "WRITE_OK")]
@@ -59,7 +60,7 @@ def test_group_commit_one_journal_transaction_per_batch(engine):
 def test_replies_wait_for_the_commit(engine, monkeypatch):
     connect(engine, 1)
     create_snapshot(engine, "s", [1])
-    engine.handle(1, m.query_write(9, [[0, 1]]), 0.0)
+    engine.handle_message(1, m.query_write(9, [[0, 1]]), 0.0)
     calls = []
     monkeypatch.setattr(engine.store, "commit", lambda: calls.append("commit"))
     out = engine.flush(0.0)
@@ -69,7 +70,7 @@ def test_replies_wait_for_the_commit(engine, monkeypatch):
 def test_failed_commit_turns_done_into_errors(engine, monkeypatch):
     connect(engine, 1)
     create_snapshot(engine, "s", [1])
-    engine.handle(1, m.query_write(9, [[0, 1]]), 0.0)
+    engine.handle_message(1, m.query_write(9, [[0, 1]]), 0.0)
 
     def broken() -> None:
         raise OSError(5, "Input/output error")
@@ -83,16 +84,16 @@ def write_blocked_by_reader(engine: Engine) -> None:
     connect(engine, 1)
     create_snapshot(engine, "s", [1])
     connect(engine, 2, "s")
-    engine.handle(2, m.query_snapshot_read(5, [[0, 8]]), 0.0)
+    engine.handle_message(2, m.query_snapshot_read(5, [[0, 8]]), 0.0)
     (_, read), = engine.flush(0.0)
     assert read["origin"] == [[0, 8]]
-    engine.handle(1, m.query_write(6, [[4, 1]]), 0.0)
+    engine.handle_message(1, m.query_write(6, [[4, 1]]), 0.0)
     assert engine.flush(0.0) == []
 
 
 def test_origin_write_waits_for_read_lock_and_release_wakes_it(engine):
     write_blocked_by_reader(engine)
-    engine.handle(2, m.finish_snapshot_read(7, 5), 0.0)
+    engine.handle_message(2, m.finish_snapshot_read(7, 5), 0.0)
     out = sorted((c, msg["op"]) for c, msg in engine.flush(0.0))
     assert out == [(1, "WRITE_OK"), (2, "FINISH_OK")]
 
@@ -107,7 +108,7 @@ def test_lease_expiry_breaks_lock_and_release_says_invalid(engine):
     write_blocked_by_reader(engine)
     engine.tick(10.0)
     assert [msg["op"] for _, msg in engine.flush(10.0)] == ["WRITE_OK"]
-    engine.handle(2, m.finish_snapshot_read(7, 5), 10.0)
+    engine.handle_message(2, m.finish_snapshot_read(7, 5), 10.0)
     (_, fin), = engine.flush(10.0)
     assert fin["valid"] is False
 
@@ -115,12 +116,12 @@ def test_lease_expiry_breaks_lock_and_release_says_invalid(engine):
 def test_new_snapshot_holds_origin_writes_until_acknowledged(engine):
     connect(engine, 1)
     connect(engine, 2)
-    engine.handle(100, m.create_snapshot(7, "x"), 0.0)
+    engine.handle_message(100, m.create_snapshot(7, "x"), 0.0)
     advices = [(c, msg) for c, msg in engine.flush(0.0) if msg["op"] == "ADVICE"]
-    engine.handle(1, m.query_write(9, [[0, 1]]), 0.0)
+    engine.handle_message(1, m.query_write(9, [[0, 1]]), 0.0)
     assert [msg["op"] for _, msg in engine.flush(0.0)] == []  # held
     for conn, adv in advices:
-        engine.handle(conn, m.ack_advice(50, adv["advice"]), 0.0)
+        engine.handle_message(conn, m.ack_advice(50, adv["advice"]), 0.0)
     ops = sorted((c, msg["op"]) for c, msg in engine.flush(0.0))
     assert (100, "OK") in ops and (1, "WRITE_OK") in ops
     assert engine.store.stats["copyouts"] == 1  # the held write copied out for "x"
@@ -128,7 +129,7 @@ def test_new_snapshot_holds_origin_writes_until_acknowledged(engine):
 
 def test_unanswered_advice_disconnects_after_twice_the_lease(engine):
     connect(engine, 1)
-    engine.handle(100, m.create_snapshot(7, "x"), 0.0)
+    engine.handle_message(100, m.create_snapshot(7, "x"), 0.0)
     engine.flush(0.0)
     engine.tick(1.5)
     assert engine.flush(1.5) == []
@@ -139,11 +140,11 @@ def test_unanswered_advice_disconnects_after_twice_the_lease(engine):
 
 def test_bad_requests(engine):
     engine.open_conn(1)
-    engine.handle(1, m.query_write(3, [[0, 1]]), 0.0)
-    engine.handle(1, m.identify(4, 1, "nope"), 0.0)
+    engine.handle_message(1, m.query_write(3, [[0, 1]]), 0.0)
+    engine.handle_message(1, m.identify(4, 1, "nope"), 0.0)
     out = engine.flush(0.0)
     connect(engine, 2)
-    engine.handle(2, m.query_write(5, [[10**6, 1]]), 0.0)
+    engine.handle_message(2, m.query_write(5, [[10**6, 1]]), 0.0)
     codes = {msg["id"]: msg["code"] for _, msg in out + engine.flush(0.0)}
     assert codes == {3: ErrorCode.NOT_IDENTIFIED, 4: ErrorCode.UNKNOWN_SNAPSHOT,
                      5: ErrorCode.OUT_OF_RANGE}
@@ -151,8 +152,8 @@ def test_bad_requests(engine):
 
 def test_unprivileged_control_connection(engine):
     engine.open_conn(101, control=True, privileged=False)
-    engine.handle(101, m.shutdown(1), 0.0)
-    engine.handle(101, m.list_snapshots(2), 0.0)
+    engine.handle_message(101, m.shutdown(1), 0.0)
+    engine.handle_message(101, m.list_snapshots(2), 0.0)
     out = {msg["id"]: msg for _, msg in engine.flush(0.0)}
     assert out[1]["code"] == ErrorCode.PERMISSION_DENIED and out[2]["op"] == "OK"
     assert not engine.shutdown_requested
@@ -161,9 +162,9 @@ def test_unprivileged_control_connection(engine):
 def test_usage_of_a_large_store_is_counted_in_the_background(engine, monkeypatch):
     connect(engine, 1)
     create_snapshot(engine, "s", [1])
-    engine.handle(1, m.query_write(9, [[0, 500]]), 0.0)
+    engine.handle_message(1, m.query_write(9, [[0, 500]]), 0.0)
     engine.flush(0.0)
-    monkeypatch.setattr(Engine, "SYNC_USAGE_LIMIT", 10)
+    monkeypatch.setattr(report, "SYNC_USAGE_LIMIT", 10)
     first = engine.status()
     assert first["snapshots"][0]["unique"] == 0 and first["usage_age_s"] is None
     steps = 0
@@ -180,12 +181,12 @@ def test_read_lock_limits(engine, monkeypatch):
     connect(engine, 2, "s")
     monkeypatch.setattr(Engine, "MAX_READ_LOCKS", 3)
     for rid in range(10, 14):
-        engine.handle(2, m.query_snapshot_read(rid, [[rid, 1]]), 0.0)
+        engine.handle_message(2, m.query_snapshot_read(rid, [[rid, 1]]), 0.0)
     out = {msg["id"]: msg for _, msg in engine.flush(0.0)}
     assert [out[r]["op"] for r in range(10, 13)] == ["SNAPSHOT_READ_OK"] * 3
     assert out[13]["code"] == ErrorCode.LIMIT_EXCEEDED
     monkeypatch.setattr(Engine, "MAX_TOTAL_LOCKED", 5)
-    engine.handle(2, m.finish_snapshot_read(20, 10), 0.0)
-    engine.handle(2, m.query_snapshot_read(21, [[100, 8]]), 0.0)
+    engine.handle_message(2, m.finish_snapshot_read(20, 10), 0.0)
+    engine.handle_message(2, m.query_snapshot_read(21, [[100, 8]]), 0.0)
     out = {msg["id"]: msg for _, msg in engine.flush(0.0)}
     assert out[21]["code"] == ErrorCode.BUSY

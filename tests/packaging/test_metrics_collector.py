@@ -44,7 +44,7 @@ def engine(tmp_path: Path):
 
 
 def call(engine: Engine, conn: int, msg: dict, now: float = 1.0) -> list[dict]:
-    engine.handle(conn, msg, now)
+    engine.handle_message(conn, msg, now)
     return [reply for c, reply in engine.flush(now) if c == conn]
 
 
