@@ -10,14 +10,27 @@ Reads the store and the engine's tables; changes nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from csnapd.store import format as fmt
 from csnapd.store.btree import KEY_LIMIT
+from csnapd.store.store import Store
 from csnapd.store.walk import add_leaf_usage, snapshot_usage
 
-if TYPE_CHECKING:
-    from .service import Engine
+from .advice import AdviceFlow
+from .conns import Conns
+from .locks import LockTable
+
+
+class EngineState(Protocol):
+    """What the reporter reads of the engine (the engine module imports this one)."""
+
+    store: Store
+    locks: LockTable
+    conns: Conns
+    advice: AdviceFlow
+    counters: dict[str, int]
+    now: float
 
 #: Up to this many exceptions, status counts usage on the spot; above, in the background.
 SYNC_USAGE_LIMIT = 100_000
@@ -33,7 +46,7 @@ def snap_dict(e: fmt.SnapEntry) -> dict[str, Any]:
 class Reporter:
     """Status and listings for one engine, with the background usage scan's state."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineState) -> None:
         self.engine = engine
         self.usage: dict[int, dict[str, int]] = {}
         self.usage_at: float | None = None
