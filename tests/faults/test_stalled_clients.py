@@ -14,7 +14,7 @@ from csnap_client.protocol import ErrorCode
 from csnap_client.protocol import messages as m
 from csnap_soak import stall
 
-from ..integration.conftest import BIN, make_server, read_snapshot_chunk, run_tool
+from ..integration.conftest import BIN, make_server, run_tool, snapshot_chunk
 from ..integration.test_server import _create
 
 
@@ -23,14 +23,6 @@ def _write_origin(handle, chunk: int, data: bytes) -> None:
         f.seek(chunk * handle.chunk_size)
         f.write(data)
         os.fsync(f.fileno())
-
-
-def _snap_chunk(handle, name: str, chunk: int) -> bytes:
-    snap = handle.client(name)
-    try:
-        return read_snapshot_chunk(handle, snap, chunk)
-    finally:
-        snap.close()
 
 
 def test_cut_off_client_writing_on_a_stale_approval_cannot_reach_the_snapshot(tmp_path):
@@ -43,10 +35,10 @@ def test_cut_off_client_writing_on_a_stale_approval_cannot_reach_the_snapshot(tm
     assert stale.call(m.query_write(0, [[3, 2]]))["op"] == "WRITE_OK"  # approved; never acks
     reply = handle.ctl(m.create_snapshot(1, "taken"))
     assert reply["op"] == "OK"
-    before = _snap_chunk(handle, "taken", 3)
+    before = snapshot_chunk(handle, "taken", 3)
     assert before == b"O" * cs
     _write_origin(handle, 3, b"L" * cs)  # the stalled client resumes and writes
-    assert _snap_chunk(handle, "taken", 3) == before
+    assert snapshot_chunk(handle, "taken", 3) == before
     assert handle.stop() == 0
 
 

@@ -181,6 +181,15 @@ def read_snapshot_chunk(handle: ServerHandle, client: RawClient, chunk: int) -> 
     return data
 
 
+def snapshot_chunk(handle: ServerHandle, name: str, chunk: int) -> bytes:
+    """One chunk of snapshot ``name``, read on a connection of its own."""
+    snap = handle.client(name)
+    try:
+        return read_snapshot_chunk(handle, snap, chunk)
+    finally:
+        snap.close()
+
+
 #: Every server made by make_server; tests/conftest.py kills those a test left running.
 STARTED: list[ServerHandle] = []
 

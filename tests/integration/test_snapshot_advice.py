@@ -12,7 +12,7 @@ import pytest
 
 from csnap_client.protocol import messages as m
 
-from .conftest import BIN, make_server, read_snapshot_chunk
+from .conftest import BIN, make_server, snapshot_chunk
 
 WRITER = textwrap.dedent("""
     import asyncio, sys, time
@@ -31,14 +31,6 @@ WRITER = textwrap.dedent("""
 
     asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])))
 """)
-
-
-def _snapshot_chunk(handle, name: str, chunk: int) -> bytes:
-    snap = handle.client(name)
-    try:
-        return read_snapshot_chunk(handle, snap, chunk)
-    finally:
-        snap.close()
 
 
 def test_slow_origin_client_finishes_approved_writes_before_the_snapshot(server):
@@ -63,7 +55,7 @@ def test_slow_origin_client_finishes_approved_writes_before_the_snapshot(server)
     with open(server.origin, "r+b") as f:
         f.seek(3 * cs)
         f.write(b"L" * cs)
-    assert _snapshot_chunk(server, "after-slow", 3) == b"S" * cs
+    assert snapshot_chunk(server, "after-slow", 3) == b"S" * cs
 
 
 def test_client_that_stops_answering_cannot_leak_writes_into_a_snapshot(tmp_path):
@@ -86,7 +78,7 @@ def test_client_that_stops_answering_cannot_leak_writes_into_a_snapshot(tmp_path
         for _ in range(3):  # it recovers: lease lost -> reconnect -> ask again
             later = int(proc.stdout.readline().split()[1])
         assert later > last
-        snap = _snapshot_chunk(handle, "frozen", 0)
+        snap = snapshot_chunk(handle, "frozen", 0)
         assert snap == last.to_bytes(4, "big") * (cs // 4), int.from_bytes(snap[:4], "big")
         with open(handle.origin, "rb") as f:
             assert int.from_bytes(f.read(4), "big") >= later
