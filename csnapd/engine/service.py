@@ -662,7 +662,7 @@ class Engine:
         out, self._now_out = self._now_out, []
         done, self._after_commit = self._after_commit, []
         try:
-            if done or self.store.cache.dirty or self.store.sbs.dirty:
+            if done or self.store.has_changes():
                 self.store.commit()
         except (se.StoreError, OSError) as exc:
             # nothing in this batch is durable: every "done" becomes an error
