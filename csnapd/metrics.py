@@ -227,13 +227,14 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 def instrument_store(store: Store, metrics: RequestMetrics) -> None:
     """Time every flush of ``store``'s device and count operations per commit.
 
-    Wraps the two bound methods on this store object only (the store module
-    stays free of any metrics import): ``store.dev.flush`` feeds
-    ``observe_fsync``; ``store.commit`` feeds ``observe_commit`` with the
-    operations each real commit made durable.
+    Wraps bound methods on this store object only (the store module stays free of
+    any metrics import): ``store.dev.flush`` feeds ``observe_fsync``;
+    ``store.sealed_done`` (every transaction that became durable, whether written by
+    the server's pipeline or by ``commit()``) feeds ``observe_commit`` with the
+    operations it made durable.
     """
     dev_flush = store.dev.flush
-    commit = store.commit
+    sealed_done = store.sealed_done
 
     @functools.wraps(dev_flush)
     def timed_flush() -> None:
@@ -243,16 +244,14 @@ def instrument_store(store: Store, metrics: RequestMetrics) -> None:
         finally:
             metrics.observe_fsync(time.perf_counter() - start)
 
-    @functools.wraps(commit)
-    def counted_commit() -> int:
-        commits, ops = store.stats["commits"], store.stats["ops_committed"]
-        seq = commit()
-        if store.stats["commits"] > commits:
-            metrics.observe_commit(store.stats["ops_committed"] - ops)
-        return seq
+    @functools.wraps(sealed_done)
+    def counted_done(sealed: Any) -> None:
+        ops = store.stats["ops_committed"]
+        sealed_done(sealed)
+        metrics.observe_commit(store.stats["ops_committed"] - ops)
 
     store.dev.flush = timed_flush  # type: ignore[method-assign]
-    store.commit = counted_commit  # type: ignore[method-assign]
+    store.sealed_done = counted_done  # type: ignore[method-assign]
 
 
 def make_registry(engine: Engine) -> tuple[CollectorRegistry, RequestMetrics]:

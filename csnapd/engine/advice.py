@@ -53,6 +53,7 @@ class Advice:
     tag: int | None = None
     priority: int = 0
     phase: Phase = Phase.AWAITING
+    ticket: int = 0  # store transaction of the change made when it began (delete)
 
 
 class AdviceFlow:

@@ -73,6 +73,10 @@ class Outcome:
     durable: list[Out] = field(default_factory=list)
     close: set[int] = field(default_factory=set)
     shutdown: bool = False
+    #: ``durable`` replies also wait for this store ticket: replies decided earlier (a
+    #: write that waited for read locks, a delete whose clients were advised) depend on
+    #: the transaction that held their change, whatever this batch did
+    ticket: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.now or self.durable or self.close or self.shutdown)
@@ -110,6 +114,7 @@ class Engine:
         self.revoke_until = 0.0  # a squashed snapshot's readers get one lease to notice
         self._now: list[Out] = []
         self._durable: list[Out] = []
+        self._ticket = 0
         self.closing: set[int] = set()
         self.shutdown_requested = False
         self._data: dict[str, Handler] = {
@@ -217,9 +222,15 @@ class Engine:
     # ================================================================== output
     def take(self) -> Outcome:
         """What to do now (see the module docstring); the engine forgets it."""
-        out = Outcome(self._now, self._durable, self.closing, self.shutdown_requested)
-        self._now, self._durable, self.closing = [], [], set()
+        out = Outcome(self._now, self._durable, self.closing, self.shutdown_requested,
+                      self._ticket)
+        self._now, self._durable, self.closing, self._ticket = [], [], set(), 0
         return out
+
+    def _later(self, conn_id: int, msg: dict[str, Any], ticket: int) -> None:
+        """A durable reply to something decided in an earlier batch, at ``ticket``."""
+        self._durable.append((conn_id, msg))
+        self._ticket = max(self._ticket, ticket)
 
     def commit_failed(self, replies: list[Out], exc: BaseException) -> list[Out]:
         """A sealed commit failed: nothing in it is durable; every "done" becomes an error."""
@@ -235,7 +246,7 @@ class Engine:
         out = self.take()
         self.closing |= out.close
         try:
-            if out.durable or self.store.cache.dirty or self.store.sbs.dirty:
+            if out.durable or self.store.has_changes():
                 self.store.commit()
         except (se.StoreError, OSError) as exc:
             return out.now + self.commit_failed(out.durable, exc)
@@ -370,7 +381,8 @@ class Engine:
         # is durable with the copy-out's commit, and a snapshot created later copies
         # these chunks out unless the client lets go first.
         self.store.grants.add_origin(conn.client_id, req.ranges)
-        if self.locks.wait_write(conn.client_id, req.id, req.ranges, req):
+        if self.locks.wait_write(conn.client_id, req.id, req.ranges,
+                                 (req, self.store.open_ticket)):
             self._durable.append((conn.id, m.write_ok(req.id)))
 
     def _make_room(self, exc: se.StoreFullError, now: float) -> bool:
@@ -458,12 +470,13 @@ class Engine:
                 conn = self.conns.of_client(ev.client)
                 if conn is None or ev.payload is None:
                     continue
+                req, ticket = ev.payload
                 if self.advice.creating:
                     # approving it now would let it write a chunk the new snapshot
                     # shares: decide again once the snapshot exists
-                    self.advice.hold(conn.id, ev.payload)
-                else:
-                    self._durable.append((conn.id, m.write_ok(ev.write_id)))
+                    self.advice.hold(conn.id, req)
+                else:  # its copy-out was in the transaction of that ticket
+                    self._later(conn.id, m.write_ok(ev.write_id), ticket)
             elif isinstance(ev, lk.ReadGranted):
                 self._granted(ev)
             elif isinstance(ev, lk.LockBroken):
@@ -549,7 +562,7 @@ class Engine:
         self.revoked = False
         return Advice(self.advice.new_id(), DELETE_SNAPSHOT, entry.name, (conn_id, req.id),
                       now + self.advice_timeout, set(self.conns.of_slot(entry.slot)),
-                      entry=entry)
+                      entry=entry, ticket=self.store.open_ticket)
 
     def _advance(self, now: float) -> None:
         """Complete the current advice if nobody is awaited any more, then start the next."""
@@ -569,7 +582,7 @@ class Engine:
                 self.handle(held_conn, req, now)
         else:
             self.revoked = True
-            self._durable.append((conn_id, m.ok(rid, {"deleted": adv.name})))
+            self._later(conn_id, m.ok(rid, {"deleted": adv.name}), adv.ticket)
             log.info("deleted snapshot %s; freeing its chunks in the background", adv.name)
         self._next_advice(now)
 

@@ -1,15 +1,15 @@
-"""Making the engine's changes durable on the store thread, and releasing the replies after.
+"""Making the engine's changes durable on the store thread while the loop goes on.
 
-Replies that say "done" (or reveal a store address) wait here until every change made
-before them is durable. One commit runs on the store thread at a time; whatever the
-engine changes and queues while it runs goes into the next one, so clients share fsyncs
-without anyone waiting on purpose (group commit).
+The store changes only memory (on the event loop). Here its changes are **sealed** on
+the loop (frozen: later changes go to the next transaction) and the sealed transaction
+is written on the store thread; meanwhile the loop keeps answering requests and
+changing the store. One write (a sealed transaction or a checkpoint) is in flight at a
+time; everything changed while it runs goes into the next seal, so clients share
+fsyncs without anyone waiting on purpose (group commit).
 
-While a commit runs, the engine must not change the store: the commit encodes and writes
-the store's dirty state from the worker thread. ``engine_may_run`` says so; the I/O layer
-keeps received requests in their sessions until the commit is done. (A store that can
-seal its dirty state, so that the loop goes on changing it during the write, lifts that
-restriction; see docs/architecture.md.)
+Replies that say "done" or reveal a store address wait here for the transaction they
+depend on (the store's ticket, from ``take_dependency()``); replies that depend on
+nothing undurable go at once.
 
 asyncio only here and in ``server.py``.
 """
@@ -24,62 +24,100 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from csnapd.engine.service import Engine, Out
+from csnapd.store.seal import Checkpoint, Sealed
 
 log = logging.getLogger("csnapd.net")
 
 
 class Committer:
-    """The one commit in flight and the replies waiting for the next."""
+    """The write in flight, and the replies waiting for durable tickets."""
 
     def __init__(self, engine: Engine, executor: ThreadPoolExecutor,
-                 deliver: Callable[[list[Out]], None], resumed: Callable[[], None]) -> None:
+                 deliver: Callable[[list[Out]], None]) -> None:
         self.engine, self.store = engine, engine.store
         self.executor = executor
         self.deliver = deliver  # sends replies (on the loop)
-        self.resumed = resumed  # the engine may run again: feed it what waited
-        self.waiting: list[Out] = []  # replies for the next commit
-        self.inflight: list[Out] | None = None  # replies of the commit running now
+        self.waiting: list[tuple[int, list[Out]]] = []  # (ticket, replies), tickets ascending
+        self.writing: Sealed | Checkpoint | None = None
         self.commits = 0
-        self.last_commit_s = 0.0
-
-    @property
-    def engine_may_run(self) -> bool:
-        return self.inflight is None
+        self.checkpoints = 0
 
     @property
     def idle(self) -> bool:
-        return self.inflight is None and not self.waiting and not self._dirty()
+        """Nothing in flight, nothing waiting, nothing changed."""
+        return self.writing is None and not self.waiting and not self.store.has_changes()
 
-    def submit(self, replies: list[Out]) -> None:
-        """``replies`` may go once everything changed so far is durable."""
-        self.waiting.extend(replies)
+    def submit(self, replies: list[Out], also: int = 0) -> None:
+        """``replies`` (from the operations since the last call, and depending on ticket
+        ``also`` too) go once they may."""
+        ticket = max(self.store.take_dependency(), also)
+        if ticket <= self.store.durable_ticket:
+            ticket = 0
+        if replies:
+            if ticket == 0:
+                self.deliver(replies)
+            elif self.waiting and self.waiting[-1][0] == ticket:
+                self.waiting[-1][1].extend(replies)
+            else:
+                self.waiting.append((ticket, replies))
         self.kick()
 
     def kick(self) -> None:
-        """Start a commit if one is needed and none runs; release replies needing none."""
-        if self.inflight is not None:
+        """Start the next write if none runs and there is something to write."""
+        if self.writing is not None or self.store.failed:
+            if self.store.failed and self.writing is None:
+                self._fail_waiting(RuntimeError(self.store.failed))
             return
-        if not self._dirty():
-            if self.waiting:
-                replies, self.waiting = self.waiting, []
-                self.deliver(replies)
-            return
-        self.inflight, self.waiting = self.waiting, []
-        started = time.monotonic()
-        fut = asyncio.get_running_loop().run_in_executor(self.executor, self.store.commit)
-        fut.add_done_callback(lambda f: self._done(f, started))
-
-    def _dirty(self) -> bool:
         store = self.store
-        return bool(store.cache.dirty or store.sbs.dirty or store.copier.pending)
+        try:
+            if store.wants_checkpoint() or (store.has_changes() and not store.can_seal()):
+                work: Sealed | Checkpoint | None = store.seal_checkpoint()
+            else:
+                work = store.seal()
+        except Exception as exc:  # noqa: BLE001 - the store failed: answer, don't crash
+            log.error("cannot seal the store's changes: %s", exc)
+            self._fail_waiting(exc)
+            return
+        if work is None:
+            return
+        self.writing = work
+        started = time.monotonic()
+        fut = asyncio.get_running_loop().run_in_executor(self.executor, work.write)
+        fut.add_done_callback(lambda f: self._done(work, f, started))
 
-    def _done(self, fut: asyncio.Future[Any], started: float) -> None:
-        replies, self.inflight = self.inflight or [], None
-        self.last_commit_s = time.monotonic() - started
-        self.commits += 1
+    def _done(self, work: Sealed | Checkpoint, fut: asyncio.Future[Any], started: float) -> None:
+        self.writing = None
         exc = fut.exception()
+        store = self.store
+        if isinstance(work, Checkpoint):
+            if exc is None:
+                store.checkpoint_done(work)
+                self.checkpoints += 1
+            else:
+                store.checkpoint_failed(work, exc)
+        elif exc is None:
+            store.sealed_done(work)
+            self.commits += 1
+        else:
+            store.sealed_failed(work, exc)
         if exc is not None:
-            replies = self.engine.commit_failed(replies, exc)
-        self.deliver(replies)
-        self.resumed()
+            self._fail_waiting(exc)
+        else:
+            self._release()
         self.kick()
+
+    def _release(self) -> None:
+        """Send the replies whose ticket is durable now."""
+        durable = self.store.durable_ticket
+        out: list[Out] = []
+        while self.waiting and self.waiting[0][0] <= durable:
+            out.extend(self.waiting.pop(0)[1])
+        if out:
+            self.deliver(out)
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        """Nothing not yet durable will be: every waiting "done" becomes an error."""
+        waiting, self.waiting = self.waiting, []
+        replies = [r for _, rs in waiting for r in rs]
+        if replies:
+            self.deliver(self.engine.commit_failed(replies, exc))

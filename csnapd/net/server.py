@@ -102,7 +102,6 @@ class Connection(asyncio.Protocol):
         self.started.clear()
         srv = self.server
         if srv.conns.pop(self.id, None) is not None:
-            srv.stalled.discard(self)
             srv.dirty.discard(self)
             srv.engine.close_conn(self.id, time.monotonic())
             srv.schedule()
@@ -187,12 +186,11 @@ class Server:
         self.ids = itertools.count(1)
         self.conns: dict[int, Connection] = {}
         self.dirty: set[Connection] = set()  # connections with bytes to write
-        self.stalled: set[Connection] = set()  # requests waiting while a commit runs
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.listeners: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
         self.loop = asyncio.get_event_loop()
-        self.committer = Committer(engine, self.worker, self.deliver, self._resume)
+        self.committer = Committer(engine, self.worker, self.deliver)
         self._scheduled = False
         self._background_more = False
         self._ticker: asyncio.TimerHandle | None = None
@@ -222,10 +220,7 @@ class Server:
 
     # -- the request path --------------------------------------------------------------
     def pump(self, conn: Connection) -> None:
-        """Feed a connection's ready requests to the engine (unless a commit runs)."""
-        if not self.committer.engine_may_run:
-            self.stalled.add(conn)
-            return
+        """Feed a connection's ready requests to the engine."""
         session, engine, metrics = conn.session, self.engine, self.metrics
         now = time.monotonic()
         while True:
@@ -243,13 +238,6 @@ class Server:
                 self.collect()  # its reply un-pauses the session: deliver it now
         self.dirty.add(conn)
         self.schedule()
-
-    def _resume(self) -> None:
-        """A commit finished: feed the engine what arrived meanwhile."""
-        stalled, self.stalled = self.stalled, set()
-        for conn in stalled:
-            if conn.open and conn.id in self.conns:
-                self.pump(conn)
 
     def schedule(self) -> None:
         """Run the end of this loop iteration (outcome, one write per connection) once."""
@@ -272,7 +260,7 @@ class Server:
         out: Outcome = self.engine.take()
         if out.now:
             self.deliver(out.now)
-        self.committer.submit(out.durable)
+        self.committer.submit(out.durable, out.ticket)
         for conn_id in out.close:
             conn = self.conns.get(conn_id)
             if conn is not None:
@@ -295,15 +283,13 @@ class Server:
     # -- time and background ----------------------------------------------------------
     def _tick(self) -> None:
         self._ticker = self.loop.call_later(TICK, self._tick)
-        if self.committer.engine_may_run:
-            self.engine.tick(time.monotonic())
-            self.schedule()
-            self.loop.call_soon(self._background)
+        self.engine.tick(time.monotonic())
+        self.schedule()
+        self.loop.call_soon(self._background)
 
     def _background(self) -> None:
         """A slice of background work, only when nothing else waits for the engine."""
-        if not self.committer.engine_may_run or self.stalled or self.stopping.is_set():
-            self._background_more = True
+        if self.stopping.is_set():
             return
         self.engine.now = time.monotonic()
         self._background_more = self.engine.background()
@@ -314,7 +300,7 @@ class Server:
         self._ticker = self.loop.call_later(TICK, self._tick)
         try:
             await self.stopping.wait()
-            while not (self.committer.idle and not self.stalled):
+            while not self.committer.idle:
                 await asyncio.sleep(0.01)
                 self.collect()
                 self.committer.kick()

@@ -13,7 +13,8 @@ Invariants:
   * A freed chunk is quarantined until a checkpoint has made the freeing
     transaction, and every home write before it, durable: until then a crash
     could resurrect the old owner (the data or a journal image replayed over
-    it), so the chunk must not receive new data.
+    it), so the chunk must not receive new data.  A checkpoint releases only
+    the chunks freed by transactions that were durable when it was captured.
   * Allocation never fails with an exception: it returns None when nothing is
     free, and the store turns that into StoreFullError.
 """
@@ -39,8 +40,9 @@ class Allocator:
         f = sbs.f
         self.k = f.chunk_size // f.block_size
         self.bpb = fmt.bitmap_bits_per_block(f.block_size)
-        self.freed_now: set[int] = set()  # freed by the running transaction
-        self.freed_committed: set[int] = set()  # freed by committed, un-checkpointed ones
+        self.freed_now: set[int] = set()  # freed by the open transaction
+        self.freed_sealed: set[int] = set()  # freed by sealed transactions not durable yet
+        self.freed_committed: set[int] = set()  # freed by durable, un-checkpointed ones
         self.partial_meta: set[int] = set()
 
     # -- bit access -------------------------------------------------------
@@ -84,7 +86,11 @@ class Allocator:
     # -- chunks -----------------------------------------------------------
     @property
     def quarantined(self) -> int:
-        return len(self.freed_now) + len(self.freed_committed)
+        return len(self.freed_now) + len(self.freed_sealed) + len(self.freed_committed)
+
+    def _quarantined(self, chunk: int) -> bool:
+        return chunk in self.freed_now or chunk in self.freed_sealed \
+            or chunk in self.freed_committed
 
     @property
     def available(self) -> int:
@@ -124,7 +130,7 @@ class Allocator:
                         continue
                     if chunk >= hi:
                         return None
-                    if chunk in self.freed_now or chunk in self.freed_committed:
+                    if self._quarantined(chunk):
                         continue
                     return chunk
                 m = _NOT_FULL.search(blk.bits, byte + 1)
@@ -145,17 +151,29 @@ class Allocator:
         self.freed_now.add(chunk)
         self.sbs.touch()
 
-    def transaction_committed(self) -> None:
-        self.freed_committed |= self.freed_now
-        self.freed_now = set()
+    def take_freed(self) -> set[int]:
+        """The open transaction is sealed: its frees stay quarantined with it."""
+        freed, self.freed_now = self.freed_now, set()
+        self.freed_sealed |= freed
+        return freed
 
-    def checkpointed(self) -> None:
+    def committed(self, freed: set[int]) -> None:
+        """The sealed transaction that freed ``freed`` is durable."""
+        self.freed_sealed -= freed
+        self.freed_committed |= freed
+
+    def capture_release(self) -> set[int]:
+        """The chunks a checkpoint captured now may release once it is durable."""
+        return set(self.freed_committed)
+
+    def checkpointed(self, released: set[int]) -> None:
         """Chunks freed by checkpointed transactions may be reused."""
-        self.freed_committed = set()
+        self.freed_committed -= released
 
     def abandon(self) -> None:
-        """Forget uncommitted frees (after a failed commit the store reloads)."""
+        """Forget frees that are not durable (after a failure nothing more is written)."""
         self.freed_now = set()
+        self.freed_sealed = set()
 
     # -- metadata blocks --------------------------------------------------
     def alloc_block(self) -> int | None:

@@ -4,21 +4,36 @@ Every metadata block the store touches comes through here.  A block read from
 disk is verified (checksum salted by kind, self address, store id, structure)
 and decoded once; the decoded object stays cached until evicted.
 
+The cache belongs to the thread that runs metadata operations (the event-loop
+thread of csnapd).  A worker thread writing a sealed transaction or a
+checkpoint never touches it: it works on the bytes sealed into those objects.
+
 Block states:
   clean       cached, identical to the newest committed image
-  dirty       changed by the running transaction; never evicted, never
-              written anywhere but the journal
-  pending     a committed image (bytes) not yet written to its home
-              location; kept in ``pending_home`` until the next checkpoint,
-              and served to readers in preference to the (older) home copy
+  dirty       changed by the open (unsealed) transaction; never evicted,
+              never written anywhere but the journal
+  sealed      sealed into a transaction that is not durable yet; pinned in
+              memory (its newest state exists nowhere else) until that
+              transaction is done
+  pending     a committed image (bytes) not yet written to its home; kept in
+              ``pending_home`` until a checkpoint captures it, and served to
+              readers in preference to the (older) home copy
+  homing      an image a checkpoint in flight is writing home; served from
+              the checkpoint's own map until it is done
+
+Tickets: every transaction has a ticket (store/pipeline.py); ``stamps`` maps
+a block to the ticket of the transaction holding its newest change, until
+that one is durable.  ``depend`` lets a read record that its answer relies on
+that change.
 
 Invariants:
-  * A dirty block's home location is never written before the transaction
-    holding it is durable in the journal.
+  * A dirty or sealed block's home location is never written before the
+    transaction holding it is durable in the journal.
   * Eviction only happens in ``trim()``, which the store calls between
     operation steps, so no caller ever holds a stale twin of a cached block.
   * Home writes pass the overlap check: the target must be marked as a
-    metadata block in the metadata bitmap.
+    metadata block in the metadata bitmap (checked when a checkpoint is
+    captured, on the owning thread).
 """
 
 from __future__ import annotations
@@ -47,9 +62,20 @@ class BlockCache:
         self.used = 0
         self.dirty: dict[int, Any] = {}
         self.pending_home: dict[int, bytes] = {}
-        #: committed images of blocks freed by the running (uncommitted)
-        #: transaction: the committed tree still uses them until it commits
+        #: images a checkpoint in flight is writing home (read-only here)
+        self.homing: dict[int, bytes] = {}
+        #: committed images of blocks that a transaction not yet durable frees:
+        #: the committed tree still uses them, so a checkpoint must write them
         self.freed_pending: dict[int, bytes] = {}
+        #: block -> ticket of the newest transaction that frees it
+        self.freed_at: dict[int, int] = {}
+        self._freed_now: list[int] = []  # freed by the open transaction
+        #: block -> ticket of the transaction holding its newest change (not durable)
+        self.stamps: dict[int, int] = {}
+        self._pinned: dict[int, int] = {}  # sealed, not durable: block -> ticket
+        self.ticket = 1  # the open transaction's ticket (set by the pipeline)
+        self.need = 0  # highest ticket a read depended on since the last take
+        self.changes = 0  # count of changes, to tell whether an operation changed anything
         self.is_meta: Callable[[int], bool] = lambda addr: True
         self.hits = self.misses = 0
 
@@ -71,31 +97,41 @@ class BlockCache:
         return obj
 
     def read_image(self, addr: int) -> bytes:
-        """Newest committed image of a block: pending if any, else from disk."""
+        """Newest committed image of a block: pending, homing, else from disk."""
         raw = self.pending_home.get(addr)
         if raw is None:
-            raw = self.dev.pread(addr * self.block_size, self.block_size)
+            raw = self.homing.get(addr)
+            if raw is None:
+                raw = self.dev.pread(addr * self.block_size, self.block_size)
         return raw
+
+    def depend(self, addr: int) -> None:
+        """The caller's answer relies on the newest state of block ``addr``."""
+        t = self.stamps.get(addr)
+        if t is not None and t > self.need:
+            self.need = t
 
     # -- changing ---------------------------------------------------------
     def add_new(self, obj: Any) -> None:
         """Install a freshly allocated block (replacing anything cached there)."""
-        self.forget(obj.addr)
+        self.forget(obj.addr, freeing=False)
         self._insert(obj)
-        self.dirty[obj.addr] = obj
+        self.mark_dirty(obj)
 
     def mark_dirty(self, obj: Any) -> None:
-        if obj.addr not in self._lru:
+        addr = obj.addr
+        if addr not in self._lru:
             self._insert(obj)
-        self.dirty[obj.addr] = obj
+        self.dirty[addr] = obj
+        self.stamps[addr] = self.ticket
+        self.changes += 1
 
-    def forget(self, addr: int) -> None:
+    def forget(self, addr: int, freeing: bool = True) -> None:
         """Drop a freed block everywhere (its journal images stay harmless).
 
-        A committed image not yet home is kept in ``freed_pending`` until the
-        freeing transaction commits: a checkpoint run before that (commit()
-        checkpoints when the transaction does not fit in the journal) moves the
-        journal tail past the image, so it must still write it home.
+        A committed image not yet home moves to ``freed_pending`` until the
+        freeing transaction is durable: a checkpoint taken before that moves
+        the journal tail past the image, so it must still write it home.
         """
         if self._lru.pop(addr, None) is not None:
             self.used -= self._costs.pop(addr)
@@ -103,6 +139,9 @@ class BlockCache:
         image = self.pending_home.pop(addr, None)
         if image is not None:
             self.freed_pending[addr] = image
+        if freeing:
+            self.freed_at[addr] = self.ticket
+            self._freed_now.append(addr)
 
     def _insert(self, obj: Any) -> None:
         cost = obj.cost()
@@ -119,41 +158,58 @@ class BlockCache:
         count, payload = obj.payload()
         return fmt.seal(obj.kind, obj.addr, self.store_id, count, payload, self.block_size)
 
-    def take_dirty(self) -> list[tuple[int, bytes]]:
-        """Seal every dirty block for a journal transaction; they become clean."""
+    def take_dirty(self) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """Seal every dirty block (they become sealed, pinned) and take the frees.
+
+        Returns the images and the blocks the open transaction freed.
+        """
         images = []
+        ticket = self.ticket
         for addr, obj in self.dirty.items():
             images.append((addr, self.seal(obj)))
-            self._costs_refresh(obj)
+            self._pinned[addr] = ticket
+            self._insert(obj)  # its cost may have changed
         self.dirty.clear()
-        return images
+        freed, self._freed_now = self._freed_now, []
+        return images, freed
 
-    def _costs_refresh(self, obj: Any) -> None:
-        if obj.addr in self._lru:
-            self._insert(obj)
-
-    def committed(self, images: list[tuple[int, bytes]]) -> None:
-        """Record durable journal images as waiting for their home write."""
+    def committed(self, ticket: int, images: list[tuple[int, bytes]], freed: list[int]) -> None:
+        """Transaction ``ticket`` is durable: its images wait for their home write."""
+        freed_at, stamps, pinned = self.freed_at, self.stamps, self._pinned
         for addr, image in images:
-            self.pending_home[addr] = image
-        self.freed_pending.clear()  # their freeing is durable now
+            if freed_at.get(addr, 0) > ticket:  # a later transaction frees it
+                self.freed_pending[addr] = image
+            else:
+                self.pending_home[addr] = image
+            if pinned.get(addr) == ticket:
+                del pinned[addr]
+            if stamps.get(addr) == ticket:
+                del stamps[addr]
+        for addr in freed:  # their freeing is durable now
+            self.freed_pending.pop(addr, None)
+            if freed_at.get(addr) == ticket:
+                del freed_at[addr]
 
-    def write_home(self) -> int:
-        """Write every pending image to its home (no flush); return the count."""
-        bs = self.block_size
-        # Blocks freed by the uncommitted transaction: metadata in the committed
-        # state, and their chunks are quarantined, so no overlap check applies.
-        for addr in sorted(self.freed_pending):
-            if addr not in self.pending_home:
-                self.dev.pwrite(addr * bs, self.freed_pending[addr])
-        self.freed_pending.clear()
-        for addr in sorted(self.pending_home):
+    def capture_home(self) -> dict[int, bytes]:
+        """Every committed image not home yet, for a checkpoint; served from it until done.
+
+        Overlap check: each target must be a metadata block, except blocks freed
+        by a transaction not yet durable (metadata in the committed state; their
+        chunks are quarantined).
+        """
+        for addr in self.pending_home:
             if not self.is_meta(addr):
                 raise CorruptionError(addr, "BLOCK", "overlap check: home is not a metadata block")
-            self.dev.pwrite(addr * bs, self.pending_home[addr])
-        count = len(self.pending_home)
-        self.pending_home.clear()
-        return count
+        images = dict(self.freed_pending)
+        images.update(self.pending_home)
+        self.freed_pending = {}
+        self.pending_home = {}
+        self.homing = images
+        return images
+
+    def homed(self) -> None:
+        """The checkpoint in flight is durable: its images are home."""
+        self.homing = {}
 
     # -- memory -----------------------------------------------------------
     def trim(self) -> None:
@@ -161,21 +217,25 @@ class BlockCache:
         if self.used <= self.budget:
             return
         low = self.budget - self.budget // 8
-        lru, dirty = self._lru, self.dirty
+        lru, dirty, pinned = self._lru, self.dirty, self._pinned
+        keep = len(dirty) + len(pinned)
         skipped = 0
-        while self.used > low and lru and skipped <= len(dirty):
+        while self.used > low and lru and skipped <= keep:
             addr, obj = lru.popitem(last=False)
-            if addr in dirty:
+            if addr in dirty or addr in pinned:
                 lru[addr] = obj
                 skipped += 1
                 continue
             self.used -= self._costs.pop(addr)
 
     def drop_all(self) -> None:
-        """Forget every cached object (after a failed commit)."""
+        """Forget every cached object and every uncommitted change (after a failure)."""
         self._lru.clear()
         self._costs.clear()
         self.dirty.clear()
+        self._pinned.clear()
+        self.stamps.clear()
+        self._freed_now = []
         self.used = 0
 
     def __len__(self) -> int:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from . import format as fmt
 from .device import Device
 from .errors import GeometryError
-from .superblock import SuperState, write_slot
+from .superblock import write_slot
 
 DEFAULT_CHUNK_SIZE = 64 << 10
 DEFAULT_BLOCK_SIZE = 4096
@@ -129,10 +129,9 @@ def create(dev: Device, origin_bytes: int, progress: Progress | None = None,
     writer.bitmaps()
     writer.root_leaf()
     dev.flush()
-    sbs = SuperState(f)
     for generation in (1, 0):  # slot B then slot A: both must belong to this store
         f.generation = generation
-        write_slot(dev, sbs, f)
+        write_slot(dev, f)
     dev.flush()
     return f
 

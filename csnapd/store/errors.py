@@ -30,6 +30,9 @@ class StoreFullError(StoreError):
     """
 
     chunk: int | None = None
+    #: Chunks that a checkpoint would make free (quarantined since a delete); when
+    #: non-zero the space comes back once everything is sealed and checkpointed.
+    awaiting_checkpoint: int = 0
 
 
 class FormatError(StoreError):
@@ -82,3 +85,12 @@ class LimitError(StoreError):
 
 class ReadOnlyError(StoreError):
     """The store was opened read-only or has been marked corrupt."""
+
+
+class SealOrderError(StoreError):
+    """The sealed-commit protocol was not followed (a caller bug, not a store problem).
+
+    For example ``seal()`` when the journal has no room while a checkpoint or an
+    earlier sealed transaction is still in flight, or ``seal_checkpoint()``
+    while a sealed transaction is not done.
+    """

@@ -211,11 +211,22 @@ class Grants:
                 changed |= coarse.add(lo, hi - lo)
         if changed:
             self._put(client, fmt.GRANT_ORIGIN, 0, coarse.items())
+        else:
+            self._depend((client, fmt.GRANT_ORIGIN, 0))
 
     def add_writer(self, client: int, slot: int) -> None:
         """Record that ``client`` holds store addresses of snapshot ``slot`` to write."""
-        if (client, fmt.GRANT_WRITER, slot) not in self._index:
+        key = (client, fmt.GRANT_WRITER, slot)
+        if key not in self._index:
             self._put(client, fmt.GRANT_WRITER, slot, None)
+        else:
+            self._depend(key)
+
+    def _depend(self, key: tuple[int, int, int]) -> None:
+        """An unchanged grant still counts only once the record saying it is durable."""
+        i = self._index.get(key)
+        if i is not None:
+            self.cache.depend(self.addrs[i // self.per_block])
 
     def clear_origin(self, client: int) -> bool:
         """``client`` let go of every origin approval; True if it had any."""

@@ -13,7 +13,8 @@ Durability invariants (the store relies on every one of them):
   1. Write-ahead: every block of a transaction is flushed before any of its
      images is written to its home location.
   2. Data first: copy-out data that a transaction points at is flushed before
-     the transaction is written (the store flushes before calling write()).
+     the transaction is written (``Sealed.write`` copies, flushes, then writes
+     the journal blocks; seal.py).
   3. Reclaim after home: journal space is reused only after a checkpoint,
      i.e. after every home write of the reclaimed transactions has been
      flushed and a superblock naming the new tail has been flushed.
@@ -39,6 +40,13 @@ Durability invariants (the store relies on every one of them):
      reads single-CRC transactions.  A read-write open replays them,
      checkpoints (the journal is then empty), sets the feature in both
      superblock slots and writes only the redundant format from then on.
+  9. Done means durable: a transaction counts as committed (and an operation
+     whose answer depends on it may be acknowledged) only after the flush that
+     follows its whole write; the owning thread learns it through
+     ``Store.sealed_done``, in sequence order.
+ 10. Quarantine: a chunk freed by a transaction is reused only after a
+     checkpoint captured once that transaction was durable is itself durable,
+     so within the transactions one recovery replays no freed chunk was reused.
 
 This module must not import the B-tree, allocator or store.
 """
@@ -99,8 +107,47 @@ class ScanResult:
         return sorted({t.epoch for t in self.transactions})
 
 
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """Where the journal lives, for writing one transaction (safe on a worker thread)."""
+
+    dev: Device
+    start: int
+    nblocks: int
+    block_size: int
+    store_id: int
+    epoch: int
+    redundant: bool = True
+
+    def encode(self, pos: int, seq: int, images: list[tuple[int, bytes]]) -> list[bytes]:
+        """The blocks of the transaction at ``pos`` in the journal's format (pure)."""
+        if self.redundant:
+            return txn.encode(self.start, self.nblocks, pos, self.store_id, seq, self.epoch,
+                              images, self.block_size)
+        blobs = [image for _, image in images]
+        return [fmt.seal_commit(self.start + pos, self.store_id, seq,
+                                [home for home, _ in images], blobs, self.block_size), *blobs]
+
+    def write_run(self, pos: int, blocks: list[bytes]) -> None:
+        """Write consecutive journal blocks from ``pos``, wrapping (not flushed)."""
+        first = min(len(blocks), self.nblocks - pos)
+        bs = self.block_size
+        self.dev.pwrite((self.start + pos) * bs, b"".join(blocks[:first]))
+        if first < len(blocks):
+            self.dev.pwrite(self.start * bs, b"".join(blocks[first:]))
+
+
 class Journal:
-    """Writer side of the journal; positions are indexes inside the region."""
+    """Writer side of the journal: where the next transaction goes, and how much is free.
+
+    Positions are indexes inside the region.  ``tail``/``tail_seq`` are the
+    checkpointed start; ``head``/``seq`` the end of everything handed out
+    (reserved by sealed transactions, durable or not); ``used`` counts the
+    blocks between them.  Space is reserved when a transaction is sealed and
+    reclaimed only by a checkpoint (invariant 3).  Only the owning thread
+    changes these fields; the sealed transaction writes its blocks itself
+    through a frozen ``Ring``.
+    """
 
     def __init__(self, dev: Device, start: int, nblocks: int, block_size: int,
                  store_id: int, tail: int, seq: int, redundant: bool = True) -> None:
@@ -134,39 +181,28 @@ class Journal:
         self.redundant = True
         self.max_images = max_images(self.nblocks, self.block_size, True)
 
-    def write(self, images: list[tuple[int, bytes]]) -> int:
-        """Append one transaction (not flushed); return its sequence number."""
-        n = len(images)
-        if n > self.max_images:
-            raise ValueError(f"transaction of {n} blocks exceeds the limit {self.max_images}")
-        if not self.fits(n):
-            raise ValueError("journal full: checkpoint before writing")
+    def reserve(self, nimages: int) -> tuple[int, int]:
+        """Hand out the position and sequence number of the next transaction."""
+        if nimages > self.max_images:
+            raise ValueError(f"transaction of {nimages} blocks exceeds the limit {self.max_images}")
+        if not self.fits(nimages):
+            raise ValueError("journal full: checkpoint before sealing")
         pos, seq = self.head, self.seq
-        if self.redundant:
-            blocks = txn.encode(self.start, self.nblocks, pos, self.store_id, seq, self.epoch,
-                                images, self.block_size)
-        else:
-            blobs = [image for _, image in images]
-            blocks = [fmt.seal_commit(self.start + pos, self.store_id, seq,
-                                      [home for home, _ in images], blobs, self.block_size),
-                      *blobs]
-        self._write_run(pos, blocks)
-        self.head = (pos + len(blocks)) % self.nblocks
-        self.used += len(blocks)
+        span = nimages + self.overhead
+        self.head = (pos + span) % self.nblocks
+        self.used += span
         self.seq += 1
-        self.commits += 1
-        return seq
+        return pos, seq
 
-    def _write_run(self, pos: int, blocks: list[bytes]) -> None:
-        first = min(len(blocks), self.nblocks - pos)
-        bs = self.block_size
-        self.dev.pwrite((self.start + pos) * bs, b"".join(blocks[:first]))
-        if first < len(blocks):
-            self.dev.pwrite(self.start * bs, b"".join(blocks[first:]))
+    def ring(self) -> Ring:
+        """The journal's geometry, frozen: what a sealed transaction needs to write itself."""
+        return Ring(self.dev, self.start, self.nblocks, self.block_size, self.store_id,
+                    self.epoch, self.redundant)
 
-    def checkpointed(self) -> None:
-        """Everything written so far is home and durable: reclaim it all."""
-        self.tail, self.tail_seq, self.used = self.head, self.seq, 0
+    def checkpointed(self, head: int, seq: int, reclaimed: int) -> None:
+        """The ``reclaimed`` blocks before ``head`` are home and durable: reuse them."""
+        self.used -= reclaimed
+        self.tail, self.tail_seq = head, seq
 
 
 def max_images(nblocks: int, block_size: int, redundant: bool = True) -> int:

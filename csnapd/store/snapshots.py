@@ -72,6 +72,12 @@ class Snapshots:
                 return e
         raise NoSuchSnapshot(f"no snapshot {ident!r}")
 
+    def depend(self) -> None:
+        """The caller's answer relies on the snapshot table as it is now (store/cache.py)."""
+        f = self.sbs.f
+        for b in range(f.snaptab_blocks):
+            self.cache.depend(f.snaptab_start + b)
+
     def in_pass_mask(self) -> int:
         return sum(1 << e.slot for e in self.entries if e.state == fmt.SNAP_IN_PASS)
 

@@ -1,20 +1,25 @@
 """The store facade: every metadata operation, made durable through the journal.
 
-Operations edit cached blocks; ``commit()`` makes everything since the last
-commit durable as one journal transaction (so a server can group many
-requests into one commit).  An operation may commit on its own part-way when
-its changes approach the transaction limit: each step it commits leaves the
-store consistent, and nothing has been acknowledged yet.
+Operations change cached blocks in memory only; making them durable is the
+sealed-commit protocol of sealing.py: ``seal()`` on this thread, ``write()`` of
+the sealed transaction on a worker thread, ``sealed_done()`` back here
+(``commit()`` does all three, synchronously).  A server can thus group many
+requests into one transaction, and keep serving while it is being written.
 
-Order of a commit (the durability rules of journal.py):
-  1. perform the pending copy-outs (coalesced into large reads and writes);
-  2. flush the store, so copied data is durable before anything points at it;
-  3. write the transaction to the journal and flush;
-  4. only later (at a checkpoint) write blocks home, flush, then write the
-     superblock naming the new journal tail, and flush.
-
-Chunks freed by a transaction are quarantined until a checkpoint (bitmap.py),
-so no copy-out can overwrite data that a crash could bring back.
+Durability rules (numbered as in journal.py, which states them in full):
+  1. Write-ahead: a block's home is written only by a checkpoint, and only
+     with images of transactions already durable in the journal.
+  2. Data first: a sealed transaction copies its chunks and flushes before
+     it writes its journal blocks (seal.py).
+  3. Reclaim after home: a checkpoint reclaims journal space only after its
+     home writes and then its superblock are flushed.
+  9. Done means durable: an operation's answer may say "done" only once the
+     transaction of its ticket is durable (``take_dependency``,
+     ``durable_ticket``); one that changed nothing and read only durable
+     state may be answered at once.
+ 10. Quarantine: chunks freed by a transaction are not reused until a
+     checkpoint captured after that transaction was durable is itself durable
+     (bitmap.py), so no copy-out can overwrite data a crash could bring back.
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ from .errors import (
     LimitError,
     OutOfRange,
     ReadOnlyError,
+    SealOrderError,
     StoreFullError,
 )
 from .grants import Grants
+from .sealing import Sealing
 from .snapshots import Snapshots
 from .superblock import SuperState
 
@@ -76,8 +83,8 @@ class Recovery:
     upgraded: bool = False  # this open switched the journal to the redundant format
 
 
-class Store:
-    """An open snapshot store."""
+class Store(Sealing):
+    """An open snapshot store (the sealed-commit protocol is in sealing.py)."""
 
     def __init__(self, dev: Device, origin: Device, f: fmt.SuperFields, cache_size: int,
                  readonly: bool) -> None:
@@ -100,15 +107,16 @@ class Store:
         self.journal = jnl.Journal(dev, f.journal_start, f.journal_blocks, f.block_size,
                                    f.store_id, f.journal_tail, f.journal_seq,
                                    redundant=bool(f.incompat & fmt.INCOMPAT_JOURNAL_V2))
-        self.copier = Copier(dev, origin, f.chunk_size, self.alloc)
+        self.copier = Copier(f.chunk_size, self.alloc)
         self.recovery = Recovery()
         self.committed_super = self.sbs.snapshot()
         self.snaps: Snapshots  # set by _load_tables
         self.grants: Grants  # set by _load_tables
         self.failed: str = ""
         self.stats = {"commits": 0, "checkpoints": 0, "copyouts": 0, "bytes_copied": 0,
-                      "flushes": 0, "ops_committed": 0, "journal_corrected": 0}
-        self._ops_since_commit = 0
+                      "flushes": 0, "ops_committed": 0, "journal_corrected": 0,
+                      "journal_bytes": 0, "home_bytes": 0}
+        self._init_sealing()
 
     # ------------------------------------------------------------------
     # geometry
@@ -221,8 +229,11 @@ class Store:
         self.recovery.upgraded = True
 
     def close(self) -> None:
-        """Commit, checkpoint and mark the store clean."""
+        """Commit, checkpoint and mark the store clean (nothing may be in flight)."""
         if not self.readonly and not self.failed:
+            if self.in_flight:
+                raise SealOrderError("close() while a sealed transaction or checkpoint is "
+                                     "in flight")
             self.commit()
             self.sb.flags &= ~fmt.FLAG_BUSY
             self.sbs.touch()
@@ -239,81 +250,23 @@ class Store:
         if self.failed:
             raise ReadOnlyError(f"store refuses changes after an error: {self.failed}")
 
-    def commit(self) -> int:
-        """Make every change so far durable; return the journal sequence (or -1)."""
-        if self.readonly or (not self.cache.dirty and not self.sbs.dirty
-                             and not self.copier.pending):
-            return -1
-        if self.failed:
-            raise ReadOnlyError(f"store refuses changes after an error: {self.failed}")
-        try:
-            if self.copier.pending:
-                moved = self.copier.run()
-                self.stats["bytes_copied"] += moved
-                self._flush()
-            images = self.cache.take_dirty()
-            with_super = self.sbs.dirty or bool(images)
-            self.sbs.dirty = False
-            if not self.journal.fits(len(images) + with_super):
-                self._checkpoint()
-            if with_super:
-                # Sealed after any checkpoint, so the journaled copy carries the
-                # current generation: recovery must never step the generation
-                # back and so overwrite the newest valid superblock slot.
-                images.append((0, self.sbs.seal(0)))
-            seq = self.journal.write(images)
-            self._flush()
-        except OSError as exc:
-            self._fail(f"I/O error during commit: {exc}")
-            raise
-        self.cache.committed([(a, i) for a, i in images if a != 0])
-        self.committed_super = self.sbs.snapshot()
-        self.alloc.transaction_committed()
-        self.stats["commits"] += 1
-        self.stats["ops_committed"] += self._ops_since_commit
-        self._ops_since_commit = 0
-        self.cache.trim()
-        return seq
-
     def _flush(self) -> None:
         self.dev.flush()
         self.stats["flushes"] += 1
 
-    def _checkpoint(self) -> None:
-        """Write committed blocks home, then advance the journal tail."""
-        self.cache.write_home()
-        self._flush()
-        f = dataclasses.replace(self.committed_super)
-        f.generation = self.sb.generation + 1
-        f.journal_tail, f.journal_seq = self.journal.head, self.journal.seq
-        sbk.write_slot(self.dev, self.sbs, f)
-        self._flush()
-        self.sb.generation = f.generation
-        self.committed_super.generation = f.generation
-        self.journal.checkpointed()
-        self.alloc.checkpointed()
-        self.stats["checkpoints"] += 1
-
     def _fail(self, why: str, flag: int = fmt.FLAG_NEEDS_CHECK) -> None:
-        """Stop all changes: uncommitted work is dropped, the journal keeps the rest.
+        """Stop all changes: what is not durable is dropped, the journal keeps the rest.
 
-        The flag is recorded in a superblock slot (best effort) so the next open
-        knows the store must be checked first.
+        The flag is recorded in a superblock slot (best effort, a small
+        synchronous write; after the checkpoint in flight, if any) so the next
+        open knows the store must be checked first.
         """
         self.failed = why
-        self.cache.drop_all()
-        self.copier.pending.clear()
-        self.alloc.abandon()
-        try:
-            f = dataclasses.replace(self.committed_super)
-            f.flags |= flag
-            f.generation = self.sb.generation + 1
-            f.journal_tail, f.journal_seq = self.journal.tail, self.journal.tail_seq
-            sbk.write_slot(self.dev, self.sbs, f)
-            self._flush()
-            self.sb.generation = self.committed_super.generation = f.generation
-        except OSError:
-            pass
+        self._drop_unsealed()
+        if self._checkpoint_out is not None:
+            self._flag_after_checkpoint |= flag
+        else:
+            self._write_flag(flag)
 
     def detach(self, why: str) -> None:
         """The devices are no longer known to be ours: refuse every change from now on.
@@ -325,10 +278,7 @@ class Store:
         """
         if not self.failed:
             self.failed = why
-        self.sbs.dirty = False
-        self.cache.drop_all()
-        self.copier.pending.clear()
-        self.alloc.abandon()
+        self._drop_unsealed()
 
     def mark_corrupt(self, why: str) -> None:
         """Metadata failed verification while serving: refuse every change from now on."""
@@ -338,19 +288,23 @@ class Store:
     def _reserve(self, data_chunks: int) -> int:
         """Make room for one batch; return how many data chunks it may use.
 
-        Commits early when the transaction is near the journal's limit, and
-        checkpoints when only quarantined chunks stand between us and full.
+        Cuts the open transaction (in memory) when it nears the journal's
+        limit.  When only quarantined chunks stand between us and full and
+        nothing is in flight, commits and checkpoints **synchronously** (this
+        blocks; it happens only on a nearly full store after deletes); with
+        work in flight it leaves that to the caller (StoreFullError with
+        ``awaiting_checkpoint``).
         """
         depth = self.sb.depth
         meta_blocks = 2 * depth + 4
         if len(self.cache.dirty) + meta_blocks + 8 > self.journal.max_images:
-            self.commit()
+            self._cut()
         k = self.alloc.k
         meta_chunks = -(-meta_blocks // k) + 1
         need = data_chunks + meta_chunks
-        if self.alloc.available < need and self.alloc.quarantined:
+        if self.alloc.available < need and self.alloc.quarantined and not self.in_flight:
             self.commit()
-            self._checkpoint()
+            self.checkpoint()
         return min(data_chunks, self.alloc.available - meta_chunks)
 
     def _full(self, chunk: int) -> StoreFullError:
@@ -358,6 +312,7 @@ class Store:
                              f"({self.sb.free_chunks} free, {self.alloc.quarantined} awaiting "
                              "a checkpoint, the rest reserved for metadata)")
         exc.chunk = chunk
+        exc.awaiting_checkpoint = self.alloc.quarantined
         return exc
 
     def _alloc_data(self, for_chunk: int | None = None) -> int:
@@ -365,6 +320,7 @@ class Store:
         if chunk is None:
             exc = StoreFullError("snapshot store full")
             exc.chunk = for_chunk
+            exc.awaiting_checkpoint = self.alloc.quarantined
             raise exc
         return chunk
 
@@ -392,7 +348,8 @@ class Store:
         self._writable()
         ranges = self.check_ranges(ranges)
         live = self.snaps.live_mask | extra
-        self._ops_since_commit += 1
+        self.snaps.depend()
+        self._ops_open += 1
         if not live:
             return 0
         copied = 0
@@ -406,6 +363,7 @@ class Store:
     def _origin_batch(self, chunk: int, end: int, live: int) -> tuple[int, int]:
         room = self._reserve(min(BATCH, end - chunk))
         path, leaf, _lo, hi = self.tree.find(chunk)
+        self.cache.depend(leaf.addr)
         stop = min(end, hi, chunk + BATCH)
         keys, vals = leaf.keys, leaf.vals
         copied = 0
@@ -470,6 +428,7 @@ class Store:
     def snapshot_lookup(self, slot: int, chunk: int) -> int | None:
         """Store chunk holding snapshot ``slot``'s copy of ``chunk``, or None (origin)."""
         _path, leaf, _lo, _hi = self.tree.find(chunk)
+        self.cache.depend(leaf.addr)
         i = bisect_left(leaf.keys, chunk)
         if i < len(leaf.keys) and leaf.keys[i] == chunk:
             bit = 1 << slot
@@ -486,6 +445,7 @@ class Store:
             chunk, end = start, start + count
             while chunk < end:
                 _path, leaf, _lo, hi = self.tree.find(chunk)
+                self.cache.depend(leaf.addr)
                 keys, vals = leaf.keys, leaf.vals
                 stop = min(end, hi)
                 i = bisect_left(keys, chunk)
@@ -506,8 +466,9 @@ class Store:
         """Make chunks unique to snapshot ``slot``; return (chunk, store chunk) pairs."""
         self._writable()
         self._live_slot(slot)
+        self.snaps.depend()
         out: list[tuple[int, int]] = []
-        self._ops_since_commit += 1
+        self._ops_open += 1
         for start, count in self.check_ranges(ranges):
             chunk, end = start, start + count
             while chunk < end:
@@ -523,6 +484,7 @@ class Store:
         bit = 1 << slot
         room = self._reserve(min(BATCH, end - chunk))
         path, leaf, _lo, hi = self.tree.find(chunk)
+        self.cache.depend(leaf.addr)
         stop = min(end, hi, chunk + BATCH)
         made = 0
         while chunk < stop:
@@ -569,7 +531,7 @@ class Store:
         and a crash in between leaves it to be deleted at the next open.
         """
         self._writable()
-        self._ops_since_commit += 1
+        self._ops_open += 1
         return self.snaps.create(name, tag, priority, creating)
 
     def make_live(self, entry: fmt.SnapEntry) -> None:
@@ -587,7 +549,7 @@ class Store:
         self._writable()
         entry = self.snaps.find(ident)
         self.snaps.mark_deleting(entry)
-        self._ops_since_commit += 1
+        self._ops_open += 1
         return entry
 
     def squash_snapshot(self, entry: fmt.SnapEntry) -> None:
@@ -598,7 +560,7 @@ class Store:
         """
         self._writable()
         self.snaps.mark_squashed(entry)
-        self._ops_since_commit += 1
+        self._ops_open += 1
 
     @property
     def deleting(self) -> bool:
@@ -631,7 +593,7 @@ class Store:
             path, leaf, _lo, hi = self.tree.find(self.sb.delete_cursor)
             worst = len(self.cache.dirty) + 2 * self.sb.depth + 12 + self._bitmap_blocks(leaf)
             if worst > self.journal.max_images:
-                self.commit()
+                self._cut()
             if self._clear_bits(leaf, mask):
                 self.tree.fixup(path, leaf)
             self.sb.delete_cursor = hi if hi < (1 << 64) else 0

@@ -29,16 +29,22 @@ class SuperState:
     def __init__(self, f: fmt.SuperFields) -> None:
         self.f = f
         self.dirty = False
+        self.changes = 0  # counts touches, so the store can tell an operation changed it
 
     def touch(self) -> None:
         self.dirty = True
+        self.changes += 1
 
     def snapshot(self) -> fmt.SuperFields:
         return dataclasses.replace(self.f)
 
     def seal(self, addr: int, f: fmt.SuperFields | None = None) -> bytes:
-        f = f or self.f
-        return fmt.seal(fmt.BlockKind.SUPER, addr, f.store_id, 0, fmt.encode_super(f), f.block_size)
+        return seal_super(addr, f or self.f)
+
+
+def seal_super(addr: int, f: fmt.SuperFields) -> bytes:
+    """A sealed superblock image of ``f`` for self address ``addr`` (pure)."""
+    return fmt.seal(fmt.BlockKind.SUPER, addr, f.store_id, 0, fmt.encode_super(f), f.block_size)
 
 
 def read_slots(dev: Device) -> list[tuple[int, fmt.SuperFields | None, str]]:
@@ -87,8 +93,11 @@ def check_features(f: fmt.SuperFields, path: str) -> None:
                           "upgrade csnap")
 
 
-def write_slot(dev: Device, sbs: SuperState, f: fmt.SuperFields) -> int:
-    """Write ``f`` to the slot its generation selects (no flush); return slot."""
+def write_slot(dev: Device, f: fmt.SuperFields) -> int:
+    """Write ``f`` to the slot its generation selects (no flush); return slot.
+
+    Touches only ``dev`` and ``f``, so a checkpoint runs it on a worker thread.
+    """
     slot = f.generation % 2
-    dev.pwrite(slot * f.block_size, sbs.seal(slot, f))
+    dev.pwrite(slot * f.block_size, seal_super(slot, f))
     return slot

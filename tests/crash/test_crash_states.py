@@ -32,8 +32,7 @@ from csnap_soak.recording import RecordingDevice, replay, torn
 from csnapd.store import journal as jnl
 from csnapd.store import superblock as sbk
 from csnapd.store import txn
-from csnapd.store.cache import BlockCache
-from csnapd.store.copier import Copier
+from csnapd.store.seal import Checkpoint, Sealed
 from csnapd.store.store import Store
 
 CI_SEEDS = (1, 2, 3)
@@ -134,10 +133,11 @@ def test_expectations_follow_marks():
 
 
 def _skip_flush_after(monkeypatch, cls, method: str) -> None:
-    """Make the store skip the flush that follows ``cls.method`` (a seeded bug)."""
+    """Make ``cls`` (a sealed transaction or a checkpoint) skip the flush that follows
+    ``cls.method`` (a seeded bug)."""
     armed = {"on": False}
     orig = getattr(cls, method)
-    orig_flush = Store._flush
+    orig_flush = cls._flush
 
     def wrapped(*args, **kwargs):
         result = orig(*args, **kwargs)
@@ -151,7 +151,7 @@ def _skip_flush_after(monkeypatch, cls, method: str) -> None:
         orig_flush(self)
 
     monkeypatch.setattr(cls, method, wrapped)
-    monkeypatch.setattr(Store, "_flush", flush)
+    monkeypatch.setattr(cls, "_flush", flush)
 
 
 def _mutant_failures(seeds=(1, 2, 3), nops: int = 60) -> Tally:
@@ -167,19 +167,19 @@ def _mutant_failures(seeds=(1, 2, 3), nops: int = 60) -> Tally:
 
 def test_mutant_ack_before_journal_flush_is_caught(monkeypatch):
     """dm-thin 4ae280b4 class: acknowledging before the commit is durable."""
-    _skip_flush_after(monkeypatch, jnl.Journal, "write")
+    _skip_flush_after(monkeypatch, Sealed, "_write_journal")
     assert _mutant_failures().failures > 0
 
 
 def test_mutant_journal_before_copyout_data_is_caught(monkeypatch):
     """dm-snapshot 694cfe7f class: committing an exception before its data is durable."""
-    _skip_flush_after(monkeypatch, Copier, "run")
+    _skip_flush_after(monkeypatch, Sealed, "_copy_out")
     assert _mutant_failures().failures > 0
 
 
 def test_mutant_superblock_before_home_writes_is_caught(monkeypatch):
     """ddsnap commit_transaction class: no barrier between home writes and the new tail."""
-    _skip_flush_after(monkeypatch, BlockCache, "write_home")
+    _skip_flush_after(monkeypatch, Checkpoint, "_write_home")
     assert _mutant_failures().failures > 0
 
 
@@ -210,8 +210,8 @@ def test_mutant_damaged_newest_transaction_treated_as_torn_is_caught(monkeypatch
 def test_mutant_single_superblock_slot_is_caught(monkeypatch):
     """A torn checkpoint must only ever damage the older superblock copy."""
 
-    def write_slot(dev, sbs, f):
-        dev.pwrite(0, sbs.seal(0, f))
+    def write_slot(dev, f):
+        dev.pwrite(0, sbk.seal_super(0, f))
         return 0
 
     monkeypatch.setattr(sbk, "write_slot", write_slot)

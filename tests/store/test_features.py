@@ -11,7 +11,7 @@ from csnapd.store import format as fmt
 from csnapd.store.device import MemoryDevice
 from csnapd.store.errors import FormatError
 from csnapd.store.store import Store
-from csnapd.store.superblock import SuperState, load, write_slot
+from csnapd.store.superblock import load, write_slot
 
 
 def _store(**changes: int) -> tuple[MemoryDevice, MemoryDevice]:
@@ -19,7 +19,7 @@ def _store(**changes: int) -> tuple[MemoryDevice, MemoryDevice]:
     create.create(dev, origin.size, chunk_size=4096, block_size=512, journal_bytes=128 * 512)
     f, _, _ = load(dev)
     f = dataclasses.replace(f, generation=f.generation + 1, **changes)
-    write_slot(dev, SuperState(f), f)
+    write_slot(dev, f)
     return dev, origin
 
 

@@ -13,7 +13,7 @@ from csnapd.store.check import check_store
 from csnapd.store.device import MemoryDevice
 from csnapd.store.errors import CorruptionError
 from csnapd.store.store import Store
-from csnapd.store.superblock import SuperState, load, read_slots, write_slot
+from csnapd.store.superblock import load, read_slots, write_slot
 from tools.csnap_dump import dump_journal
 
 from .conftest import BS, CS, audit, chunk_bytes, fill_origin, make_store, snapshot_read
@@ -37,7 +37,7 @@ def old_store(monkeypatch) -> tuple[MemoryDevice, MemoryDevice, dict[int, bytes]
     f = load(dev)[0]
     for gen in (f.generation + 1, f.generation + 2):  # both slots without the bit
         g = dataclasses.replace(f, incompat=0, generation=gen)
-        write_slot(dev, SuperState(g), g)
+        write_slot(dev, g)
     with monkeypatch.context() as m:
         m.setattr(Store, "_upgrade_journal", lambda self: None)  # as the old csnap did
         s = Store.open(dev, origin)

@@ -1,0 +1,159 @@
+"""Sealed transactions and checkpoints: frozen work that a worker thread writes.
+
+The store's metadata operations run on one thread (csnapd's event loop) and
+change only memory.  Making them durable is split in two:
+
+* on the owning thread, ``Store.seal()`` freezes everything changed since the
+  previous seal into a :class:`Sealed`: the copy-out runs, the sealed block
+  images, the superblock image, its journal position and sequence number;
+* on a worker thread, ``Sealed.write()`` performs the copies, flushes, writes
+  the journal transaction and flushes again.  It touches **only the devices
+  and the object's own fields** (immutable bytes, tuples and ints, plus the
+  frozen journal ``Ring``); never the cache, the allocator, the tree or the
+  superblock state, which keep changing on the owning thread meanwhile.
+
+A :class:`Checkpoint` works the same way: captured on the owning thread
+(committed images and the superblock naming the new tail), written on a
+worker thread (home writes, flush, superblock slot, flush).
+
+The write order inside ``write()`` is the durability order of journal.py:
+data copied and flushed before the transaction that points at it
+(invariant 2), the transaction flushed before anyone may say "done".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import format as fmt
+from . import superblock as sbk
+from .copier import Run, run_copies
+from .device import Device
+from .errors import ReadOnlyError
+from .journal import Ring
+
+
+@dataclass(eq=False, slots=True)
+class Frozen:
+    """One transaction's changes, frozen on the owning thread; no journal position yet.
+
+    ``fields`` is the superblock as this transaction leaves it (None when it
+    did not change); ``freed_chunks``/``freed_blocks`` what it frees, which
+    stays quarantined (chunks) or pending (committed images) until it is durable.
+    """
+
+    ticket: int
+    runs: list[Run]
+    images: list[tuple[int, bytes]]
+    fields: fmt.SuperFields | None
+    freed_chunks: set[int]
+    freed_blocks: list[int]
+    ops: int
+
+    def nimages(self) -> int:
+        """Journal images this transaction needs (its blocks plus the superblock)."""
+        return len(self.images) + (self.fields is not None)
+
+
+class Sealed:
+    """A transaction ready to be written by ``write()`` on a worker thread.
+
+    ``ticket`` orders it among transactions (``Store.durable_ticket``); ``seq``
+    is its journal sequence number.  After ``Store.sealed_failed`` (for this
+    or an earlier transaction) it is void and ``write()`` refuses.
+    """
+
+    def __init__(self, frozen: Frozen, ring: Ring, pos: int, seq: int,
+                 super_image: bytes | None, dev: Device, origin: Device,
+                 chunk_size: int) -> None:
+        self.frozen, self.ring, self.pos, self.seq = frozen, ring, pos, seq
+        self.ticket = frozen.ticket
+        self.images = list(frozen.images)
+        if super_image is not None:
+            self.images.append((0, super_image))
+        self.dev, self.origin, self.chunk_size = dev, origin, chunk_size
+        self.void = False
+        self.flushes = 0  # done by write(), counted by the owning thread afterwards
+        self.bytes_copied = 0
+        self.journal_bytes = 0
+
+    @property
+    def span(self) -> int:
+        """Journal blocks this transaction occupies."""
+        return len(self.images) + (3 if self.ring.redundant else 1)
+
+    def write(self) -> None:
+        """Copy, flush, write the journal transaction, flush.  Raises OSError on I/O failure."""
+        if self.void:
+            raise ReadOnlyError("this sealed transaction was voided by an earlier failure")
+        if self.frozen.runs:
+            self._copy_out()
+            self._flush()
+        self._write_journal()
+        self._flush()
+
+    def _copy_out(self) -> None:
+        self.bytes_copied += run_copies(self.dev, self.origin, self.chunk_size, self.frozen.runs)
+
+    def _write_journal(self) -> None:
+        blocks = self.ring.encode(self.pos, self.seq, self.images)
+        self.ring.write_run(self.pos, blocks)
+        self.journal_bytes += len(blocks) * self.ring.block_size
+
+    def _flush(self) -> None:
+        self.dev.flush()
+        self.flushes += 1
+
+    def __repr__(self) -> str:
+        return (f"<Sealed ticket {self.ticket} seq {self.seq} at {self.pos}: "
+                f"{len(self.images)} images, {len(self.frozen.runs)} copy runs>")
+
+
+@dataclass(eq=False)
+class Checkpoint:
+    """Committed images to write home, then the superblock naming the new tail.
+
+    ``images`` are the committed images captured on the owning thread (no later
+    change can reach them); ``fields`` the superblock as of the last durable
+    transaction with the new generation, tail and sequence.  ``head``, ``seq``,
+    ``reclaimed`` and ``released`` are what the owning thread applies when it
+    is done.
+    """
+
+    dev: Device
+    block_size: int
+    images: dict[int, bytes]
+    fields: fmt.SuperFields
+    reclaimed: int
+    released: set[int]
+    flushes: int = 0
+    home_bytes: int = field(default=0)
+
+    @property
+    def head(self) -> int:
+        return self.fields.journal_tail
+
+    @property
+    def seq(self) -> int:
+        return self.fields.journal_seq
+
+    @property
+    def generation(self) -> int:
+        return self.fields.generation
+
+    def write(self) -> None:
+        """Home writes, flush, superblock slot, flush.  Raises OSError on I/O failure."""
+        self._write_home()
+        self._flush()
+        sbk.write_slot(self.dev, self.fields)
+        self._flush()
+
+    def _write_home(self) -> None:
+        bs = self.block_size
+        for addr in sorted(self.images):
+            self.dev.pwrite(addr * bs, self.images[addr])
+        self.home_bytes += len(self.images) * bs
+
+    def _flush(self) -> None:
+        self.dev.flush()
+        self.flushes += 1
