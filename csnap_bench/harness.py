@@ -22,8 +22,6 @@ from csnap_client.control import ControlClient
 from csnap_client.protocol import MAX_SERVER_FRAME, Framer, encode
 from csnap_client.protocol import messages as m
 
-from .scale import make_files
-
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -42,6 +40,27 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_io(pid: int) -> dict[str, int]:
+    """The I/O counters of process ``pid`` (/proc/PID/io: ``write_bytes`` is what the
+    process sent towards the block layer, ``wchar`` every byte it passed to a write call,
+    sockets included), or an empty dict where the kernel does not offer them."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return {k: int(v) for k, v in (line.split(":") for line in f if ":" in line)}
+    except OSError:
+        return {}
+
+
+def allocated_bytes(path: Path) -> int:
+    """Bytes the file system has allocated to ``path`` (``st_blocks`` x 512)."""
+    return os.stat(path).st_blocks * 512
+
+
+def log(text: str) -> None:
+    """Progress on stderr (the report goes to stdout)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def proc_rss(pid: int) -> int:
     """Resident set size of process ``pid`` in bytes."""
     with open(f"/proc/{pid}/status") as f:
@@ -55,6 +74,20 @@ def self_cpu_seconds() -> float:
     """CPU seconds used by this (benchmark client) process."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def make_files(directory: Path, origin_bytes: int, store_bytes: int, chunk_size: int,
+               *init_args: str) -> tuple[Path, Path]:
+    """Sparse origin and store files, the store initialised by csnap-init."""
+    directory.mkdir(parents=True, exist_ok=True)
+    origin, store = directory / "origin.img", directory / "store.img"
+    for path, size in ((origin, origin_bytes), (store, store_bytes)):
+        with open(path, "wb") as f:
+            f.truncate(size)
+    subprocess.run([str(BIN / "csnap-init"), "--store", str(store), "--origin", str(origin),
+                    "--chunk-size", str(chunk_size), "--quiet", "--force", *init_args],
+                   check=True, capture_output=True, text=True)
+    return origin, store
 
 
 @dataclass
