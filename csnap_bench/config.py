@@ -39,7 +39,7 @@ class Config:
 def quick() -> Config:
     """The smoke run (CI): every stage, tiny sizes, short points."""
     return Config("quick", 0.2, [1, 16], [1], [1, 16], 20_000, 10_000, 10_000, "64M", 0.2,
-                  1000, 0.2, 0.25, 1, 4096, 16 << 20, 1)
+                  400, 0.2, 0.25, 1, 4096, 16 << 20, 1)
 
 
 def default() -> Config:
