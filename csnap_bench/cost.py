@@ -78,7 +78,7 @@ async def measure(server: Served, name: str, volume: str, conns: int, factory: O
         alloc1 = allocated_bytes(store) if store else 0
         after = await status(server) if isinstance(server, ServerProc) else None
     finally:
-        close_all(cs)
+        await close_all(cs)
     d = res.as_dict()
     q = max(1, res.ops)
     row: dict[str, Any] = {
@@ -122,6 +122,9 @@ def _summary(name: str, conns: int, csnapd: list[dict[str, Any]],
         "messages_per_query": 2 if name == "origin_read" else 1,
         "reps": {"csnapd": csnapd, "ideal": ideal},
     }
+    queries = sum(r["queries"] for r in csnapd) or 1
+    out["csnapd_commits_per_query"] = round(sum(r.get("commits", 0) for r in csnapd) / queries, 3)
+    out["csnapd_fsyncs_per_query"] = round(sum(r.get("flushes", 0) for r in csnapd) / queries, 3)
     kind = "first_touch" if name == "first_touch" else "metadata"
     out["cpu_ratio_target"] = TARGETS[(kind, conns)]
     copyouts = sum(r.get("copyouts", 0) for r in csnapd)

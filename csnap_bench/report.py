@@ -133,6 +133,13 @@ def evaluate_targets(out: dict[str, Any]) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------- printing
 
+def fsyncs_per_query(row: dict[str, Any]) -> float | None:
+    """csnapd's fdatasyncs per query over a cost row's repetitions."""
+    reps = row.get("reps", {}).get("csnapd", [])
+    queries = sum(r["queries"] for r in reps)
+    return round(sum(r.get("flushes", 0) for r in reps) / queries, 3) if queries else None
+
+
 def _cost_table(out: dict[str, Any]) -> None:
     rows = out.get("cost", {}).get("rows", [])
     if not rows:
@@ -143,7 +150,7 @@ def _cost_table(out: dict[str, Any]) -> None:
           f"{c['seconds_per_point']} s)")
     hdr = (f"{'workload':<15} {'conns':>5} {'csnapd us/q':>11} {'ideal us/q':>10} "
            f"{'ratio':>6} {'target':>7} {'csnapd q/s':>10} {'ideal q/s':>9} "
-           f"{'ops/fsync':>9} {'B/copy-out':>10}")
+           f"{'fsync/q':>7} {'ops/fsync':>9} {'B/copy-out':>10}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -152,10 +159,12 @@ def _cost_table(out: dict[str, Any]) -> None:
         print(f"{r['workload']:<15} {r['connections']:>5} {r['csnapd_cpu_us_per_query']:>11.1f} "
               f"{r['ideal_cpu_us_per_query']:>10.1f} {r['cpu_ratio'] or 0:>6.2f} "
               f"{'<=' + str(r['cpu_ratio_target']):>7} {r['csnapd_queries_per_s']:>10.0f} "
-              f"{r['ideal_queries_per_s']:>9.0f} {'-' if ops is None else ops:>9} "
+              f"{r['ideal_queries_per_s']:>9.0f} {fsyncs_per_query(r) or 0:>7.3f} "
+              f"{'-' if ops is None else ops:>9} "
               f"{'-' if wb is None else wb:>10}")
-    print("(B/copy-out: csnapd's write_bytes per copy-out; the ideal server writes 0 bytes. "
-          "origin_read = read + FINISH, two messages)")
+    print("(fsync/q: csnapd's store fdatasyncs per query; B/copy-out: its write_bytes per "
+          "copy-out; the ideal server writes 0 bytes and never syncs. origin_read = read + "
+          "FINISH, two messages)")
     print()
 
 

@@ -219,7 +219,7 @@ async def delete_under_load(srv: ServerProc, built: BuiltStore) -> dict[str, Any
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        close_all(readers + writers + pingers)
+        await close_all(readers + writers + pingers)
     end = done_at if done_at is not None else time.perf_counter()
     lats = sorted(lat for t, lat, _ in samples if t_del <= t <= end)
     return {"doomed_exceptions": built.doomed_chunks,

@@ -9,6 +9,7 @@ so both see exactly the same requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -56,8 +57,14 @@ async def connect_many(srv: Served, n: int, volume: str | int = "origin") -> lis
     return list(await asyncio.gather(*(srv.connect(volume) for _ in range(n))))
 
 
-def close_all(conns: list[RawConn]) -> None:
-    """Close raw connections."""
+async def close_all(conns: list[RawConn]) -> None:
+    """DETACH, then close, as a well-behaved client does when it is done (docs/protocol.md):
+    the server forgets the connection's grants, so later snapshot creates do not copy out
+    what a finished benchmark client was approved to write."""
+    async def detach(c: RawConn) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await asyncio.wait_for(c.call(m.detach(0)), 60)
+    await asyncio.gather(*(detach(c) for c in conns if c.closed is None))
     for c in conns:
         c.close()
 
@@ -79,7 +86,7 @@ async def point(srv: Served, seconds: float, name: str, volume: str | int, clien
         res = await run_closed_loop(name, clients, op_factory(conns, k), seconds, k, srv.pid,
                                     chunk_bytes=chunk_bytes)
     finally:
-        close_all(conns)
+        await close_all(conns)
     show(res)
     return res
 
@@ -224,7 +231,7 @@ async def prefill(srv: ServerProc, fresh: Fresh, chunks: int) -> tuple[int, int]
             await run_closed_loop("prefill", 4, first_touch_op(fresh)(conns, 64), 3600, 64,
                                   None, max_ops=ops)
         finally:
-            close_all(conns)
+            await close_all(conns)
     return (0, fresh.next)
 
 

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="FILE", default=None,
                    help="an earlier --json report: print its headline figures beside this "
                         "run's")
+    p.add_argument("--show", metavar="FILE", default=None,
+                   help="print an earlier --json report (and --compare) without running")
     p.add_argument("--scale-exceptions", type=int, default=0, metavar="N",
                    help="exceptions in the large store (default 600000; 20000 with --quick); "
                         "10000000 for the full-size run (several minutes to build)")
@@ -71,6 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"csnap-bench: --compare: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.show:
+        try:
+            out = json.loads(Path(args.show).read_text())
+        except (OSError, ValueError) as exc:
+            print(f"csnap-bench: --show: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        report.print_report(out)
+        if before is not None:
+            report.print_comparison(before, out)
+        return EXIT_OK
     cfg = config.make(args.quick, seconds=args.seconds, scale_exceptions=args.scale_exceptions,
                       delete_exceptions=args.delete_exceptions, cache_size=args.cache_size,
                       reps=args.reps, nbd_bytes=nbd_bytes, skip=args.skip)

@@ -42,7 +42,7 @@ async def test_replies_are_valid_protocol(ideal):
         replies.append(await snap.call(m.finish_snapshot_read(0, replies[-1]["id"])))
         replies.append(await conn.call({"op": "NO_SUCH_OP", "id": 0}))
     finally:
-        close_all([conn, snap])
+        await close_all([conn, snap])
     ops = [r["op"] for r in replies]
     assert ops == ["WRITE_OK", "PONG", "SNAPSHOT_WRITE_OK", "SNAPSHOT_READ_OK", "FINISH_OK",
                    "ERROR"]
@@ -64,5 +64,5 @@ async def test_benchmark_workloads_run_against_it(ideal, name):
         res = await run_closed_loop(name, 4, factory(conns, 1), 5.0, 1, ideal.pid,
                                     max_ops=200)
     finally:
-        close_all(conns)
+        await close_all(conns)
     assert res.ops == 200
