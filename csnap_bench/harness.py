@@ -285,6 +285,7 @@ class Result:
     bytes_moved: int = 0
     latencies: list[float] = field(default_factory=list, repr=False)
     server_cpu: float = 0.0  # fraction of one core used by csnapd during the run
+    server_write_bytes: int = 0  # csnapd's /proc/PID/io write_bytes during the run
     client_cpu: float = 0.0  # fraction of one core used by the benchmark process
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -302,6 +303,9 @@ class Result:
             "p99_ms": round(percentile(lat, 99) * 1e3, 3),
             "max_ms": round((lat[-1] if lat else 0.0) * 1e3, 3),
             "server_cpu": round(self.server_cpu, 2), "client_cpu": round(self.client_cpu, 2),
+            "server_us_per_op": round(self.server_cpu * secs / max(1, self.ops) * 1e6, 1),
+            "server_write_bytes_per_chunk": (round(self.server_write_bytes / self.chunks)
+                                             if self.chunks else None),
             "notes": self.notes, **self.extra,
         }
 
@@ -333,12 +337,14 @@ async def run_closed_loop(name: str, workers: int, op: OpFn, seconds: float,
             seq += 1
 
     s0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
+    io0 = proc_io(server_pid).get("write_bytes", 0) if server_pid else 0
     c0 = self_cpu_seconds()
     t0 = perf()
     await asyncio.gather(*(worker(w) for w in range(workers)))
     res.seconds = perf() - t0
     if server_pid:
         res.server_cpu = (proc_cpu_seconds(server_pid) - s0) / res.seconds
+        res.server_write_bytes = proc_io(server_pid).get("write_bytes", 0) - io0
     res.client_cpu = (self_cpu_seconds() - c0) / res.seconds
     res.bytes_moved = res.chunks * chunk_bytes
     return res

@@ -189,7 +189,8 @@ def _nbd_table(out: dict[str, Any]) -> None:
 
 def _throughput_table(out: dict[str, Any]) -> None:
     hdr = (f"{'workload':<24} {'cli':>4} {'k':>3} {'ops/s':>10} {'chunks/s':>10} {'MB/s':>8} "
-           f"{'p50 ms':>8} {'p99 ms':>8} {'srv cpu':>7} {'cli cpu':>7}")
+           f"{'p50 ms':>8} {'p99 ms':>8} {'srv cpu':>7} {'cli cpu':>7} {'srv us/op':>9} "
+           f"{'B/chunk':>7}")
     if not any(out["workloads"].values()):
         return
     print(hdr)
@@ -203,7 +204,9 @@ def _throughput_table(out: dict[str, Any]) -> None:
             print(f"{label:<24} {p['clients']:>4} {p['chunks_per_msg']:>3} "
                   f"{p['ops_per_s']:>10.0f} {p['chunks_per_s']:>10.0f} {mb:>8} "
                   f"{p['p50_ms']:>8.2f} {p['p99_ms']:>8.2f} {p['server_cpu']:>7.2f} "
-                  f"{p['client_cpu']:>7.2f}")
+                  f"{p['client_cpu']:>7.2f} {p.get('server_us_per_op', '-'):>9} "
+                  f"{p.get('server_write_bytes_per_chunk') or '-':>7}")
+    print("(srv us/op: csnapd CPU per message; B/chunk: csnapd's write_bytes per chunk)")
     for r in out["workloads"].get("rewrite_cached_library", []):
         print(f"library cached rewrite {r['write_size'] // KIB} KiB: {r['mb_per_s']} MB/s, "
               f"p50 {r['p50_ms']} ms (raw pwrite {r['raw_pwrite_mb_per_s']} MB/s, "
