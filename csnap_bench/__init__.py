@@ -1,5 +1,10 @@
-"""csnap-bench internals: the server harness, the raw protocol client, the scale store builder.
+"""The benchmark behind ``csnap-bench`` (``tools/csnap_bench.py`` is only its command line).
 
-The command line is ``tools/csnap_bench.py`` (``csnap-bench``); docs/performance.md explains
-every workload and records the results.
+Modules by concern: ``harness`` (csnapd subprocess, raw-protocol client, closed loop,
+/proc counters), ``ideal`` (the ideal server: the Python floor csnapd is compared with),
+``workloads`` and ``stages`` (what the clients send, the throughput stages), ``cost``
+(csnapd against the ideal server), ``baselines`` (machine, raw I/O), ``scale`` (stores with
+many exceptions), ``qemu`` and ``nbd``/``nbdtools`` (the qcow2 peers), ``report`` (targets,
+tables, comparison), ``runner`` and ``config``. docs/performance.md explains every workload
+and records the results.
 """

@@ -22,8 +22,6 @@ from csnap_client.control import ControlClient
 from csnap_client.protocol import MAX_SERVER_FRAME, Framer, encode
 from csnap_client.protocol import messages as m
 
-from .scale import make_files
-
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -42,6 +40,27 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_io(pid: int) -> dict[str, int]:
+    """The I/O counters of process ``pid`` (/proc/PID/io: ``write_bytes`` is what the
+    process sent towards the block layer, ``wchar`` every byte it passed to a write call,
+    sockets included), or an empty dict where the kernel does not offer them."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return {k: int(v) for k, v in (line.split(":") for line in f if ":" in line)}
+    except OSError:
+        return {}
+
+
+def allocated_bytes(path: Path) -> int:
+    """Bytes the file system has allocated to ``path`` (``st_blocks`` x 512)."""
+    return os.stat(path).st_blocks * 512
+
+
+def log(text: str) -> None:
+    """Progress on stderr (the report goes to stdout)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def proc_rss(pid: int) -> int:
     """Resident set size of process ``pid`` in bytes."""
     with open(f"/proc/{pid}/status") as f:
@@ -55,6 +74,20 @@ def self_cpu_seconds() -> float:
     """CPU seconds used by this (benchmark client) process."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def make_files(directory: Path, origin_bytes: int, store_bytes: int, chunk_size: int,
+               *init_args: str) -> tuple[Path, Path]:
+    """Sparse origin and store files, the store initialised by csnap-init."""
+    directory.mkdir(parents=True, exist_ok=True)
+    origin, store = directory / "origin.img", directory / "store.img"
+    for path, size in ((origin, origin_bytes), (store, store_bytes)):
+        with open(path, "wb") as f:
+            f.truncate(size)
+    subprocess.run([str(BIN / "csnap-init"), "--store", str(store), "--origin", str(origin),
+                    "--chunk-size", str(chunk_size), "--quiet", "--force", *init_args],
+                   check=True, capture_output=True, text=True)
+    return origin, store
 
 
 @dataclass
@@ -252,6 +285,7 @@ class Result:
     bytes_moved: int = 0
     latencies: list[float] = field(default_factory=list, repr=False)
     server_cpu: float = 0.0  # fraction of one core used by csnapd during the run
+    server_write_bytes: int = 0  # csnapd's /proc/PID/io write_bytes during the run
     client_cpu: float = 0.0  # fraction of one core used by the benchmark process
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -269,6 +303,9 @@ class Result:
             "p99_ms": round(percentile(lat, 99) * 1e3, 3),
             "max_ms": round((lat[-1] if lat else 0.0) * 1e3, 3),
             "server_cpu": round(self.server_cpu, 2), "client_cpu": round(self.client_cpu, 2),
+            "server_us_per_op": round(self.server_cpu * secs / max(1, self.ops) * 1e6, 1),
+            "server_write_bytes_per_chunk": (round(self.server_write_bytes / self.chunks)
+                                             if self.chunks else None),
             "notes": self.notes, **self.extra,
         }
 
@@ -300,12 +337,14 @@ async def run_closed_loop(name: str, workers: int, op: OpFn, seconds: float,
             seq += 1
 
     s0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
+    io0 = proc_io(server_pid).get("write_bytes", 0) if server_pid else 0
     c0 = self_cpu_seconds()
     t0 = perf()
     await asyncio.gather(*(worker(w) for w in range(workers)))
     res.seconds = perf() - t0
     if server_pid:
         res.server_cpu = (proc_cpu_seconds(server_pid) - s0) / res.seconds
+        res.server_write_bytes = proc_io(server_pid).get("write_bytes", 0) - io0
     res.client_cpu = (self_cpu_seconds() - c0) / res.seconds
     res.bytes_moved = res.chunks * chunk_bytes
     return res
