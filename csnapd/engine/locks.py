@@ -387,8 +387,10 @@ class LockTable:
         in the :class:`WriteReady` event.  O(number of ranges) when no lock is held
         anywhere.
         """
+        if not self._readers:  # no lock held anywhere: the common case, nothing to check
+            return True
         norm, total = normalize_ranges(ranges)
-        if not total or not self._readers:
+        if not total:
             return True
         blocked = self._count_locked(norm, total)
         if not blocked:

@@ -91,8 +91,10 @@ class Connection(asyncio.Protocol):
         srv.schedule()
 
     def data_received(self, data: bytes) -> None:
+        """Requests to the engine; replies are written at the end of the loop iteration."""
         self.session.receive_data(data)
-        self._watch_partial_frame()
+        if self._frame_timer is not None or self.session.buffered:
+            self._watch_partial_frame()
         self.server.pump(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -48,7 +48,7 @@ from .superblock import SuperState
 EXACT_RUNS = 1 << 16
 #: The persisted exposure grows in aligned steps of this many chunks, so a client
 #: writing sequentially dirties its grant record once per step, not once per request.
-PAD_CHUNKS = 64
+PAD_CHUNKS = 1024
 
 
 class Runs:
@@ -204,6 +204,8 @@ class Grants:
         coarse, changed = self._coarse[client], False
         limit = self.sbs.f.origin_chunks
         for start, count in ranges:
+            if exact.covers(start, count):  # approved before: nothing to record
+                continue
             exact.add(start, count)
             if not coarse.covers(start, count):
                 lo = start - start % PAD_CHUNKS
