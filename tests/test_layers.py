@@ -41,7 +41,7 @@ RULES = {
     "csnap_client/protocol": ("csnap_client.protocol", "msgpack"),
     "csnap_client": ("csnap_client", "sortedcontainers", "msgpack", "crc32c"),
     "csnap_nbd": ("csnap_nbd", "csnap_client", "uvloop"),
-    "csnap_bench": ("csnap_bench", "csnap_client", "csnapd.store", "uvloop"),
+    "csnap_bench": ("csnap_bench", "csnap_client", "csnap_diff", "csnapd.store", "uvloop"),
     "csnap_soak": ("csnap_soak", "csnap_client", "csnapd.store", "hypothesis", "msgpack"),
     "csnap_diff": ("csnap_diff", "csnap_client", "crc32c", "msgpack", "tqdm"),
     "tools": ("tools", "csnap_client", "csnapd.store", "csnap_bench", "csnap_diff", "uvloop"),
