@@ -27,8 +27,10 @@ from csnap_client.protocol import messages as m
 
 #: Bytes per Volume.read and the largest data extent handed out.
 BLOCK = 4 << 20
-#: Volume.read calls in flight at once.
-DEPTH = 4
+#: Bytes of Volume.read in flight at once, and the most reads in flight (small reads of
+#: scattered changed chunks need many in flight to hide the read-lock round trips).
+INFLIGHT_BYTES = 16 << 20
+DEPTH = 64
 
 
 @dataclass(slots=True)
@@ -143,17 +145,20 @@ async def extents(volume: Any, ranges: Iterable[list[int]], *, block: int = BLOC
     inflight: deque[tuple[int, asyncio.Task[bytes]]] = deque()
     pending: Extent | None = None
     reads = iter(_blocks(ranges, cs, size, block))
+    queued = 0  # bytes in flight
+    nxt = next(reads, None)
     try:
         while True:
-            while len(inflight) < depth:
-                nxt = next(reads, None)
-                if nxt is None:
-                    break
+            while nxt is not None and len(inflight) < depth \
+                    and (not inflight or queued + nxt[1] <= INFLIGHT_BYTES):
                 inflight.append((nxt[0], asyncio.ensure_future(volume.read(*nxt))))
+                queued += nxt[1]
+                nxt = next(reads, None)
             if not inflight:
                 break
             off, task = inflight.popleft()
             data = await task
+            queued -= len(data)
             stats.bytes_read += len(data)
             for ext in split_zeros(off, data, cs):
                 if pending is not None and pending.end == ext.offset \
