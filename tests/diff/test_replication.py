@@ -118,7 +118,11 @@ def test_killed_sender_and_killed_receiver_resume(history, tmp_path):
                                 stdin=send.stdout, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         send.stdout.close()
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30  # wait until the receive is under way
+        while not list((srv.tmp / "state").glob("receive-*.json")) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
         (send if victim == "sender" else recv).send_signal(signal.SIGKILL)
         try:
             _, err = recv.communicate(timeout=30)
