@@ -18,10 +18,14 @@ Block status (see docs/nbd.md):
   * ``qemu:allocation-depth``: on a snapshot, 1 for chunks the snapshot owns (it has an
     exception in the store: QUERY_MAP lists it), 2 for chunks still shared with the origin
     (read through to the origin, QEMU's "backing" layer). On the origin, 1 everywhere.
-  * ``qemu:dirty-bitmap:NAME`` (origin only): 1 ("dirty") for chunks where snapshot NAME
+  * ``qemu:dirty-bitmap:NAME`` on the origin: 1 ("dirty") for chunks where snapshot NAME
     has an exception, i.e. chunks the origin changed since NAME was taken (or that were
     written through NAME itself), 0 elsewhere. Asked with QUERY_MAP on a session
     identified as NAME.
+  * ``qemu:dirty-bitmap:NAME`` on a snapshot export: 1 for chunks whose copy differs
+    between the exported snapshot and snapshot NAME (what changed since NAME, for an
+    incremental backup of the snapshot), 0 elsewhere. Asked with QUERY_CHANGES (base NAME)
+    on the export's own session.
 
 Must not import csnapd. Uses csnap_client only.
 """
@@ -96,6 +100,7 @@ class Session:
     read_only: bool
     contexts: dict[int, str] = field(default_factory=dict)
     bitmaps: dict[str, Volume] = field(default_factory=dict)
+    bases: dict[str, str] = field(default_factory=dict)  # snapshot export: ctx -> base name
 
 
 class ExportError(Exception):
@@ -181,8 +186,8 @@ class Gateway:
     async def contexts(self, export: Export) -> list[str]:
         """The metadata contexts an export offers."""
         names = [nbd.BASE_ALLOCATION, nbd.ALLOCATION_DEPTH]
-        if export.is_origin:
-            names += [nbd.DIRTY_BITMAP_PREFIX + s["name"] for s in await self.snapshots()]
+        names += [nbd.DIRTY_BITMAP_PREFIX + s["name"] for s in await self.snapshots()
+                  if export.is_origin or s["name"] != export.name]
         return names
 
     def flags(self, export: Export, structured: bool) -> int:
@@ -248,7 +253,10 @@ class Gateway:
                     snap = await self.resolve(ctx[len(nbd.DIRTY_BITMAP_PREFIX):])
                     if snap is None or snap.is_origin:
                         raise ExportError(f"bitmap {ctx!r} vanished")
-                    session.bitmaps[ctx] = await self.acquire(snap)
+                    if export.is_origin:
+                        session.bitmaps[ctx] = await self.acquire(snap)
+                    else:
+                        session.bases[ctx] = snap.name
         except BaseException:
             await self.close_session(session)
             raise
@@ -276,6 +284,8 @@ class Gateway:
                                                and session.export.is_origin):
             value = 0 if context == nbd.BASE_ALLOCATION else 1
             return [(min(end - offset, 0xFFFFFFFF), value)]
+        if context in session.bases:
+            return await self._changes(session, session.bases[context], offset, end, one)
         if context == nbd.ALLOCATION_DEPTH:
             owned, shared_value, volume = 1, 2, session.volume
         elif context in session.bitmaps:
@@ -299,5 +309,29 @@ class Gateway:
             pos = hi
         if pos < stop:
             extents.append((stop - pos, shared_value))
+        extents = nbd.merge_extents(extents)
+        return extents[:1] if one else extents
+
+    async def _changes(self, session: Session, base: str, offset: int, end: int, one: bool
+                       ) -> list[tuple[int, int]]:
+        """Dirty-bitmap extents of a snapshot export against snapshot ``base``: chunks
+        whose copy differs (QUERY_CHANGES); may stop early where the server's answer did."""
+        cs = self.chunk_size
+        first, last = offset // cs, (end - 1) // cs
+        reply = await session.volume.client.request(
+            m.query_changes, base, first, last - first + 1, self.max_chunks, resend=True)
+        stop = end if reply["next"] is None else min(end, reply["next"] * cs)
+        extents: list[tuple[int, int]] = []
+        pos = offset
+        for chunk, count in reply["ranges"]:
+            lo, hi = max(chunk * cs, offset), min((chunk + count) * cs, stop)
+            if hi <= lo:
+                continue
+            if lo > pos:
+                extents.append((lo - pos, 0))
+            extents.append((hi - lo, nbd.STATE_DIRTY))
+            pos = hi
+        if pos < stop:
+            extents.append((stop - pos, 0))
         extents = nbd.merge_extents(extents)
         return extents[:1] if one else extents

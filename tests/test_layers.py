@@ -42,9 +42,11 @@ RULES = {
     "csnap_client/protocol": ("csnap_client.protocol", "msgpack"),
     "csnap_client": ("csnap_client", "sortedcontainers", "msgpack", "crc32c"),
     "csnap_nbd": ("csnap_nbd", "csnap_client", "uvloop"),
-    "csnap_bench": ("csnap_bench", "csnap_client", "csnapd.store", "uvloop", "msgpack"),
+    "csnap_bench": ("csnap_bench", "csnap_client", "csnap_diff", "csnapd.store", "uvloop",
+                    "msgpack"),
     "csnap_soak": ("csnap_soak", "csnap_client", "csnapd.store", "hypothesis", "msgpack"),
-    "tools": ("tools", "csnap_client", "csnapd.store", "csnap_bench", "uvloop"),
+    "csnap_diff": ("csnap_diff", "csnap_client", "crc32c", "msgpack", "tqdm"),
+    "tools": ("tools", "csnap_client", "csnapd.store", "csnap_bench", "csnap_diff", "uvloop"),
 }
 #: The daemon-level modules of csnapd (besides its sub-packages): they wire it all up.
 DAEMON = ("csnapd/daemon.py", "csnapd/config.py", "csnapd/options.py", "csnapd/metrics.py",
@@ -56,6 +58,7 @@ FORBIDDEN = {
     "csnapd/engine": ("asyncio", "socket", "uvloop", "csnapd.net"),
     "tools": ("csnapd.engine", "csnapd.net"),
     "csnap_nbd": ("csnapd",),
+    "csnap_diff": ("csnapd",),
     "csnap_soak": ("csnapd.engine", "csnapd.net"),
     "csnap_bench": ("csnapd.engine", "csnapd.net"),
 }

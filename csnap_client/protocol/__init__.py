@@ -85,6 +85,7 @@ from .messages import (
     ack_ok,
     advice,
     challenge,
+    changes,
     compress_mapping,
     compress_ranges,
     count_chunks,
@@ -106,6 +107,7 @@ from .messages import (
     ok,
     ping,
     pong,
+    query_changes,
     query_map,
     query_snapshot_read,
     query_write,
@@ -149,6 +151,7 @@ __all__ = [
     "ok", "ping", "pong", "query_map", "query_snapshot_read", "query_write", "reply_error",
     "shutdown", "snapshot_info", "snapshot_read_ok", "snapshot_write_ok", "status",
     "verify_again", "verify_devices", "verify_ok", "volumes", "write_ok",
+    "query_changes", "changes",
     # range helpers
     "compress_mapping", "compress_ranges", "count_chunks", "expand_mapping", "expand_ranges",
 ]

@@ -40,6 +40,7 @@ MAX_NAME_LEN = 255  # characters in a snapshot name
 MAX_SAMPLES = 64  # origin sample ranges in IDENTIFY_OK.devices / VERIFY_AGAIN
 MAX_SAMPLE_BYTES = 1 << 20  # bytes in one origin sample range
 MAX_STORE_MARKS = 8  # [offset, bytes] entries in IDENTIFY_OK.devices.store
+MAX_CHANGE_CHUNKS = 65536  # chunks one CHANGES reply covers at most (QUERY_CHANGES)
 ORIGIN = "origin"  # the reserved volume name for the origin device
 
 Message = dict[str, Any]
@@ -68,6 +69,8 @@ class Op(enum.StrEnum):
     VOLUMES = "VOLUMES"
     QUERY_MAP = "QUERY_MAP"
     MAP_OK = "MAP_OK"
+    QUERY_CHANGES = "QUERY_CHANGES"
+    CHANGES = "CHANGES"
     VERIFY_DEVICES = "VERIFY_DEVICES"
     VERIFY_OK = "VERIFY_OK"
     VERIFY_AGAIN = "VERIFY_AGAIN"
@@ -302,6 +305,17 @@ def _check_devices(v: Any, limits: Limits) -> None:
     _check_samples(v["origin"], limits)
 
 
+def _check_base(v: Any, limits: Limits) -> None:
+    """QUERY_CHANGES.base: nil (compare with nothing), "origin", or a snapshot-ref."""
+    if v is not None:
+        _check_volume(v, limits)
+
+
+def _check_opt_uint64(v: Any, limits: Limits) -> None:
+    if v is not None:
+        _check_uint64(v, limits)
+
+
 def _show(v: Any) -> str:
     """Short, safe rendering of a peer-supplied value for error text."""
     text = repr(v)
@@ -330,6 +344,8 @@ MAPPING = FieldType("mapping", _check_mapping)
 SAMPLES = FieldType("samples", _check_samples)
 CRC_LIST = FieldType("crc-list", _check_crc_list)
 DEVICES = FieldType("devices", _check_devices)
+BASE = FieldType('nil | "origin" | snapshot-name | uint32-tag', _check_base)
+OPT_UINT64 = FieldType("nil | uint64", _check_opt_uint64)
 
 
 # ----------------------------------------------------------------------------------------
@@ -394,6 +410,9 @@ _SPECS = (
     _spec(Op.VOLUMES, _S2C, {"snapshots": ANY}),
     _spec(Op.QUERY_MAP, _C2S, {"ranges": RANGES}, replies=(Op.MAP_OK, _E)),
     _spec(Op.MAP_OK, _S2C, {"store": MAPPING}),
+    _spec(Op.QUERY_CHANGES, _C2S, {"base": BASE, "start": UINT64},
+          {"count": UINT64, "max_chunks": UINT32}, replies=(Op.CHANGES, _E)),
+    _spec(Op.CHANGES, _S2C, {"ranges": CHUNK_LIST, "next": OPT_UINT64}),
     _spec(Op.VERIFY_DEVICES, _C2S, {"origin": CRC_LIST},
           replies=(Op.VERIFY_OK, Op.VERIFY_AGAIN, _E)),
     _spec(Op.VERIFY_OK, _S2C, {}),
@@ -635,6 +654,25 @@ def query_map(id: int, ranges: list[list[int]]) -> Message:
 def map_ok(id: int, store: list[list[int]]) -> Message:
     """MAP_OK: [[chunk, count, store_chunk], ...]; chunks not listed read the origin."""
     return {"op": "MAP_OK", "id": id, "store": store}
+
+
+def query_changes(id: int, base: str | int | None, start: int = 0, count: int | None = None,
+                  max_chunks: int | None = None) -> Message:
+    """QUERY_CHANGES: the chunks of this connection's volume whose copy differs from
+    ``base``'s (a snapshot, "origin", or None for "every chunk"), from chunk ``start``
+    (over at most ``count`` chunks); the reply covers at most ``max_chunks`` chunks and
+    says in ``next`` where to ask again."""
+    msg: Message = {"op": "QUERY_CHANGES", "id": id, "base": base, "start": start}
+    if count is not None:
+        msg["count"] = count
+    if max_chunks is not None:
+        msg["max_chunks"] = max_chunks
+    return msg
+
+
+def changes(id: int, ranges: list[list[int]], next: int | None) -> Message:
+    """CHANGES: changed chunks in ``[start, next)`` (``next`` None: up to the end asked)."""
+    return {"op": "CHANGES", "id": id, "ranges": ranges, "next": next}
 
 
 def ack_ok(id: int) -> Message:

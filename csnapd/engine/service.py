@@ -37,6 +37,7 @@ from csnapd.engine.devices import DeviceVerifier
 from csnapd.engine.report import Reporter, snap_dict
 from csnapd.engine.space import SpacePolicy
 from csnapd.engine.watch import DeviceWatch
+from csnapd.store import diff as sd
 from csnapd.store import errors as se
 from csnapd.store import format as fmt
 from csnapd.store.store import Store
@@ -123,6 +124,7 @@ class Engine:
             "FINISH_SNAPSHOT_READ": self._finish_read, "ACK_ADVICE": self._ack_advice,
             "DETACH": self._detach, "LIST_VOLUMES": self._list_volumes,
             "VERIFY_DEVICES": self._verify_devices, "PING": self._ping,
+            "QUERY_CHANGES": self._query_changes,
         }
         self._control: dict[str, Handler] = {
             "LIST_SNAPSHOTS": self._list_snapshots, "STATUS": self._status,
@@ -452,6 +454,41 @@ class Engine:
         if not self._snapshot_gone(conn, req.id):
             _, store = self._read_map(conn.slot, req.ranges)
             self._durable.append((conn.id, m.map_ok(req.id, store)))
+
+    def _query_changes(self, conn: Conn, req: Request, now: float) -> None:
+        """Chunks whose copy differs between this volume and ``base`` (store/diff.py).
+
+        Bounded per request (entries scanned and chunks reported); the reply reveals
+        store state, so it waits for durability like MAP_OK.
+        """
+        msg, rid = req.msg, req.id
+        if conn.slot is not None and self._snapshot_gone(conn, rid):
+            return
+        limit = self.store.sb.origin_chunks
+        start, want = msg["start"], msg.get("max_chunks", m.MAX_CHANGE_CHUNKS)
+        if start > limit:
+            return self._error(conn.id, rid, ErrorCode.OUT_OF_RANGE,
+                               f"start {start} is past the end of the volume ({limit} chunks)")
+        if want < 1:
+            return self._error(conn.id, rid, ErrorCode.BAD_REQUEST, "max_chunks must be >= 1")
+        end = limit if msg.get("count") is None else min(limit, start + msg["count"])
+        want = min(want, m.MAX_CHANGE_CHUNKS)
+        base = msg["base"]
+        if base is None:
+            scan = sd.every_chunk(start, end, want)
+        else:
+            slot = None
+            if base != m.ORIGIN:
+                entry = self._find_snapshot(base)
+                if entry is None:
+                    return self._error(conn.id, rid, ErrorCode.UNKNOWN_SNAPSHOT,
+                                       f"no snapshot {base!r}")
+                if entry.squashed or entry.state != fmt.SNAP_LIVE:
+                    return self._error(conn.id, rid, ErrorCode.SNAPSHOT_SQUASHED,
+                                       f"snapshot {entry.name!r} was squashed")
+                slot = entry.slot
+            scan = sd.changed_chunks(self.store, conn.slot, slot, start, end, want)
+        self._durable.append((conn.id, m.changes(rid, scan.ranges, scan.next)))
 
     def _read_map(self, slot: int, ranges: Any) -> tuple[list, list]:
         pairs = self.store.snapshot_map(slot, ranges)
