@@ -39,6 +39,7 @@ RULES = {
                       "sortedcontainers", "crc32c"),
     "csnapd/net": ("csnapd.net", "csnapd.engine", "csnapd.metrics", "csnap_client.protocol",
                    "csnapd.store.seal"),
+    "csnapd/ha": ("csnapd.ha", "csnapd.engine", "csnap_client.protocol"),
     "csnap_client/protocol": ("csnap_client.protocol", "msgpack"),
     "csnap_client": ("csnap_client", "sortedcontainers", "msgpack", "crc32c"),
     "csnap_nbd": ("csnap_nbd", "csnap_client", "uvloop"),
@@ -56,6 +57,7 @@ DAEMON_ALLOWED = ("csnapd", "csnap_client.protocol", "csnap_client.units", "prom
 FORBIDDEN = {
     "csnapd/store": ("asyncio", "socket", "uvloop"),
     "csnapd/engine": ("asyncio", "socket", "uvloop", "csnapd.net"),
+    "csnapd/ha": ("csnapd.net", "csnapd.store"),
     "tools": ("csnapd.engine", "csnapd.net"),
     "csnap_nbd": ("csnapd",),
     "csnap_diff": ("csnapd",),

@@ -56,6 +56,7 @@ ERROR_TABLE: tuple[tuple[int, str, str, bool], ...] = (
     (500, "SHUTTING_DOWN", "server is shutting down", True),
     (501, "BUSY", "server is busy, retry later", True),
     (502, "INTERNAL", "internal server error", False),
+    (503, "NOT_LEADER", "this server is a standby; the leader is named in `leader`", True),
 )
 
 
@@ -257,6 +258,13 @@ class InternalError(RemoteError):
     code = ErrorCode.INTERNAL
 
 
+class NotLeaderError(RemoteError):
+    """The server is a standby (or stopped leading); ``leader`` is where to go, if known."""
+
+    code = ErrorCode.NOT_LEADER
+    leader: str = ""
+
+
 def _check_classes() -> None:
     """Every code in the table must have its RemoteError subclass (runs at import)."""
     missing = set(DEFAULT_TEXT) - set(REMOTE_ERROR_CLASSES)
@@ -281,4 +289,7 @@ def error_from_reply(msg: dict[str, Any]) -> RemoteError:
         text = default_text(code)
     rid = msg.get("id")
     cls = REMOTE_ERROR_CLASSES.get(code, RemoteError)
-    return cls(code, text, rid if type(rid) is int else 0)
+    exc = cls(code, text, rid if type(rid) is int else 0)
+    if isinstance(msg.get("leader"), str):
+        exc.leader = msg["leader"]  # type: ignore[attr-defined]
+    return exc

@@ -419,7 +419,7 @@ _SPECS = (
     _spec(Op.VERIFY_AGAIN, _S2C, {"origin": SAMPLES, "differ": UINT32}),
     _spec(Op.ADVICE, _S2C, {"advice": UINT64, "kind": ADVICE_KIND, "snapshot": NAME,
                             "lease_ms": UINT32}),
-    _spec(Op.ERROR, _S2C, {"code": UINT32, "message": STR}),
+    _spec(Op.ERROR, _S2C, {"code": UINT32, "message": STR}, {"leader": STR}),
     _spec(Op.CREATE_SNAPSHOT, _CTL, {"name": NAME}, {"tag": UINT32, "priority": INT8},
           replies=(Op.OK, _E)),
     _spec(Op.DELETE_SNAPSHOT, _CTL, {"snapshot": SNAPSHOT_REF}, replies=(Op.OK, _E)),
@@ -680,10 +680,16 @@ def ack_ok(id: int) -> Message:
     return {"op": "ACK_OK", "id": id}
 
 
-def reply_error(id: int, code: int, message: str | None = None) -> Message:
-    """ERROR: request ``id`` (0 = connection-level) failed with wire ``code``."""
+def reply_error(id: int, code: int, message: str | None = None,
+                leader: str | None = None) -> Message:
+    """ERROR: request ``id`` (0 = connection-level) failed with wire ``code``.
+
+    ``leader`` (NOT_LEADER) is the address clients should go to instead."""
     text = message if message else default_text(code)
-    return {"op": "ERROR", "id": id, "code": int(code), "message": text}
+    msg: Message = {"op": "ERROR", "id": id, "code": int(code), "message": text}
+    if leader:
+        msg["leader"] = leader
+    return msg
 
 
 def create_snapshot(id: int, name: str, tag: int | None = None,
