@@ -109,11 +109,11 @@ def dump_tree(store) -> list[dict[str, Any]]:  # noqa: ANN001
     for v in walk_tree(store):
         item: dict[str, Any] = {"block": v.addr, "path": v.path, "range": [v.lo, v.hi]}
         if v.depth:
-            item["node"] = [[k, c] for k, c in zip(v.block.keys, v.block.children, strict=True)]
+            item["node"] = [[k, c] for k, c in zip(v.keys, v.children, strict=True)]
         else:
-            item["leaf"] = [[k, [[s, hex(m)] for s, m in excs]]
-                            for k, excs in zip(v.block.keys, v.block.vals, strict=True)]
-            item["bytes"] = v.block.nbytes
+            item["leaf"] = [[k, [[e.store, hex(e.sharemap)] for e in excs]]
+                            for k, excs in v.entries]
+            item["bytes"] = v.nbytes
         out.append(item)
     return out
 

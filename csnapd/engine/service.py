@@ -39,9 +39,8 @@ from csnapd.engine.devices import DeviceVerifier
 from csnapd.engine.watch import DeviceWatch
 from csnapd.store import errors as se
 from csnapd.store import format as fmt
-from csnapd.store.btree import KEY_LIMIT
 from csnapd.store.store import Store
-from csnapd.store.walk import add_leaf_usage, snapshot_usage
+from csnapd.store.walk import snapshot_usage
 
 log = logging.getLogger("csnapd.engine")
 
@@ -722,15 +721,11 @@ class Engine:
     def _scan_step(self, leaves: int) -> bool:
         """Count per-snapshot usage a few leaves at a time (large stores)."""
         cursor, acc = self._scan
-        for _ in range(leaves):
-            _path, leaf, _lo, hi = self.store.tree.find(cursor)
-            add_leaf_usage(acc, leaf)
-            cursor = hi
-            if hi >= KEY_LIMIT:
-                self._usage, self._usage_at, self._scan = acc, self.now, None
-                return False
+        cursor, done = self.store.usage_step(cursor, leaves, acc)
+        if done:
+            self._usage, self._usage_at, self._scan = acc, self.now, None
+            return False
         self._scan = (cursor, acc)
-        self.store.cache.trim()
         return True
 
     # ------------------------------------------------------------------

@@ -16,16 +16,17 @@ from .format import BlockKind
 class Leaf:
     """Exception B-tree leaf: sorted logical chunks, each with its exceptions.
 
-    ``vals[i]`` is a list of ``[store_chunk, sharemap]`` pairs for logical
-    chunk ``keys[i]``; ``nbytes`` tracks the encoded payload size so splits
-    and merges never need to re-encode.
+    ``vals[i]`` is the list of exceptions (``format.Exc``) of logical chunk
+    ``keys[i]``; ``nbytes`` tracks the encoded payload size so splits and
+    merges never need to re-encode.  Only the B-tree layer (btree.py, exmap.py)
+    looks inside a leaf.
     """
 
     kind = BlockKind.LEAF
     __slots__ = ("addr", "keys", "vals", "nbytes")
 
     def __init__(self, addr: int, keys: list[int] | None = None,
-                 vals: list[list[list[int]]] | None = None, nbytes: int = 0) -> None:
+                 vals: list[list[fmt.Exc]] | None = None, nbytes: int = 0) -> None:
         self.addr = addr
         self.keys = keys if keys is not None else []
         self.vals = vals if vals is not None else []

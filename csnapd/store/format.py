@@ -551,65 +551,123 @@ def leaf_capacity(block_size: int) -> int:
     return block_size - HEADER_SIZE
 
 
+class Exc:
+    """One exception as a leaf holds it: a store chunk and the sharemap of its users.
+
+    Bit s of ``sharemap`` set means snapshot slot s reads this copy.  Only the
+    exception map (store/exmap.py) changes these; everyone else reads them.
+    """
+
+    __slots__ = ("store", "sharemap")
+
+    def __init__(self, store: int, sharemap: int) -> None:
+        self.store = store
+        self.sharemap = sharemap
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Exc):
+            return NotImplemented
+        return self.store == other.store and self.sharemap == other.sharemap
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Exc({self.store}, {self.sharemap:#x})"
+
+
 def sharemap_size(sharemap: int) -> int:
     """Encoded bytes of one exception carrying ``sharemap``."""
     low = (sharemap & -sharemap).bit_length() - 1
     return EXC_OVERHEAD + (sharemap.bit_length() + 7) // 8 - low // 8
 
 
-def entry_size(excs: list[list[int]]) -> int:
+def entry_size(excs: list[Exc]) -> int:
     """Encoded bytes of one logical chunk entry with exceptions ``excs``."""
-    return ENTRY_OVERHEAD + sum(sharemap_size(sm) for _, sm in excs)
+    return ENTRY_OVERHEAD + sum(sharemap_size(e.sharemap) for e in excs)
 
 
 _ONE_BYTE_EXC = struct.Struct("<QHHB")
 
 
-def encode_leaf(keys: list[int], vals: list[list[list[int]]]) -> bytes:
+def encode_exceptions(out: bytearray, excs: list[Exc]) -> None:
+    """Append the encoded exceptions of one entry (after its chunk and count)."""
+    exc1, exc = _ONE_BYTE_EXC.pack, LEAF_EXC.pack
+    for e in excs:
+        sharemap = e.sharemap
+        if sharemap < 256:  # the common case: snapshot slots 0..7
+            out += exc1(e.store, 0, 1, sharemap)
+            continue
+        low = ((sharemap & -sharemap).bit_length() - 1) // 8
+        raw = (sharemap >> (8 * low)).to_bytes((sharemap.bit_length() + 7) // 8 - low, "little")
+        out += exc(e.store, low, len(raw))
+        out += raw
+
+
+def encode_leaf(keys: list[int], vals: list[list[Exc]]) -> bytes:
     out = bytearray()
     entry, exc1, exc = LEAF_ENTRY.pack, _ONE_BYTE_EXC.pack, LEAF_EXC.pack
     for chunk, excs in zip(keys, vals, strict=True):
         out += entry(chunk, len(excs))
-        for store, sharemap in excs:
-            if sharemap < 256:  # the common case: snapshot slots 0..7
-                out += exc1(store, 0, 1, sharemap)
+        for e in excs:  # encode_exceptions, inlined: this loop is hot at every commit
+            sharemap = e.sharemap
+            if sharemap < 256:
+                out += exc1(e.store, 0, 1, sharemap)
                 continue
             low = ((sharemap & -sharemap).bit_length() - 1) // 8
-            raw = (sharemap >> (8 * low)).to_bytes((sharemap.bit_length() + 7) // 8 - low, "little")
-            out += exc(store, low, len(raw))
+            raw = (sharemap >> (8 * low)).to_bytes((sharemap.bit_length() + 7) // 8 - low,
+                                                   "little")
+            out += exc(e.store, low, len(raw))
             out += raw
     return bytes(out)
 
 
-def decode_leaf(block: bytes, addr: int, count: int) -> tuple[list[int], list[list[list[int]]], int]:
+def decode_exceptions(block: bytes | memoryview, pos: int, m: int, end: int, addr: int,
+                      chunk: int, kind: str = "LEAF") -> tuple[list[Exc], int]:
+    """``m`` exceptions from ``pos``; return them and the position after them."""
+    excs = []
+    exc_hdr, from_bytes = LEAF_EXC.unpack_from, int.from_bytes
+    for _ in range(m):
+        store, off, length = exc_hdr(block, pos)
+        pos += EXC_OVERHEAD
+        if length == 1 and pos < end:  # the common case: one sharemap byte
+            sharemap = block[pos] << (8 * off)
+        elif length == 0 or pos + length > end:
+            raise CorruptionError(addr, kind, f"bad sharemap for chunk {chunk}")
+        else:
+            sharemap = from_bytes(block[pos:pos + length], "little") << (8 * off)
+        if sharemap == 0:
+            raise CorruptionError(addr, kind, f"empty sharemap for chunk {chunk}")
+        pos += length
+        excs.append(Exc(store, sharemap))
+    return excs, pos
+
+
+_ONE_EXC_ENTRY = struct.Struct("<QHQHHB")  # an entry of one exception, one sharemap byte
+
+
+def decode_leaf(block: bytes, addr: int, count: int) -> tuple[list[int], list[list[Exc]], int]:
     """Return keys, exception lists and the payload bytes used."""
     keys: list[int] = []
-    vals: list[list[list[int]]] = []
+    vals: list[list[Exc]] = []
     pos, end = HEADER_SIZE, len(block)
     prev = -1
-    entry, exc_hdr = LEAF_ENTRY.unpack_from, LEAF_EXC.unpack_from
-    from_bytes = int.from_bytes
+    one, one_size = _ONE_EXC_ENTRY.unpack_from, _ONE_EXC_ENTRY.size
     try:
         for _ in range(count):
-            chunk, m = entry(block, pos)
+            if pos + one_size <= end:
+                chunk, m, store, off, length, byte = one(block, pos)
+                if m == 1 and length == 1 and byte and chunk > prev:  # the common case
+                    prev = chunk
+                    keys.append(chunk)
+                    vals.append([Exc(store, byte << (8 * off))])
+                    pos += one_size
+                    continue
+            chunk, m = LEAF_ENTRY.unpack_from(block, pos)
             pos += ENTRY_OVERHEAD
             if chunk <= prev or m == 0:
                 raise CorruptionError(addr, "LEAF", f"bad entry for chunk {chunk}")
             prev = chunk
-            excs = []
-            for _ in range(m):
-                store, off, length = exc_hdr(block, pos)
-                pos += EXC_OVERHEAD
-                if length == 1 and pos < end:  # the common case: one sharemap byte
-                    sharemap = block[pos] << (8 * off)
-                elif length == 0 or pos + length > end:
-                    raise CorruptionError(addr, "LEAF", f"bad sharemap for chunk {chunk}")
-                else:
-                    sharemap = from_bytes(block[pos:pos + length], "little") << (8 * off)
-                if sharemap == 0:
-                    raise CorruptionError(addr, "LEAF", f"empty sharemap for chunk {chunk}")
-                pos += length
-                excs.append([store, sharemap])
+            excs, pos = decode_exceptions(block, pos, m, end, addr, chunk)
             keys.append(chunk)
             vals.append(excs)
     except struct.error as exc:

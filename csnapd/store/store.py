@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -35,7 +34,7 @@ from . import journal as jnl
 from . import superblock as sbk
 from .bitmap import Allocator
 from .blocks import Bitmap, GrantBlock, Leaf, Node, snaptab_decoder
-from .btree import BTree
+from .btree import KEY_LIMIT, BTree
 from .cache import BlockCache
 from .copier import Copier
 from .device import Device
@@ -49,6 +48,7 @@ from .errors import (
     SealOrderError,
     StoreFullError,
 )
+from .exmap import ExceptionMap, LeafSpan, Usage
 from .grants import Grants
 from .sealing import Sealing
 from .snapshots import Snapshots
@@ -104,6 +104,7 @@ class Store(Sealing):
         self.alloc = Allocator(self.cache, self.sbs)
         self.cache.is_meta = self.alloc.is_meta
         self.tree = BTree(self.cache, self.alloc, self.sbs)
+        self.exmap = ExceptionMap(self.tree, self.cache)
         self.journal = jnl.Journal(dev, f.journal_start, f.journal_blocks, f.block_size,
                                    f.store_id, f.journal_tail, f.journal_seq,
                                    redundant=bool(f.incompat & fmt.INCOMPAT_JOURNAL_V2))
@@ -343,7 +344,7 @@ class Store(Sealing):
         """Make origin chunks unshared by copying out what live snapshots need.
 
         ``extra`` adds sharemap bits to copy for (a snapshot being created).
-        Returns the number of chunks copied.  Not durable until commit().
+        Returns the number of chunks copied.  Not durable until sealed and done.
         """
         self._writable()
         ranges = self.check_ranges(ranges)
@@ -361,56 +362,25 @@ class Store(Sealing):
         return copied
 
     def _origin_batch(self, chunk: int, end: int, live: int) -> tuple[int, int]:
+        """Copy out what one leaf's worth of chunks needs; return (next chunk, copies)."""
         room = self._reserve(min(BATCH, end - chunk))
-        path, leaf, _lo, hi = self.tree.find(chunk)
-        self.cache.depend(leaf.addr)
-        stop = min(end, hi, chunk + BATCH)
-        keys, vals = leaf.keys, leaf.vals
+        span = self.exmap.span(chunk)
+        stop = min(end, span.hi, chunk + BATCH)
         copied = 0
-        while chunk < stop:
-            i = bisect_left(keys, chunk)
-            found = i < len(keys) and keys[i] == chunk
-            need = live
-            if found:
-                for exc in vals[i]:
-                    need &= ~exc[1]
-            if need:
-                if copied >= room:
-                    if copied:
-                        break
-                    raise self._full(chunk)
-                if found:
-                    self._add_exception(leaf, i, need, chunk, None)
-                else:
-                    self._new_entry(leaf, i, chunk, need, None)
-                copied += 1
-            chunk += 1
-            if leaf.nbytes > self.tree.leaf_cap:
+        for c, need in span.missing(live, chunk, stop):
+            if copied >= room:
+                if not copied:
+                    raise self._full(c)
+                stop = c
                 break
-        if copied:
-            self.tree.fixup(path, leaf)
-        return chunk, copied
-
-    def _new_entry(self, leaf: Leaf, i: int, chunk: int, sharemap: int,
-                   source: int | None) -> int:
-        store = self._alloc_data(chunk)
-        leaf.keys.insert(i, chunk)
-        leaf.vals.insert(i, [[store, sharemap]])
-        leaf.nbytes += fmt.ENTRY_OVERHEAD + fmt.sharemap_size(sharemap)
-        self._copy(chunk, source, store)
-        return store
-
-    def _add_exception(self, leaf: Leaf, i: int, sharemap: int, chunk: int,
-                       source: int | None) -> int:
-        grow = fmt.sharemap_size(sharemap)
-        if fmt.entry_size(leaf.vals[i]) + grow > self.tree.entry_max:
-            raise LimitError(f"chunk {chunk} has too many exceptions for a "
-                             f"{self.block_size}-byte leaf; use a larger --block-size")
-        store = self._alloc_data(chunk)
-        leaf.vals[i].append([store, sharemap])
-        leaf.nbytes += grow
-        self._copy(chunk, source, store)
-        return store
+            store = span.add(c, need, lambda c=c: self._alloc_data(c))
+            self._copy(c, None, store)
+            copied += 1
+            if span.overfull:
+                stop = c + 1
+                break
+        span.finish()
+        return stop, copied
 
     def _copy(self, chunk: int, source: int | None, dest: int) -> None:
         """Queue a copy of origin ``chunk`` (or store chunk ``source``) to ``dest``."""
@@ -427,39 +397,13 @@ class Store(Sealing):
     # snapshot reads and writes
     def snapshot_lookup(self, slot: int, chunk: int) -> int | None:
         """Store chunk holding snapshot ``slot``'s copy of ``chunk``, or None (origin)."""
-        _path, leaf, _lo, _hi = self.tree.find(chunk)
-        self.cache.depend(leaf.addr)
-        i = bisect_left(leaf.keys, chunk)
-        if i < len(leaf.keys) and leaf.keys[i] == chunk:
-            bit = 1 << slot
-            for store, sharemap in leaf.vals[i]:
-                if sharemap & bit:
-                    return store
-        return None
+        return self.exmap.lookup(slot, chunk)
 
     def snapshot_map(self, slot: int, ranges: Ranges) -> list[tuple[int, int | None]]:
         """(chunk, store chunk or None) for every chunk in ``ranges``."""
-        bit = 1 << slot
         out: list[tuple[int, int | None]] = []
         for start, count in self.check_ranges(ranges):
-            chunk, end = start, start + count
-            while chunk < end:
-                _path, leaf, _lo, hi = self.tree.find(chunk)
-                self.cache.depend(leaf.addr)
-                keys, vals = leaf.keys, leaf.vals
-                stop = min(end, hi)
-                i = bisect_left(keys, chunk)
-                while chunk < stop:
-                    while i < len(keys) and keys[i] < chunk:
-                        i += 1
-                    found = None
-                    if i < len(keys) and keys[i] == chunk:
-                        for store, sharemap in vals[i]:
-                            if sharemap & bit:
-                                found = store
-                                break
-                    out.append((chunk, found))
-                    chunk += 1
+            out += self.exmap.map_range(slot, start, count)
         return out
 
     def snapshot_write(self, slot: int, ranges: Ranges) -> list[tuple[int, int]]:
@@ -481,44 +425,27 @@ class Store(Sealing):
 
     def _snapshot_batch(self, slot: int, chunk: int, end: int,
                         out: list[tuple[int, int]]) -> int:
-        bit = 1 << slot
+        """Unshare one leaf's worth of chunks for ``slot``; return the next chunk."""
         room = self._reserve(min(BATCH, end - chunk))
-        path, leaf, _lo, hi = self.tree.find(chunk)
-        self.cache.depend(leaf.addr)
-        stop = min(end, hi, chunk + BATCH)
+        span = self.exmap.span(chunk)
+        stop = min(end, span.hi, chunk + BATCH)
         made = 0
-        while chunk < stop:
-            i = bisect_left(leaf.keys, chunk)
-            found = i < len(leaf.keys) and leaf.keys[i] == chunk
-            unique = None
-            if found:
-                unique = next((e[0] for e in leaf.vals[i] if e[1] == bit), None)
+        for c, unique in span.unique(slot, chunk, stop):
             if unique is None:
                 if made >= room:
-                    if made:
-                        break
-                    raise self._full(chunk)
-                unique = (self._unshare(leaf, i, chunk, bit) if found
-                          else self._new_entry(leaf, i, chunk, bit, None))
+                    if not made:
+                        raise self._full(c)
+                    stop = c
+                    break
+                unique, source = span.unshare(c, slot, lambda c=c: self._alloc_data(c))
+                self._copy(c, source, unique)
                 made += 1
-            out.append((chunk, unique))
-            chunk += 1
-            if leaf.nbytes > self.tree.leaf_cap:
+            out.append((c, unique))
+            if span.overfull:
+                stop = c + 1
                 break
-        if made:
-            self.tree.fixup(path, leaf)
-        return chunk
-
-    def _unshare(self, leaf: Leaf, i: int, chunk: int, bit: int) -> int:
-        """Give snapshot ``bit`` its own copy of ``chunk`` (it has none, or a shared one)."""
-        for exc in leaf.vals[i]:
-            if exc[1] & bit:
-                old = fmt.sharemap_size(exc[1])
-                store = self._add_exception(leaf, i, bit, chunk, exc[0])
-                exc[1] &= ~bit
-                leaf.nbytes += fmt.sharemap_size(exc[1]) - old
-                return store
-        return self._add_exception(leaf, i, bit, chunk, None)
+        span.finish()
+        return stop
 
     # ------------------------------------------------------------------
     # snapshots
@@ -590,49 +517,40 @@ class Store(Sealing):
             self.sbs.touch()
         for _ in range(max_leaves):
             self._reserve(0)
-            path, leaf, _lo, hi = self.tree.find(self.sb.delete_cursor)
-            worst = len(self.cache.dirty) + 2 * self.sb.depth + 12 + self._bitmap_blocks(leaf)
+            span = self.exmap.span(self.sb.delete_cursor)
+            worst = len(self.cache.dirty) + 2 * self.sb.depth + 12 + self._bitmap_blocks(span)
             if worst > self.journal.max_images:
                 self._cut()
-            if self._clear_bits(leaf, mask):
-                self.tree.fixup(path, leaf)
-            self.sb.delete_cursor = hi if hi < (1 << 64) else 0
+            for store in span.clear_bits(mask):
+                self.alloc.free_chunk(store)
+                self.sb.exceptions -= 1
+            span.finish()
+            hi = span.hi
+            self.sb.delete_cursor = hi if hi < KEY_LIMIT else 0
             self.sbs.touch()
-            if hi >= (1 << 64):
+            if hi >= KEY_LIMIT:
                 self.snaps.finish_pass()
                 return self.deleting
         return True
 
-    def _bitmap_blocks(self, leaf: Leaf) -> int:
-        """Chunk-bitmap blocks that freeing every copy in ``leaf`` could dirty.
+    def _bitmap_blocks(self, span: LeafSpan) -> int:
+        """Chunk-bitmap blocks that freeing every copy in ``span`` could dirty.
 
         One per distinct bitmap block of its store chunks (not one per copy), so
         the estimate stays within a transaction for small blocks too.
         """
         bpb = self.alloc.bpb
-        return len({store // bpb for excs in leaf.vals for store, _ in excs})
+        return len({store // bpb for store in span.store_chunks()})
 
-    def _clear_bits(self, leaf: Leaf, mask: int) -> bool:
-        changed = False
-        keep_keys, keep_vals = [], []
-        for chunk, excs in zip(leaf.keys, leaf.vals, strict=True):
-            kept = []
-            for exc in excs:
-                if exc[1] & mask:
-                    changed = True
-                    exc[1] &= ~mask
-                    if not exc[1]:
-                        self.alloc.free_chunk(exc[0])
-                        self.sb.exceptions -= 1
-                        continue
-                kept.append(exc)
-            if kept:
-                keep_keys.append(chunk)
-                keep_vals.append(kept)
-        if changed:
-            leaf.keys, leaf.vals = keep_keys, keep_vals
-            leaf.recount()
-        return changed
+    def usage_step(self, cursor: int, leaves: int, usage: Usage) -> tuple[int, bool]:
+        """Count per-snapshot usage over up to ``leaves`` leaves from ``cursor``.
+
+        Returns (cursor to resume from, whether the count is complete); the
+        cache is trimmed afterwards so a long scan stays within its budget.
+        """
+        result = self.exmap.usage_step(cursor, leaves, usage)
+        self.cache.trim()
+        return result
 
     def delete_progress(self) -> dict[str, Any]:
         """How far the current delete pass has come (for status)."""

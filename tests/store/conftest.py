@@ -65,21 +65,14 @@ def snapshot_read(s: Store, slot: int, chunk: int) -> bytes:
 
 
 def tree_blocks(s: Store) -> tuple[list[int], list[int], list[tuple[int, list[list[int]]]]]:
-    """(node addrs, leaf addrs, [(chunk, exceptions)]) by walking the tree."""
+    """(node addrs, leaf addrs, [(chunk, [(store chunk, sharemap)])]) by walking the tree."""
     nodes, leaves, entries = [], [], []
-
-    def walk(addr: int, depth: int) -> None:
-        if depth == 0:
-            leaf = s.cache.get(addr, fmt.BlockKind.LEAF)
-            leaves.append(addr)
-            entries.extend(zip(leaf.keys, leaf.vals, strict=True))
-            return
-        node = s.cache.get(addr, fmt.BlockKind.NODE)
-        nodes.append(addr)
-        for child in node.children:
-            walk(child, depth - 1)
-
-    walk(s.sb.root, s.sb.depth)
+    for v in s.exmap.walk():
+        if v.depth:
+            nodes.append(v.addr)
+            continue
+        leaves.append(v.addr)
+        entries.extend((c, [[e.store, e.sharemap] for e in excs]) for c, excs in v.entries)
     return nodes, leaves, entries
 
 

@@ -18,9 +18,14 @@ BS = 512
 SID = 0x1122334455667788
 
 
+def excs(vals: list[list[list[int]]]) -> list[list[fmt.Exc]]:
+    """Exception lists from [store, sharemap] pairs."""
+    return [[fmt.Exc(store, sharemap) for store, sharemap in v] for v in vals]
+
+
 def leaf_image(addr: int = 77, sid: int = SID) -> bytes:
     keys = [3, 9, 100]
-    vals = [[[500, 0b1]], [[501, 0b110], [502, 0b1]], [[503, 1 << 40]]]
+    vals = excs([[[500, 0b1]], [[501, 0b110], [502, 0b1]], [[503, 1 << 40]]])
     count, payload = Leaf(addr, keys, vals).payload()
     return fmt.seal(BlockKind.LEAF, addr, sid, count, payload, BS)
 
@@ -90,8 +95,8 @@ def test_seal_rejects_oversized_payload():
 
 sharemaps = st.one_of(st.integers(1, 2**64 - 1), st.integers(1, 2**1024 - 1),
                       st.integers(0, 16383).map(lambda b: 1 << b))
-exceptions = st.lists(st.tuples(st.integers(0, 2**64 - 1), sharemaps).map(list),
-                      min_size=1, max_size=4)
+exceptions = st.lists(st.tuples(st.integers(0, 2**64 - 1), sharemaps)
+                      .map(lambda t: fmt.Exc(*t)), min_size=1, max_size=4)
 
 
 @st.composite
@@ -135,7 +140,7 @@ def test_single_snapshot_exception_costs_13_bytes_whatever_the_bit():
 
 
 def test_leaf_decode_rejects_structural_damage():
-    keys, vals = [5, 6], [[[10, 1]], [[11, 2]]]
+    keys, vals = [5, 6], excs([[[10, 1]], [[11, 2]]])
     block = bytearray(fmt.HEADER_SIZE + 64)
     payload = fmt.encode_leaf(keys, vals)
     block[fmt.HEADER_SIZE:fmt.HEADER_SIZE + len(payload)] = payload
@@ -181,7 +186,7 @@ def test_redundant_commit_record_matches_the_worked_example():
     from csnapd.store import txn
 
     sid, bs = 0x0123456789ABCDEF, 4096
-    payload = fmt.encode_leaf([5, 9], [[[40, 1]], [[41, 0b1010], [42, 1 << 100]]])
+    payload = fmt.encode_leaf([5, 9], excs([[[40, 1]], [[41, 0b1010], [42, 1 << 100]]]))
     leaf = fmt.seal(fmt.BlockKind.LEAF, 1000, sid, 2, payload, bs)
     assert fmt.block_crc(leaf) == 0xAEDC5662  # the leaf of 10.1
     lead, image, parity, trail = txn.encode(290, 2048, 10, sid, 7, 0, [(1000, leaf)], bs)

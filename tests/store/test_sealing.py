@@ -239,7 +239,7 @@ def test_checkpoint_while_the_owner_keeps_changing_blocks():
     s.origin_write([(0, 20)])
     s.commit()
     overwrite_origin(origin, range(20), 1)
-    leaf = s.tree.find(0)[1].addr
+    leaf = s.exmap.span(0).addr
     ck = s.seal_checkpoint()
     captured = dict(ck.images)
     assert leaf in captured
