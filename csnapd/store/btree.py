@@ -76,8 +76,12 @@ class BTree:
 
     # -- shape ------------------------------------------------------------
     def fixup(self, path: Path, leaf: Leaf) -> None:
-        """Mark an edited leaf dirty and restore the tree's shape around it."""
-        self.cache.mark_dirty(leaf)
+        """Mark an edited leaf dirty and restore the tree's shape around it.
+
+        The editor recorded the changed chunks in ``leaf.changes``; a change of
+        shape (split, merge, rebalance) journals the leaves whole instead.
+        """
+        self.cache.mark_dirty(leaf, whole=False)
         if leaf.nbytes > self.leaf_cap:
             sep, right = self._split_leaf(leaf)
             self._insert_child(path, len(path) - 1, sep, right)
@@ -99,6 +103,7 @@ class BTree:
         right = Leaf(self._new_block(), leaf.keys[i:], leaf.vals[i:], sum(sizes[i:]))
         del leaf.keys[i:], leaf.vals[i:]
         leaf.nbytes = sum(sizes[:i])
+        self.cache.mark_dirty(leaf)
         self.cache.add_new(right)
         return right.keys[0], right.addr
 

@@ -129,7 +129,7 @@ class _Checker:
             return
         try:
             again = jnl.scan(store.dev, j.start, j.nblocks, j.block_size, j.store_id, j.tail,
-                             j.tail_seq, redundant=j.redundant)
+                             j.tail_seq, j.version)
         except CorruptionError as exc:
             self.error(exc)
             return

@@ -181,7 +181,7 @@ class LeafSpan:
             raise
         excs.append(Exc(store, sharemap))
         self._leaf.nbytes += grow
-        self._changed = True
+        self._note(chunk)
         return store
 
     def unshare(self, chunk: int, slot: int, alloc: Alloc) -> tuple[int, int | None]:
@@ -215,6 +215,7 @@ class LeafSpan:
             for e in excs:
                 if e.sharemap & mask:
                     changed = True
+                    self._note(chunk)
                     e.sharemap &= ~mask
                     if not e.sharemap:
                         freed.append(e.store)
@@ -226,8 +227,14 @@ class LeafSpan:
         if changed:
             leaf.keys, leaf.vals = keep_keys, keep_vals
             leaf.recount()
-            self._changed = True
         return freed
+
+    def _note(self, chunk: int) -> None:
+        """``chunk``'s exceptions changed: the compact journal records just that entry."""
+        changes = self._leaf.changes
+        if changes is not None:
+            changes.add(chunk)
+        self._changed = True
 
     def _drop_if_empty(self, chunk: int, excs: list[Exc]) -> None:
         if excs:

@@ -20,6 +20,9 @@ Durability rules (numbered as in journal.py, which states them in full):
  10. Quarantine: chunks freed by a transaction are not reused until a
      checkpoint captured after that transaction was durable is itself durable
      (bitmap.py), so no copy-out can overwrite data a crash could bring back.
+ 11. Full-page images: in the compact journal a block goes as records only
+     once it has an image since the last checkpoint capture (seal.py); replay
+     (replay.py) never needs a home block.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from .errors import (
 )
 from .exmap import ExceptionMap, LeafSpan, Usage
 from .grants import Grants
+from .replay import Replay
 from .sealing import Sealing
 from .snapshots import Snapshots
 from .superblock import SuperState
@@ -73,14 +77,15 @@ class Recovery:
 
     unclean: bool = False
     transactions: int = 0
-    blocks: int = 0
+    blocks: int = 0  # block images replayed
+    records: int = 0  # compact-journal records replayed
     info: list[str] = dataclasses.field(default_factory=list)  # what recovery did, harmless
     notes: list[str] = dataclasses.field(default_factory=list)  # damage found (slots)
     journal_notes: list[str] = dataclasses.field(default_factory=list)
     journal_corrected: int = 0  # damaged journal blocks of replayed transactions
     journal_dropped: int = 0  # torn transactions dropped at the end of the journal
     epochs: list[int] = dataclasses.field(default_factory=list)
-    upgraded: bool = False  # this open switched the journal to the redundant format
+    upgraded: bool = False  # this open switched the journal to the compact format
 
 
 class Store(Sealing):
@@ -107,7 +112,7 @@ class Store(Sealing):
         self.exmap = ExceptionMap(self.tree, self.cache)
         self.journal = jnl.Journal(dev, f.journal_start, f.journal_blocks, f.block_size,
                                    f.store_id, f.journal_tail, f.journal_seq,
-                                   redundant=bool(f.incompat & fmt.INCOMPAT_JOURNAL_V2))
+                                   jnl.format_of(f.incompat))
         self.copier = Copier(f.chunk_size, self.alloc)
         self.recovery = Recovery()
         self.committed_super = self.sbs.snapshot()
@@ -155,35 +160,40 @@ class Store(Sealing):
         return store
 
     def _recover(self) -> None:
+        """Replay the journal in memory: its newest images wait in ``pending_home``."""
         f = self.sb
         self.recovery.unclean = bool(f.flags & fmt.FLAG_BUSY)
         scan = jnl.scan(self.dev, f.journal_start, f.journal_blocks, f.block_size,
-                        f.store_id, f.journal_tail, f.journal_seq,
-                        redundant=self.journal.redundant)
+                        f.store_id, f.journal_tail, f.journal_seq, self.journal.version)
+        replay = Replay(f.block_size, f.store_id, self.cache.decoders, f.journal_start)
         for txn in scan.transactions:
-            for home, image in txn.images:
-                if home == 0:
-                    self._adopt_journaled_super(image)
-                else:
-                    self.cache.pending_home[home] = image
+            replay.transaction(txn)
+        if replay.super_image is not None:
+            self._adopt_journaled_super(fmt.decode_super(replay.super_image, 0))
+        elif replay.super_fields:
+            self._adopt_journaled_super(dataclasses.replace(self.sb, **replay.super_fields))
+        self.cache.pending_home.update(replay.images())
         # A block freed by a later transaction keeps its older images in the
         # journal; its chunk is quarantined until a checkpoint, so skipping
         # them is safe, and writing them would trip the overlap check.
         for home in [h for h in self.cache.pending_home if not self.alloc.is_meta(h)]:
             del self.cache.pending_home[home]
-        self.recovery.transactions = len(scan.transactions)
-        self.recovery.blocks = sum(len(t.images) for t in scan.transactions)
-        self.recovery.journal_notes = list(scan.notes)
-        self.recovery.journal_corrected = scan.corrected
-        self.recovery.journal_dropped = int(scan.torn is not None)
-        self.recovery.epochs = scan.epochs
+        r = self.recovery
+        r.transactions = len(scan.transactions)
+        r.blocks = sum(len(t.images) for t in scan.transactions)
+        r.records = replay.records
+        r.journal_notes = list(scan.notes)
+        r.journal_corrected = scan.corrected
+        r.journal_dropped = int(scan.torn is not None)
+        r.epochs = scan.epochs
         self.stats["journal_corrected"] = scan.corrected
         self.journal.head, self.journal.seq, self.journal.used = (
             scan.head, scan.next_seq, scan.blocks_used)
         self.committed_super = self.sbs.snapshot()
+        self._last_super = self._super_now()
 
-    def _adopt_journaled_super(self, image: bytes) -> None:
-        f = fmt.decode_super(image, 0)
+    def _adopt_journaled_super(self, f: fmt.SuperFields) -> None:
+        """The superblock as the journal leaves it (format 5.4)."""
         if (f.uuid, f.block_size, f.chunk_size) != (self.sb.uuid, self.block_size, self.chunk_size):
             raise CorruptionError(0, "SUPER", "journaled superblock belongs to another store")
         # flags and the generation are also written outside the journal (a slot
@@ -209,24 +219,24 @@ class Store(Sealing):
         self.sbs.touch()
         self.committed_super = self.sbs.snapshot()
         self._checkpoint()
-        if not self.journal.redundant:
+        if self.journal.version != jnl.COMPACT:
             self._upgrade_journal()
 
     def _upgrade_journal(self) -> None:
-        """Switch an older store's journal to the redundant format (journal.py invariant 8).
+        """Switch an older store's journal to the compact format (journal.py invariant 8).
 
-        The checkpoint just taken replayed the old journal and left it empty.
-        The feature bit then goes into both superblock slots (two checkpoints),
-        so no slot an older csnap could fall back to after damage to the newest
-        one describes a journal it would misread; only then is anything written
-        in the new format.
+        The checkpoint just taken replayed the old journal (in its own format)
+        and left it empty.  The feature bits then go into both superblock slots
+        (two checkpoints), so no slot an older csnap could fall back to after
+        damage to the newest one describes a journal it would misread; only then
+        is anything written in the new format.
         """
-        self.sb.incompat |= fmt.INCOMPAT_JOURNAL_V2
+        self.sb.incompat |= fmt.INCOMPAT_JOURNAL_V2 | fmt.INCOMPAT_COMPACT_JOURNAL
         self.sbs.touch()
         self.committed_super = self.sbs.snapshot()
         self._checkpoint()
         self._checkpoint()
-        self.journal.use_redundant_format()
+        self.journal.use_format(jnl.COMPACT)
         self.recovery.upgraded = True
 
     def close(self) -> None:

@@ -109,10 +109,12 @@ def audit(s: Store) -> dict[str, int]:
     tree = set(nodes) | set(leaves)
     assert len(tree) == len(nodes) + len(leaves), "a tree block is referenced twice"
     mbits = bitmap_bits(s, fmt.BlockKind.MBITMAP, f.store_chunks * k)
-    meta_marked = {b for b in mbits if b >= reserved * k}
+    meta_marked = {b for b in mbits if b >= reserved * k} - set(s.grants.addrs)
     assert meta_marked == tree, (sorted(meta_marked - tree)[:10], sorted(tree - meta_marked)[:10])
-    assert len(mbits) - len(meta_marked) == reserved * k  # every reserved block is metadata
-    meta_chunks = {b // k for b in tree}
+    grant_blocks = set(s.grants.addrs)
+    assert len(mbits) - len(meta_marked) - len(grant_blocks) == reserved * k  # every reserved
+    #                                                             block is metadata
+    meta_chunks = {b // k for b in tree | set(s.grants.addrs)}
     slots = {e.slot for e in s.snaps.entries if e.state != fmt.SNAP_FREE}
     data_chunks: set[int] = set()
     nexc = 0

@@ -65,8 +65,15 @@ def overwrite_origin(origin: MemoryDevice, chunks, version: int) -> None:
 
 
 def reopen(inner: MemoryDevice, origin: MemoryDevice) -> Store:
-    """What a crash right now leaves: open the device as it is."""
-    return Store.open(inner, origin)
+    """What a crash right now leaves: open a copy of the device as it is now.
+
+    A copy, because the store under test goes on writing the original.
+    """
+    dev = MemoryDevice(inner.size)
+    dev.data[:] = inner.data
+    copy = MemoryDevice(origin.size)
+    copy.data[:] = origin.data
+    return Store.open(dev, copy)
 
 
 def on_thread(fn) -> threading.Thread:
