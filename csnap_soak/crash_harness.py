@@ -22,7 +22,10 @@ Crash model (CrashMonkey / dm-log-writes style, see docs/reliability-crash.md):
 Client model (what an acknowledgement promises):
   * ops run one at a time; before an op the test marks ("start", k), after
     ``commit()`` returns it marks ("ack", k).  ``commit()`` flushes, so every
-    store write of an acked op precedes a barrier that precedes its mark;
+    store write of an acked op precedes a barrier that precedes its mark.  A
+    tenth of the origin writes are made durable the way a server does when a
+    checkpoint is due (``_pipelined``): checkpoint captured, the write sealed
+    and written while it is in flight, then both done;
   * the origin is a separate device.  The client writes new origin data only
     after the ack of the origin_write that copied the old data out (that is the
     protocol's rule), so at crash position p the origin holds the writes of the
@@ -175,13 +178,17 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None) -> Run:
             del snaps[op.name]
             commit_and_ack(op)
         elif kind == "owrite":
-            start = rng.randrange(nchunks)
-            count = min(nchunks - start, rng.randint(1, geo.max_write))
-            store.origin_write([(start, count)])
-            commit_and_ack(op)
-            for c in range(start, start + count):  # the client writes after the ack
-                origin[c] = _new_chunk(rng, cs)
-                origin_dev.pwrite(c * cs, origin[c])
+            ranges = _write_ranges(rng, nchunks, geo.max_write)
+            if rng.random() < 0.1:
+                _pipelined(store, lambda r=ranges, st=store: st.origin_write(r))
+                rec.mark(("ack", op.index))
+            else:
+                store.origin_write(ranges)
+                commit_and_ack(op)
+            for start, count in ranges:  # the client writes after the ack
+                for c in range(start, start + count):
+                    origin[c] = _new_chunk(rng, cs)
+                    origin_dev.pwrite(c * cs, origin[c])
         elif kind == "swrite":
             op.name = rng.choice(live)
             slot = store.snaps.find(op.name).slot
@@ -207,6 +214,36 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None) -> Run:
         models.append(Model(tuple(origin), {n: tuple(v) for n, v in snaps.items()}))
     store.close()
     return Run(seed, geo, base, list(rec.log), ops, models)
+
+
+def _write_ranges(rng: random.Random, nchunks: int, max_write: int) -> list[tuple[int, int]]:
+    """One run of chunks, or (one time in three) single chunks scattered over the origin,
+    as a group commit of many clients gives: records for many leaves in one transaction."""
+    if rng.random() < 1 / 3:
+        many = rng.randint(4, max(16, max_write // 3))
+        chunks = sorted(rng.sample(range(nchunks), min(nchunks, many)))
+        return [(c, 1) for c in chunks]
+    start = rng.randrange(nchunks)
+    return [(start, min(nchunks - start, rng.randint(1, max_write)))]
+
+
+def _pipelined(store: Store, change) -> None:  # noqa: ANN001
+    """Make ``change`` durable the way a server does when a checkpoint is due.
+
+    The checkpoint is captured first; the change is made and sealed while it
+    is in flight; the sealed transaction is written before the checkpoint's
+    home writes (the worker's order when both are queued); then both are done.
+    """
+    ck = store.seal_checkpoint()
+    change()
+    sealed = store.seal() if store.can_seal() else None
+    if sealed is not None:
+        sealed.write()
+    ck.write()
+    store.checkpoint_done(ck)
+    if sealed is not None:
+        store.sealed_done(sealed)
+    store.commit()  # whatever did not fit before the checkpoint was done
 
 
 # ---------------------------------------------------------------------------

@@ -109,52 +109,79 @@ def dump_tree(store) -> list[dict[str, Any]]:  # noqa: ANN001
     for v in walk_tree(store):
         item: dict[str, Any] = {"block": v.addr, "path": v.path, "range": [v.lo, v.hi]}
         if v.depth:
-            item["node"] = [[k, c] for k, c in zip(v.block.keys, v.block.children, strict=True)]
+            item["node"] = [[k, c] for k, c in zip(v.keys, v.children, strict=True)]
         else:
-            item["leaf"] = [[k, [[s, hex(m)] for s, m in excs]]
-                            for k, excs in zip(v.block.keys, v.block.vals, strict=True)]
-            item["bytes"] = v.block.nbytes
+            item["leaf"] = [[k, [[e.store, hex(e.sharemap)] for e in excs]]
+                            for k, excs in v.entries]
+            item["bytes"] = v.nbytes
         out.append(item)
     return out
+
+
+FORMATS = {jnl.SINGLE_CRC: "single-crc", jnl.REDUNDANT: "redundant", jnl.COMPACT: "compact"}
 
 
 def dump_journal(store) -> dict[str, Any]:  # noqa: ANN001
     """The pending transactions between the checkpoint and the head, block by block.
 
-    For the redundant format each transaction shows both commit record copies,
-    every image's listed CRC and whether it verified or was rebuilt from
-    parity, and the parity block; ``notes`` is what recovery mended or dropped.
+    For the redundant and compact formats each transaction shows both commit
+    record copies, every payload block's listed CRC and whether it verified or
+    was rebuilt from parity, and the parity block; a compact transaction also
+    lists its records, decoded.  ``notes`` is what recovery mended or dropped.
     """
     j = store.journal  # tail and sequence as the superblock slot gives them
     scan = jnl.scan(store.dev, j.start, j.nblocks, j.block_size, j.store_id, j.tail,
-                    j.tail_seq, redundant=j.redundant)
+                    j.tail_seq, j.version)
     return {"start": j.start, "blocks": j.nblocks, "tail": j.tail, "tail_seq": j.tail_seq,
-            "head": scan.head, "next_seq": scan.next_seq,
-            "format": "redundant" if j.redundant else "single-crc",
-            "max_images": jnl.max_images(j.nblocks, j.block_size, j.redundant),
+            "head": scan.head, "next_seq": scan.next_seq, "format": FORMATS[j.version],
+            "max_images": jnl.max_images(j.nblocks, j.block_size, j.version),
             "epochs": scan.epochs, "notes": scan.notes,
             "torn_dropped_at": scan.torn,
-            "pending_transactions": [_txn_dict(t, j.nblocks) for t in scan.transactions]}
+            "pending_transactions": [_txn_dict(t, j) for t in scan.transactions]}
 
 
-def _txn_dict(t: jnl.Transaction, nblocks: int) -> dict[str, Any]:
+def _txn_dict(t: jnl.Transaction, j) -> dict[str, Any]:  # noqa: ANN001
     out: dict[str, Any] = {"seq": t.seq, "position": t.position, "blocks": t.span}
-    if t.record is None:
+    rec = t.record
+    if rec is None:
         out["homes"] = [h for h, _ in t.images]
         return out
-    n = len(t.images)
+    n, span = rec.payload_blocks, rec.span
 
     def status(offset: int) -> str:
         return "damaged" if offset in t.damaged else "ok"
 
-    out.update(epoch=t.epoch, leading=status(0), trailing=status(n + 2),
-               trailing_position=(t.position + n + 2) % nblocks, parity=status(n + 1),
-               parity_crc=f"0x{t.record.parity_crc:08x}")
+    out.update(epoch=t.epoch, leading=status(0), trailing=status(span - 1),
+               trailing_position=(t.position + span - 1) % j.nblocks)
+    if span == n + 3:
+        out.update(parity=status(n + 1), parity_crc=f"0x{rec.parity_crc:08x}")
     out["images"] = [{"home": home, "crc": f"0x{crc:08x}",
                       "status": "rebuilt from parity" if i == t.rebuilt else "ok"}
-                     for i, (home, crc) in enumerate(zip(t.record.homes, t.record.crcs,
-                                                         strict=True))]
+                     for i, (home, crc) in enumerate(zip(rec.homes, rec.crcs, strict=False))]
+    if isinstance(rec, fmt.CommitRecord3):
+        blocks = range(len(rec.homes), n)
+        out.update(record_bytes=rec.stream_bytes, inline_bytes=len(rec.inline),
+                   record_blocks=[{"crc": f"0x{rec.crcs[i]:08x}",
+                                   "status": "rebuilt from parity" if i == t.rebuilt else "ok"}
+                                  for i in blocks],
+                   records=[_record_dict(r) for r in
+                            fmt.decode_records(t.records, j.start + t.position)])
     return out
+
+
+def _record_dict(r: tuple) -> dict[str, Any]:
+    kind = r[0]
+    if kind == fmt.REC_ENTRY:
+        return {"entry": r[2], "leaf": r[1],
+                "exceptions": [[e.store, hex(e.sharemap)] for e in r[3]]}
+    if kind == fmt.REC_BITS:
+        return {"bits": r[2], "count": r[3], "value": r[4], "bitmap_block": r[1]}
+    if kind == fmt.REC_SUPER:
+        return {"super": r[1]}
+    grant = r[3]
+    return {"grant_slot": r[2], "grant_block": r[1],
+            "record": None if grant is None else {"client": grant.client, "kind": grant.kind,
+                                                  "slot": grant.slot, "runs": grant.runs}}
 
 
 def dump_bitmap(store) -> dict[str, Any]:  # noqa: ANN001

@@ -13,9 +13,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from csnapd.store import format as fmt
-from csnapd.store.btree import KEY_LIMIT
 from csnapd.store.store import Store
-from csnapd.store.walk import add_leaf_usage, snapshot_usage
+from csnapd.store.walk import snapshot_usage
 
 from .advice import AdviceFlow
 from .conns import Conns
@@ -129,13 +128,9 @@ class Reporter:
             return False
         store = self.engine.store
         cursor, acc = self.scan
-        for _ in range(leaves):
-            _path, leaf, _lo, hi = store.tree.find(cursor)
-            add_leaf_usage(acc, leaf)
-            cursor = hi
-            if hi >= KEY_LIMIT:
-                self.usage, self.usage_at, self.scan = acc, self.engine.now, None
-                return False
+        cursor, done = store.usage_step(cursor, leaves, acc)
+        if done:
+            self.usage, self.usage_at, self.scan = acc, self.engine.now, None
+            return False
         self.scan = (cursor, acc)
-        store.cache.trim()
         return True

@@ -182,6 +182,24 @@ class Engine:
                 log.error("store corruption: %s; refusing all changes from now on", exc)
                 self.store.mark_corrupt(str(exc))
             self._error(conn_id, req.id, _code(exc), str(exc))
+        except Exception as exc:  # a bug: answer it, keep serving everyone else
+            self._internal_error(conn_id, req, exc)
+
+    #: Requests that change no metadata: a bug in one harms nothing but its answer.
+    _READ_ONLY = frozenset({"QUERY_SNAPSHOT_READ", "QUERY_MAP", "QUERY_CHANGES", "PING",
+                            "LIST_VOLUMES", "LIST_SNAPSHOTS", "STATUS", "VERIFY_DEVICES"})
+
+    def _internal_error(self, conn_id: int, req: Request, exc: Exception) -> None:
+        """An unexpected exception in a handler: log it with its traceback, answer
+        INTERNAL, and when the request may have half-changed metadata, refuse all further
+        changes (the store's needs-check flag is set) rather than commit a broken state."""
+        self.counters["internal_errors"] = self.counters.get("internal_errors", 0) + 1
+        log.exception("internal error handling %s from connection %d", req.op, conn_id)
+        text = f"internal error in {req.op}: {type(exc).__name__}: {exc} (see csnapd's log)"
+        if req.op not in self._READ_ONLY and not self.store.failed:
+            log.error("metadata may be half-changed: refusing changes until csnap-check runs")
+            self.store.mark_corrupt(text)
+        self._error(conn_id, req.id, ErrorCode.INTERNAL, text)
 
     def handle_message(self, conn_id: int, msg: dict[str, Any], now: float) -> None:
         """``handle`` for a plain message (tests and tools; the server uses sessions)."""

@@ -60,7 +60,7 @@ class Allocator:
             blk.bits[i >> 3] |= 1 << (i & 7)
         else:
             blk.bits[i >> 3] &= ~(1 << (i & 7)) & 0xFF
-        self.cache.mark_dirty(blk)
+        self.cache.note(blk, i)
 
     def is_allocated(self, chunk: int) -> bool:
         f = self.sbs.f

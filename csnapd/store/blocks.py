@@ -5,9 +5,19 @@ lists once and encoded again only when it is sealed into a journal
 transaction.  Each class knows its kind, how to decode itself from a verified
 block image, how to produce its payload, and roughly what it costs in memory
 (so the cache can stay within its byte budget).
+
+``changes`` says what changed since the block was last sealed, for the
+compact journal's records: a set of units (a leaf's logical chunks, a
+bitmap's bits, a grant block's record slots), or None when the block must be
+journaled as a whole image (it is new, its shape changed, or its kind has no
+records).  ``records(limit)`` encodes those units' current state, or returns
+None when they would take more than ``limit`` bytes (an image is then
+cheaper).
 """
 
 from __future__ import annotations
+
+from bisect import bisect_left
 
 from . import format as fmt
 from .format import BlockKind
@@ -16,27 +26,59 @@ from .format import BlockKind
 class Leaf:
     """Exception B-tree leaf: sorted logical chunks, each with its exceptions.
 
-    ``vals[i]`` is a list of ``[store_chunk, sharemap]`` pairs for logical
-    chunk ``keys[i]``; ``nbytes`` tracks the encoded payload size so splits
-    and merges never need to re-encode.
+    ``vals[i]`` is the list of exceptions (``format.Exc``) of logical chunk
+    ``keys[i]``; ``nbytes`` tracks the encoded payload size so splits and
+    merges never need to re-encode.  Only the B-tree layer (btree.py, exmap.py)
+    looks inside a leaf.
     """
 
     kind = BlockKind.LEAF
-    __slots__ = ("addr", "keys", "vals", "nbytes")
+    TRACKS = True
+    __slots__ = ("addr", "keys", "vals", "nbytes", "changes")
 
     def __init__(self, addr: int, keys: list[int] | None = None,
-                 vals: list[list[list[int]]] | None = None, nbytes: int = 0) -> None:
+                 vals: list[list[fmt.Exc]] | None = None, nbytes: int = 0) -> None:
         self.addr = addr
         self.keys = keys if keys is not None else []
         self.vals = vals if vals is not None else []
         self.nbytes = nbytes
+        self.changes: set[int] | None = None
 
     @classmethod
     def decode(cls, block: bytes, addr: int, count: int) -> Leaf:
         keys, vals, used = fmt.decode_leaf(block, addr, count)
         if used > fmt.leaf_capacity(len(block)):
             raise fmt.CorruptionError(addr, "LEAF", "entries overflow the block")
-        return cls(addr, keys, vals, used)
+        leaf = cls(addr, keys, vals, used)
+        leaf.changes = set()
+        return leaf
+
+    def records(self, limit: int) -> bytes | None:
+        """ENTRY records of the changed chunks (their exception lists as they are now)."""
+        if self.changes is None:
+            return None
+        out = bytearray()
+        keys, vals = self.keys, self.vals
+        for chunk in sorted(self.changes):
+            i = bisect_left(keys, chunk)
+            excs = vals[i] if i < len(keys) and keys[i] == chunk else []
+            out += fmt.entry_record(self.addr, chunk, excs)
+            if len(out) > limit:
+                return None
+        return bytes(out)
+
+    def set_entry(self, chunk: int, excs: list[fmt.Exc]) -> None:
+        """Replay: the exceptions of ``chunk`` are now ``excs`` (none: no entry)."""
+        keys, vals = self.keys, self.vals
+        i = bisect_left(keys, chunk)
+        present = i < len(keys) and keys[i] == chunk
+        if excs and present:
+            vals[i] = excs
+        elif excs:
+            keys.insert(i, chunk)
+            vals.insert(i, excs)
+        elif present:
+            del keys[i], vals[i]
 
     def payload(self) -> tuple[int, bytes]:
         return len(self.keys), fmt.encode_leaf(self.keys, self.vals)
@@ -53,12 +95,17 @@ class Node:
 
     kind = BlockKind.NODE
     __slots__ = ("addr", "keys", "children")
+    TRACKS = False
+    changes = None  # always journaled whole
 
     def __init__(self, addr: int, keys: list[int] | None = None,
                  children: list[int] | None = None) -> None:
         self.addr = addr
         self.keys = keys if keys is not None else []
         self.children = children if children is not None else []
+
+    def records(self, limit: int) -> bytes | None:
+        return None
 
     @classmethod
     def decode(cls, block: bytes, addr: int, count: int) -> Node:
@@ -75,16 +122,48 @@ class Node:
 class Bitmap:
     """One block of the chunk bitmap or the metadata-block bitmap."""
 
-    __slots__ = ("addr", "kind", "bits")
+    __slots__ = ("addr", "kind", "bits", "changes")
+    TRACKS = True
 
     def __init__(self, addr: int, kind: BlockKind, bits: bytearray) -> None:
         self.addr, self.kind, self.bits = addr, kind, bits
+        self.changes: set[int] | None = set()
 
     @classmethod
     def decoder(cls, kind: BlockKind):  # noqa: ANN206 - returns a decode callable
         def decode(block: bytes, addr: int, count: int) -> Bitmap:
             return cls(addr, kind, bytearray(block[fmt.HEADER_SIZE:]))
         return decode
+
+    def bit(self, i: int) -> int:
+        return self.bits[i >> 3] >> (i & 7) & 1
+
+    def set_bits(self, first: int, count: int, value: int) -> None:
+        """Replay: payload bits ``first .. first+count-1`` are now ``value``."""
+        for i in range(first, first + count):
+            if value:
+                self.bits[i >> 3] |= 1 << (i & 7)
+            else:
+                self.bits[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+
+    def records(self, limit: int) -> bytes | None:
+        """BITS records: the changed bits as runs of equal value, as they are now."""
+        if self.changes is None:
+            return None
+        out = bytearray()
+        run_start = run_value = prev = -1
+        for i in sorted(self.changes) + [-2]:
+            value = self.bit(i) if i >= 0 else -1
+            if i == prev + 1 and value == run_value:
+                prev = i
+                continue
+            if run_start >= 0:
+                out += fmt.bits_record(self.addr, run_start, prev - run_start + 1, run_value)
+                if len(out) > limit:
+                    return None
+            run_start = prev = i
+            run_value = value
+        return bytes(out)
 
     def payload(self) -> tuple[int, bytes]:
         return 0, bytes(self.bits)
@@ -98,9 +177,14 @@ class SnapTable:
 
     kind = BlockKind.SNAPTAB
     __slots__ = ("addr", "entries")
+    TRACKS = False
+    changes = None  # always journaled whole
 
     def __init__(self, addr: int, entries: list[fmt.SnapEntry]) -> None:
         self.addr, self.entries = addr, entries
+
+    def records(self, limit: int) -> bytes | None:
+        return None
 
     def payload(self) -> tuple[int, bytes]:
         return 0, b"".join(fmt.encode_snap_entry(e) for e in self.entries)
@@ -126,21 +210,36 @@ class GrantBlock:
     """One block of the client grant table: a link and fixed record slots."""
 
     kind = BlockKind.GRANTS
-    __slots__ = ("addr", "next", "records", "block_size")
+    __slots__ = ("addr", "next", "slots", "block_size", "changes")
+    TRACKS = True
 
     def __init__(self, addr: int, next_block: int, records: list[fmt.GrantRecord | None],
                  block_size: int) -> None:
-        self.addr, self.next, self.records = addr, next_block, records
+        self.addr, self.next, self.slots = addr, next_block, records
         self.block_size = block_size
+        self.changes: set[int] | None = None
 
     @classmethod
     def decode(cls, block: bytes, addr: int, count: int) -> GrantBlock:
         next_block, records = fmt.decode_grants(block, addr, count)
-        return cls(addr, next_block, records, len(block))
+        blk = cls(addr, next_block, records, len(block))
+        blk.changes = set()
+        return blk
+
+    def records(self, limit: int) -> bytes | None:
+        """GRANT records of the changed record slots, as they are now."""
+        if self.changes is None:
+            return None
+        out = bytearray()
+        for i in sorted(self.changes):
+            out += fmt.grant_record(self.addr, i, self.slots[i])
+            if len(out) > limit:
+                return None
+        return bytes(out)
 
     def payload(self) -> tuple[int, bytes]:
-        used = sum(r is not None for r in self.records)
-        return used, fmt.encode_grants(self.next, self.records, self.block_size)
+        used = sum(r is not None for r in self.slots)
+        return used, fmt.encode_grants(self.next, self.slots, self.block_size)
 
     def cost(self) -> int:
-        return 200 + 400 * len(self.records)
+        return 200 + 400 * len(self.slots)

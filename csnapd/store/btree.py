@@ -1,10 +1,11 @@
 """The exception B-tree: logical chunk -> exceptions with sharemaps.
 
 Index nodes route by key ranges; leaves hold, per logical chunk, the list of
-``[store_chunk, sharemap]`` exceptions.  Callers find a leaf, edit it in place
-(keys/vals/nbytes), then call ``fixup`` which marks it dirty and restores the
-shape: split when over capacity, merge or rebalance with a sibling when under
-a quarter full, grow or shrink the depth at the root.
+exceptions (``format.Exc``: store chunk, sharemap).  The exception map
+(exmap.py) is the only caller: it finds a leaf, edits it in place, then calls
+``fixup`` which marks it dirty and restores the shape: split when over
+capacity, merge or rebalance with a sibling when under a quarter full, grow or
+shrink the depth at the root.  Nothing above exmap.py sees a leaf.
 
 Invariants (checked by check.py and, in tests, by ``check_invariants``):
   * All leaves are at depth ``sb.depth``; keys strictly increase left to right
@@ -20,7 +21,6 @@ Must not import the store facade, the journal or anything asyncio.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterator
 
 from . import format as fmt
 from .bitmap import Allocator
@@ -64,18 +64,6 @@ class BTree:
             addr = node.children[i]
         return path, get(addr, fmt.BlockKind.LEAF), lo, hi
 
-    def leaves(self, start: int = 0) -> Iterator[tuple[Path, Leaf, int, int]]:
-        """Leaves in key order from the one covering ``start``.
-
-        The caller may edit and fixup each leaf before asking for the next:
-        iteration resumes by key, not by block address.
-        """
-        key = start
-        while key < KEY_LIMIT:
-            path, leaf, lo, hi = self.find(key)
-            yield path, leaf, lo, hi
-            key = hi
-
     # -- allocation -------------------------------------------------------
     def _new_block(self) -> int:
         addr = self.alloc.alloc_block()
@@ -88,8 +76,12 @@ class BTree:
 
     # -- shape ------------------------------------------------------------
     def fixup(self, path: Path, leaf: Leaf) -> None:
-        """Mark an edited leaf dirty and restore the tree's shape around it."""
-        self.cache.mark_dirty(leaf)
+        """Mark an edited leaf dirty and restore the tree's shape around it.
+
+        The editor recorded the changed chunks in ``leaf.changes``; a change of
+        shape (split, merge, rebalance) journals the leaves whole instead.
+        """
+        self.cache.mark_dirty(leaf, whole=False)
         if leaf.nbytes > self.leaf_cap:
             sep, right = self._split_leaf(leaf)
             self._insert_child(path, len(path) - 1, sep, right)
@@ -111,6 +103,7 @@ class BTree:
         right = Leaf(self._new_block(), leaf.keys[i:], leaf.vals[i:], sum(sizes[i:]))
         del leaf.keys[i:], leaf.vals[i:]
         leaf.nbytes = sum(sizes[:i])
+        self.cache.mark_dirty(leaf)
         self.cache.add_new(right)
         return right.keys[0], right.addr
 

@@ -118,13 +118,27 @@ class BlockCache:
         self._insert(obj)
         self.mark_dirty(obj)
 
-    def mark_dirty(self, obj: Any) -> None:
+    def mark_dirty(self, obj: Any, whole: bool = True) -> None:
+        """``obj`` changed in the open transaction.
+
+        ``whole``: it is to be journaled as a whole image (the safe default);
+        otherwise the caller recorded its changed units in ``obj.changes``.
+        """
         addr = obj.addr
         if addr not in self._lru:
             self._insert(obj)
+        if whole and obj.TRACKS:
+            obj.changes = None
         self.dirty[addr] = obj
         self.stamps[addr] = self.ticket
         self.changes += 1
+
+    def note(self, obj: Any, unit: int) -> None:
+        """``obj`` changed in ``unit`` only (a bit, a record slot): journal just that."""
+        changes = obj.changes
+        if changes is not None:
+            changes.add(unit)
+        self.mark_dirty(obj, whole=False)
 
     def forget(self, addr: int, freeing: bool = True) -> None:
         """Drop a freed block everywhere (its journal images stay harmless).
@@ -158,25 +172,30 @@ class BlockCache:
         count, payload = obj.payload()
         return fmt.seal(obj.kind, obj.addr, self.store_id, count, payload, self.block_size)
 
-    def take_dirty(self) -> tuple[list[tuple[int, bytes]], list[int]]:
+    def take_dirty(self) -> tuple[list[tuple[int, bytes, bytes | None]], list[int]]:
         """Seal every dirty block (they become sealed, pinned) and take the frees.
 
-        Returns the images and the blocks the open transaction freed.
+        Returns (home, image, records or None) for each changed block (records:
+        its changes as compact-journal records, when it has them and they are
+        small), and the blocks the open transaction freed.
         """
-        images = []
-        ticket = self.ticket
+        out = []
+        ticket, limit = self.ticket, self.block_size // 4
         for addr, obj in self.dirty.items():
-            images.append((addr, self.seal(obj)))
+            out.append((addr, self.seal(obj), obj.records(limit)))
+            if obj.TRACKS:
+                obj.changes = set()
             self._pinned[addr] = ticket
             self._insert(obj)  # its cost may have changed
         self.dirty.clear()
         freed, self._freed_now = self._freed_now, []
-        return images, freed
+        return out, freed
 
-    def committed(self, ticket: int, images: list[tuple[int, bytes]], freed: list[int]) -> None:
+    def committed(self, ticket: int, blocks: list[tuple[int, bytes, bytes | None]],
+                  freed: list[int]) -> None:
         """Transaction ``ticket`` is durable: its images wait for their home write."""
         freed_at, stamps, pinned = self.freed_at, self.stamps, self._pinned
-        for addr, image in images:
+        for addr, image, _ in blocks:
             if freed_at.get(addr, 0) > ticket:  # a later transaction frees it
                 self.freed_pending[addr] = image
             else:

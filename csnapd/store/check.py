@@ -24,7 +24,7 @@ from typing import Any
 from . import format as fmt
 from . import journal as jnl
 from .errors import CorruptionError
-from .walk import bitmap_int, set_bits, walk_tree
+from .walk import Visit, bitmap_int, set_bits, walk_tree
 
 Progress = Callable[[int, int], None]
 MAX_LISTED = 1000
@@ -129,7 +129,7 @@ class _Checker:
             return
         try:
             again = jnl.scan(store.dev, j.start, j.nblocks, j.block_size, j.store_id, j.tail,
-                             j.tail_seq, redundant=j.redundant)
+                             j.tail_seq, j.version)
         except CorruptionError as exc:
             self.error(exc)
             return
@@ -199,33 +199,33 @@ class _Checker:
                 if self.progress and self.leaves % 64 == 0:
                     self.progress(min(self.exceptions, total), total)
 
-    def _node(self, v) -> None:  # noqa: ANN001
+    def _node(self, v: Visit) -> None:
         self.nodes += 1
-        keys = v.block.keys
+        keys = v.keys
         if keys[0] != v.lo:
             self.report.add("error", f"first key {keys[0]} is not the range start {v.lo}",
                             v.addr, v.path)
         if keys[-1] >= v.hi:
             self.report.add("error", f"key {keys[-1]} beyond the range end {v.hi}", v.addr, v.path)
 
-    def _leaf(self, v) -> None:  # noqa: ANN001
+    def _leaf(self, v: Visit) -> None:
         self.leaves += 1
-        leaf, f = v.block, self.f
-        if leaf.nbytes > fmt.leaf_capacity(f.block_size):
+        f = self.f
+        if v.nbytes > fmt.leaf_capacity(f.block_size):
             self.report.add("error", "leaf overfull", v.addr, v.path)
-        for chunk, excs in zip(leaf.keys, leaf.vals, strict=True):
+        for chunk, excs in v.entries:
             if not v.lo <= chunk < v.hi:
                 self.report.add("error", f"chunk {chunk} outside the leaf's range "
                                 f"{v.lo}..{v.hi - 1}", v.addr, v.path)
             if chunk >= f.origin_chunks:
                 self.report.add("error", f"chunk {chunk} beyond the origin", v.addr, v.path)
             seen_bits = 0
-            for store_chunk, sharemap in excs:
+            for e in excs:
                 self.exceptions += 1
-                self._exception(v, chunk, store_chunk, sharemap, seen_bits)
-                seen_bits |= sharemap
+                self._exception(v, chunk, e.store, e.sharemap, seen_bits)
+                seen_bits |= e.sharemap
 
-    def _exception(self, v, chunk: int, store_chunk: int, sharemap: int,  # noqa: ANN001
+    def _exception(self, v: Visit, chunk: int, store_chunk: int, sharemap: int,
                    seen_bits: int) -> None:
         f, where = self.f, f"chunk {chunk} -> store chunk {store_chunk}"
         if not f.data_start_chunk <= store_chunk < f.store_chunks:

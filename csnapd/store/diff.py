@@ -22,9 +22,10 @@ Must not import asyncio, sockets or the engine.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from .format import Exc
 
 #: Tree entries one scan looks at before it stops and reports ``next`` (bounds the CPU
 #: time of one request: about 4-6 µs of Python per entry, so some 20 ms).
@@ -72,8 +73,10 @@ def changed_chunks(store, volume: int | None, base: int | None, start: int, end:
             return scan
         scan.entries += 1
         here = there = -1  # -1: reads the origin
-        for store_chunk, sharemap in excs:
+        for exc in excs:
+            sharemap = exc.sharemap
             if sharemap & both:
+                store_chunk = exc.store
                 if sharemap & vbit:
                     here = store_chunk
                 if sharemap & bbit:
@@ -89,18 +92,10 @@ def changed_chunks(store, volume: int | None, base: int | None, start: int, end:
     return scan
 
 
-def _entries(store, start: int, end: int) -> Iterator[tuple[int, list[list[int]]]]:  # noqa: ANN001
-    """``(chunk, [[store_chunk, sharemap], ...])`` for every tree entry in ``[start, end)``,
-    in chunk order, read through the store's public tree walker."""
-    for _path, leaf, _lo, hi in store.tree.leaves(start):
-        keys, vals = leaf.keys, leaf.vals
-        i = bisect_left(keys, start)
-        n = len(keys)
-        while i < n:
-            key = keys[i]
-            if key >= end:
-                return
-            yield key, vals[i]
-            i += 1
-        if hi >= end:
+def _entries(store, start: int, end: int) -> Iterator[tuple[int, list[Exc]]]:  # noqa: ANN001
+    """``(chunk, exceptions)`` for every tree entry in ``[start, end)``, in chunk order,
+    read through the store's exception map."""
+    for chunk, excs in store.exmap.entries(start):
+        if chunk >= end:
             return
+        yield chunk, excs

@@ -69,7 +69,15 @@ INCOMPAT_GRANTS = 1 << 0
 #: images, parity, trailing commit record; see "Journal commit record, redundant
 #: format" below).  Without it the journal holds the single-CRC format.
 INCOMPAT_JOURNAL_V2 = 1 << 1
-INCOMPAT_KNOWN = INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2
+#:
+#: INCOMPAT_COMPACT_JOURNAL: the journal holds compact transactions (kind COMMIT3):
+#: logical records of what changed (an entry's exceptions, bitmap bits, grant
+#: records, the superblock's changing fields) plus whole images of blocks changed
+#: for the first time since the checkpoint, in the redundant envelope (see
+#: "Journal commit record, compact format" below).  Set together with
+#: INCOMPAT_JOURNAL_V2, whose envelope it keeps.
+INCOMPAT_COMPACT_JOURNAL = 1 << 2
+INCOMPAT_KNOWN = INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
 COMPAT_KNOWN = 0
 AUTOCLEAR_KNOWN = 0
 
@@ -98,6 +106,7 @@ class BlockKind(IntEnum):
     SNAPTAB = 7
     COMMIT2 = 8  # journal commit record, redundant format
     GRANTS = 9  # client grant table (grants.py)
+    COMMIT3 = 10  # journal commit record, compact format
 
 
 KIND_SALT = {
@@ -110,6 +119,7 @@ KIND_SALT = {
     BlockKind.SNAPTAB: 0x5AA70007,
     BlockKind.COMMIT2: 0xC0112708,
     BlockKind.GRANTS: 0x6AA17009,
+    BlockKind.COMMIT3: 0xC011370A,
 }
 
 
@@ -439,6 +449,15 @@ class CommitRecord:
     crcs: tuple[int, ...]
     parity_crc: int
 
+    @property
+    def span(self) -> int:
+        """Journal blocks the transaction occupies."""
+        return len(self.homes) + 3
+
+    @property
+    def payload_blocks(self) -> int:
+        return len(self.homes)
+
 
 def seal_commit2(addr: int, store_id: int, rec: CommitRecord, block_size: int) -> bytes:
     """A sealed commit record for self address ``addr``."""
@@ -450,11 +469,11 @@ def seal_commit2(addr: int, store_id: int, rec: CommitRecord, block_size: int) -
     return seal(BlockKind.COMMIT2, addr, store_id, n, payload, block_size)
 
 
-def readdress_commit2(block: bytes, addr: int) -> bytes:
+def readdress_commit2(block: bytes, addr: int, kind: BlockKind = BlockKind.COMMIT2) -> bytes:
     """A sealed commit record moved to self address ``addr`` (one CRC pass, one copy)."""
     head = bytearray(block[:HEADER_SIZE])
     struct.pack_into("<IIQ", head, 8, 0, struct.unpack_from("<I", block, 12)[0], addr)
-    value = _crc.crc32c(memoryview(block)[HEADER_SIZE:], _crc_of(head, KIND_SALT[BlockKind.COMMIT2]))
+    value = _crc.crc32c(memoryview(block)[HEADER_SIZE:], _crc_of(head, KIND_SALT[kind]))
     struct.pack_into("<I", head, 8, value)
     return bytes(head) + block[HEADER_SIZE:]
 
@@ -474,17 +493,226 @@ def decode_commit2(block: bytes, addr: int, store_id: int) -> CommitRecord | Non
     return CommitRecord(seq, epoch, first, values[:n], values[n:2 * n], values[2 * n])
 
 
-def commit2_seq_unverified(block: bytes, addr: int, store_id: int) -> int | None:
-    """The sequence field of what looks like a commit record at ``addr``, CRC unchecked.
+# ---------------------------------------------------------------------------
+# Journal commit record, compact format (kind COMMIT3; INCOMPAT_COMPACT_JOURNAL).
+# A transaction holds *records* (a stream of the logical changes below) and
+# whole *images* of some blocks, in the redundant envelope of COMMIT2:
+#
+#   JOURNAL POSITION  BLOCK
+#   first             leading commit record (it may hold the start of the stream)
+#   first + 1 + i     payload block i, i = 0 .. n-1: first the images (sealed
+#                     blocks, self address == home), then the rest of the record
+#                     stream in raw blocks (the last one zero padded)
+#   first + n + 1     parity: the XOR of the n payload blocks; only when n > 0
+#   last              trailing commit record: the leading one with only the
+#                     header self address (and so the header CRC) changed
+#
+# so a transaction spans n + 3 blocks, or 2 when n = 0 (everything inline).
+#
+#   OFFSET    SIZE DESCRIPTION
+#       12       4 (header count) n, the number of payload blocks
+#       16       8 (header self address) this record's own block number
+#       32       8 transaction sequence number
+#       40       8 epoch of the writer (0 = none)
+#       48       4 first: journal position of the leading record
+#       52       4 n again (cross-check)
+#       56       4 m: images among the payload blocks (the first m)
+#       60       4 L: length in bytes of the whole record stream
+#       64       4 I: bytes of the stream held in this record (the rest, L - I,
+#                  fills the n - m stream blocks: n - m == ceil((L - I) / block_size))
+#       68       4 reserved, zero
+#       72     8*m home block number of each image
+#   72+8m      4*n CRC32C (seed 0) of each payload block, all block_size bytes
+#   72+8m+4n     4 CRC32C (seed 0) of the parity block (zero when n = 0)
+#   76+8m+4n     I the first I bytes of the record stream
+#
+# Record stream: records back to back, each starting with a type byte:
+#
+#   ENTRY  1 | u64 leaf block | u64 logical chunk | u16 m | m exceptions as in a
+#            leaf entry (u64 store chunk, u16 offset, u16 length, bytes):
+#            the chunk's exception list in that leaf is now exactly this (m = 0:
+#            the chunk has no entry any more)
+#   BITS   2 | u64 bitmap block | u32 first bit | u32 count | u8 value (0/1):
+#            bits first..first+count-1 of that block's payload are now value
+#   SUPER  3 | u32 flags | u32 depth | u64 root | u64 free chunks | u64 alloc
+#            cursor | u64 metadata chunk | u64 exceptions | u64 delete cursor |
+#            u64 grant table root: the superblock's changing fields are now these
+#   GRANT  4 | u64 grant block | u16 record slot | u64 client | u8 kind | u16
+#            snapshot slot | u16 n | n runs (u64 start, u64 count): that record
+#            slot is now this (kind 0: free)
+#
+# Every record states a result, not a difference, so applying it twice is the
+# same as once.  A record names a block that has an image earlier in the
+# replayed journal (the writer images a block the first time it changes after
+# a checkpoint, and whenever its shape changes): replay applies records to
+# those images only, never to a home block a crashed checkpoint may have torn.
 
-    Only used to tell a torn transaction from the plain end of the journal in
-    reports; never to accept anything.
+COMMIT3 = struct.Struct("<QQIIIIII")
+COMMIT3_FIXED = HEADER_SIZE + COMMIT3.size
+assert COMMIT3_FIXED == 72
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord3:
+    """The decoded payload of a compact-format commit record."""
+
+    seq: int
+    epoch: int
+    first: int
+    homes: tuple[int, ...]  # of the images, the first len(homes) payload blocks
+    crcs: tuple[int, ...]  # of every payload block
+    parity_crc: int
+    stream_bytes: int
+    inline: bytes
+
+    @property
+    def payload_blocks(self) -> int:
+        return len(self.crcs)
+
+    @property
+    def span(self) -> int:
+        """Journal blocks the transaction occupies (no parity when it has no payload)."""
+        n = len(self.crcs)
+        return n + 3 if n else 2
+
+
+def commit3_room(block_size: int, images: int, payload: int) -> int:
+    """Stream bytes a commit record with these counts holds inline (negative: too many)."""
+    return block_size - COMMIT3_FIXED - 8 * images - 4 * payload - 4
+
+
+def seal_commit3(addr: int, store_id: int, rec: CommitRecord3, block_size: int) -> bytes:
+    """A sealed compact-format commit record for self address ``addr``."""
+    m, n = len(rec.homes), len(rec.crcs)
+    if m > n or len(rec.inline) > commit3_room(block_size, m, n):
+        raise ValueError(f"commit record for {m} images, {n} payload blocks does not fit")
+    payload = COMMIT3.pack(rec.seq, rec.epoch, rec.first, n, m, rec.stream_bytes,
+                           len(rec.inline), 0) + struct.pack(
+        f"<{m}Q{n + 1}I", *rec.homes, *rec.crcs, rec.parity_crc) + rec.inline
+    return seal(BlockKind.COMMIT3, addr, store_id, n, payload, block_size)
+
+
+def decode_commit3(block: bytes, addr: int, store_id: int) -> CommitRecord3 | None:
+    """A verified compact-format commit record read at ``addr``, or None."""
+    hdr = peek_header(block)
+    if (hdr is None or hdr.kind != BlockKind.COMMIT3 or hdr.addr != addr
+            or hdr.store_id != store_id):
+        return None
+    if _crc_of(block, KIND_SALT[BlockKind.COMMIT3]) != hdr.crc:
+        return None
+    seq, epoch, first, n, m, total, inline, _ = COMMIT3.unpack_from(block, HEADER_SIZE)
+    bs = len(block)
+    room = commit3_room(bs, m, n)
+    if n != hdr.count or m > n or inline > total or room < 0 or inline > room:
+        return None
+    if n - m != -(-(total - inline) // bs):
+        return None
+    values = struct.unpack_from(f"<{m}Q{n + 1}I", block, COMMIT3_FIXED)
+    at = COMMIT3_FIXED + 8 * m + 4 * n + 4
+    return CommitRecord3(seq, epoch, first, values[:m], values[m:m + n], values[m + n],
+                         total, bytes(block[at:at + inline]))
+
+
+def commit_fields_unverified(block: bytes, addr: int, store_id: int,
+                             kind: BlockKind) -> tuple[int, int] | None:
+    """(sequence, first) of what looks like a commit record of ``kind`` at ``addr``.
+
+    CRC unchecked: used to tell a torn transaction from the plain end of the
+    journal in reports, and to skip blocks that cannot be the record sought
+    before paying for a CRC; never to accept anything.  Both redundant formats
+    keep these two fields at the same offsets (32 and 48).
     """
     hdr = peek_header(block)
-    if hdr is None or hdr.kind != BlockKind.COMMIT2 or hdr.addr != addr \
-            or hdr.store_id != store_id:
+    if hdr is None or hdr.kind != kind or hdr.addr != addr or hdr.store_id != store_id:
         return None
-    return COMMIT2.unpack_from(block, HEADER_SIZE)[0]
+    seq, _epoch, first = struct.unpack_from("<QQI", block, HEADER_SIZE)
+    return seq, first
+
+
+REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT = 1, 2, 3, 4
+_REC_ENTRY = struct.Struct("<BQQH")
+_REC_BITS = struct.Struct("<BQIIB")
+_REC_SUPER = struct.Struct("<BIIQQQQQQQ")
+_REC_GRANT = struct.Struct("<BQHQBHH")
+#: The superblock fields a SUPER record carries, in record order.  Every other
+#: field changes only at open (followed by a checkpoint) or never.
+SUPER_RECORD_FIELDS = ("flags", "depth", "root", "free_chunks", "alloc_cursor", "meta_chunk",
+                       "exceptions", "delete_cursor", "grants_root")
+
+
+def entry_record(block: int, chunk: int, excs: list[Exc]) -> bytes:
+    """ENTRY: the exceptions of ``chunk`` in leaf ``block`` are now ``excs``."""
+    out = bytearray(_REC_ENTRY.pack(REC_ENTRY, block, chunk, len(excs)))
+    encode_exceptions(out, excs)
+    return bytes(out)
+
+
+def bits_record(block: int, first: int, count: int, value: int) -> bytes:
+    """BITS: payload bits ``first .. first+count-1`` of bitmap ``block`` are now ``value``."""
+    return _REC_BITS.pack(REC_BITS, block, first, count, value)
+
+
+def super_record(f: SuperFields) -> bytes:
+    """SUPER: the superblock's changing fields are now those of ``f``."""
+    return _REC_SUPER.pack(REC_SUPER, *(getattr(f, name) for name in SUPER_RECORD_FIELDS))
+
+
+def grant_record(block: int, index: int, rec: GrantRecord | None) -> bytes:
+    """GRANT: record slot ``index`` of grant ``block`` is now ``rec`` (None: free)."""
+    if rec is None:
+        return _REC_GRANT.pack(REC_GRANT, block, index, 0, GRANT_FREE, 0, 0)
+    runs = rec.runs or []
+    out = bytearray(_REC_GRANT.pack(REC_GRANT, block, index, rec.client, rec.kind, rec.slot,
+                                    len(runs)))
+    for start, count in runs:
+        out += GRANT_RUN.pack(start, count)
+    return bytes(out)
+
+
+Record = tuple  # (REC_*, fields...) as decode_records yields them
+
+
+def decode_records(stream: bytes, where: int) -> list[Record]:
+    """Every record of a stream; CorruptionError (at block ``where``) if it is malformed.
+
+    ENTRY -> (1, block, chunk, [Exc]); BITS -> (2, block, first, count, value);
+    SUPER -> (3, {field: value}); GRANT -> (4, block, index, GrantRecord | None).
+    """
+    out: list[Record] = []
+    pos, end = 0, len(stream)
+    try:
+        while pos < end:
+            kind = stream[pos]
+            if kind == REC_ENTRY:
+                _, block, chunk, m = _REC_ENTRY.unpack_from(stream, pos)
+                excs, pos = decode_exceptions(stream, pos + _REC_ENTRY.size, m, end, where,
+                                              chunk, "COMMIT3")
+                out.append((REC_ENTRY, block, chunk, excs))
+            elif kind == REC_BITS:
+                _, block, first, count, value = _REC_BITS.unpack_from(stream, pos)
+                if value > 1:
+                    raise CorruptionError(where, "COMMIT3", f"bad bit value in record at {pos}")
+                out.append((REC_BITS, block, first, count, value))
+                pos += _REC_BITS.size
+            elif kind == REC_SUPER:
+                values = _REC_SUPER.unpack_from(stream, pos)[1:]
+                out.append((REC_SUPER, dict(zip(SUPER_RECORD_FIELDS, values, strict=True))))
+                pos += _REC_SUPER.size
+            elif kind == REC_GRANT:
+                _, block, index, client, gkind, slot, n = _REC_GRANT.unpack_from(stream, pos)
+                pos += _REC_GRANT.size
+                runs = [GRANT_RUN.unpack_from(stream, pos + 16 * i) for i in range(n)]
+                pos += 16 * n
+                if pos > end or gkind not in (GRANT_FREE, GRANT_ORIGIN, GRANT_WRITER):
+                    raise CorruptionError(where, "COMMIT3", "bad grant record in the journal")
+                rec = None if gkind == GRANT_FREE else GrantRecord(
+                    client, gkind, slot, runs if gkind == GRANT_ORIGIN else None)
+                out.append((REC_GRANT, block, index, rec))
+            else:
+                raise CorruptionError(where, "COMMIT3", f"unknown record type {kind} at {pos}")
+    except struct.error as exc:
+        raise CorruptionError(where, "COMMIT3", "journal records run past their end") from exc
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -551,65 +779,123 @@ def leaf_capacity(block_size: int) -> int:
     return block_size - HEADER_SIZE
 
 
+class Exc:
+    """One exception as a leaf holds it: a store chunk and the sharemap of its users.
+
+    Bit s of ``sharemap`` set means snapshot slot s reads this copy.  Only the
+    exception map (store/exmap.py) changes these; everyone else reads them.
+    """
+
+    __slots__ = ("store", "sharemap")
+
+    def __init__(self, store: int, sharemap: int) -> None:
+        self.store = store
+        self.sharemap = sharemap
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Exc):
+            return NotImplemented
+        return self.store == other.store and self.sharemap == other.sharemap
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Exc({self.store}, {self.sharemap:#x})"
+
+
 def sharemap_size(sharemap: int) -> int:
     """Encoded bytes of one exception carrying ``sharemap``."""
     low = (sharemap & -sharemap).bit_length() - 1
     return EXC_OVERHEAD + (sharemap.bit_length() + 7) // 8 - low // 8
 
 
-def entry_size(excs: list[list[int]]) -> int:
+def entry_size(excs: list[Exc]) -> int:
     """Encoded bytes of one logical chunk entry with exceptions ``excs``."""
-    return ENTRY_OVERHEAD + sum(sharemap_size(sm) for _, sm in excs)
+    return ENTRY_OVERHEAD + sum(sharemap_size(e.sharemap) for e in excs)
 
 
 _ONE_BYTE_EXC = struct.Struct("<QHHB")
 
 
-def encode_leaf(keys: list[int], vals: list[list[list[int]]]) -> bytes:
+def encode_exceptions(out: bytearray, excs: list[Exc]) -> None:
+    """Append the encoded exceptions of one entry (after its chunk and count)."""
+    exc1, exc = _ONE_BYTE_EXC.pack, LEAF_EXC.pack
+    for e in excs:
+        sharemap = e.sharemap
+        if sharemap < 256:  # the common case: snapshot slots 0..7
+            out += exc1(e.store, 0, 1, sharemap)
+            continue
+        low = ((sharemap & -sharemap).bit_length() - 1) // 8
+        raw = (sharemap >> (8 * low)).to_bytes((sharemap.bit_length() + 7) // 8 - low, "little")
+        out += exc(e.store, low, len(raw))
+        out += raw
+
+
+def encode_leaf(keys: list[int], vals: list[list[Exc]]) -> bytes:
     out = bytearray()
     entry, exc1, exc = LEAF_ENTRY.pack, _ONE_BYTE_EXC.pack, LEAF_EXC.pack
     for chunk, excs in zip(keys, vals, strict=True):
         out += entry(chunk, len(excs))
-        for store, sharemap in excs:
-            if sharemap < 256:  # the common case: snapshot slots 0..7
-                out += exc1(store, 0, 1, sharemap)
+        for e in excs:  # encode_exceptions, inlined: this loop is hot at every commit
+            sharemap = e.sharemap
+            if sharemap < 256:
+                out += exc1(e.store, 0, 1, sharemap)
                 continue
             low = ((sharemap & -sharemap).bit_length() - 1) // 8
-            raw = (sharemap >> (8 * low)).to_bytes((sharemap.bit_length() + 7) // 8 - low, "little")
-            out += exc(store, low, len(raw))
+            raw = (sharemap >> (8 * low)).to_bytes((sharemap.bit_length() + 7) // 8 - low,
+                                                   "little")
+            out += exc(e.store, low, len(raw))
             out += raw
     return bytes(out)
 
 
-def decode_leaf(block: bytes, addr: int, count: int) -> tuple[list[int], list[list[list[int]]], int]:
+def decode_exceptions(block: bytes | memoryview, pos: int, m: int, end: int, addr: int,
+                      chunk: int, kind: str = "LEAF") -> tuple[list[Exc], int]:
+    """``m`` exceptions from ``pos``; return them and the position after them."""
+    excs = []
+    exc_hdr, from_bytes = LEAF_EXC.unpack_from, int.from_bytes
+    for _ in range(m):
+        store, off, length = exc_hdr(block, pos)
+        pos += EXC_OVERHEAD
+        if length == 1 and pos < end:  # the common case: one sharemap byte
+            sharemap = block[pos] << (8 * off)
+        elif length == 0 or pos + length > end:
+            raise CorruptionError(addr, kind, f"bad sharemap for chunk {chunk}")
+        else:
+            sharemap = from_bytes(block[pos:pos + length], "little") << (8 * off)
+        if sharemap == 0:
+            raise CorruptionError(addr, kind, f"empty sharemap for chunk {chunk}")
+        pos += length
+        excs.append(Exc(store, sharemap))
+    return excs, pos
+
+
+_ONE_EXC_ENTRY = struct.Struct("<QHQHHB")  # an entry of one exception, one sharemap byte
+
+
+def decode_leaf(block: bytes, addr: int, count: int) -> tuple[list[int], list[list[Exc]], int]:
     """Return keys, exception lists and the payload bytes used."""
     keys: list[int] = []
-    vals: list[list[list[int]]] = []
+    vals: list[list[Exc]] = []
     pos, end = HEADER_SIZE, len(block)
     prev = -1
-    entry, exc_hdr = LEAF_ENTRY.unpack_from, LEAF_EXC.unpack_from
-    from_bytes = int.from_bytes
+    one, one_size = _ONE_EXC_ENTRY.unpack_from, _ONE_EXC_ENTRY.size
     try:
         for _ in range(count):
-            chunk, m = entry(block, pos)
+            if pos + one_size <= end:
+                chunk, m, store, off, length, byte = one(block, pos)
+                if m == 1 and length == 1 and byte and chunk > prev:  # the common case
+                    prev = chunk
+                    keys.append(chunk)
+                    vals.append([Exc(store, byte << (8 * off))])
+                    pos += one_size
+                    continue
+            chunk, m = LEAF_ENTRY.unpack_from(block, pos)
             pos += ENTRY_OVERHEAD
             if chunk <= prev or m == 0:
                 raise CorruptionError(addr, "LEAF", f"bad entry for chunk {chunk}")
             prev = chunk
-            excs = []
-            for _ in range(m):
-                store, off, length = exc_hdr(block, pos)
-                pos += EXC_OVERHEAD
-                if length == 1 and pos < end:  # the common case: one sharemap byte
-                    sharemap = block[pos] << (8 * off)
-                elif length == 0 or pos + length > end:
-                    raise CorruptionError(addr, "LEAF", f"bad sharemap for chunk {chunk}")
-                else:
-                    sharemap = from_bytes(block[pos:pos + length], "little") << (8 * off)
-                if sharemap == 0:
-                    raise CorruptionError(addr, "LEAF", f"empty sharemap for chunk {chunk}")
-                pos += length
-                excs.append([store, sharemap])
+            excs, pos = decode_exceptions(block, pos, m, end, addr, chunk)
             keys.append(chunk)
             vals.append(excs)
     except struct.error as exc:

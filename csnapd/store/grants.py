@@ -144,7 +144,7 @@ class Grants:
             seen.add(addr)
             block: GrantBlock = self.cache.get(addr, fmt.BlockKind.GRANTS)
             self.addrs.append(addr)
-            self.records.extend(block.records)
+            self.records.extend(block.slots)
             addr = block.next
         for i, rec in enumerate(self.records):
             if rec is not None:
@@ -299,5 +299,5 @@ class Grants:
     def _write(self, i: int) -> None:
         b, j = divmod(i, self.per_block)
         block: GrantBlock = self.cache.get(self.addrs[b], fmt.BlockKind.GRANTS)
-        block.records[j] = self.records[i]
-        self.cache.mark_dirty(block)
+        block.slots[j] = self.records[i]
+        self.cache.note(block, j)

@@ -30,29 +30,49 @@ from . import superblock as sbk
 from .copier import Run, run_copies
 from .device import Device
 from .errors import ReadOnlyError
-from .journal import Ring
+from .journal import COMPACT, Ring
 
 
 @dataclass(eq=False, slots=True)
 class Frozen:
     """One transaction's changes, frozen on the owning thread; no journal position yet.
 
-    ``fields`` is the superblock as this transaction leaves it (None when it
-    did not change); ``freed_chunks``/``freed_blocks`` what it frees, which
-    stays quarantined (chunks) or pending (committed images) until it is durable.
+    ``blocks`` holds (home, image, records or None) for every changed block:
+    the image always (it becomes the committed image), the compact-journal
+    records when the block has them.  ``fields`` is the superblock as this
+    transaction leaves it and ``super_record`` its SUPER record (b"" when the
+    changing fields did not change); ``freed_chunks``/``freed_blocks`` what it
+    frees, which stays quarantined (chunks) or pending (committed images) until
+    it is durable.
     """
 
     ticket: int
     runs: list[Run]
-    images: list[tuple[int, bytes]]
-    fields: fmt.SuperFields | None
+    blocks: list[tuple[int, bytes, bytes | None]]
+    fields: fmt.SuperFields
+    super_record: bytes
     freed_chunks: set[int]
     freed_blocks: list[int]
     ops: int
 
-    def nimages(self) -> int:
-        """Journal images this transaction needs (its blocks plus the superblock)."""
-        return len(self.images) + (self.fields is not None)
+    def payload(self, version: int, imaged: set[int]) -> tuple[list[tuple[int, bytes]], bytes]:
+        """The images and record stream this transaction journals (compact format).
+
+        A block goes as records only if it has them and already has an image
+        in the journal since the last checkpoint (``imaged``); otherwise as an
+        image (a full-page write: replay never applies records to a home block).
+        For the older formats every block is an image and there is no stream.
+        """
+        if version != COMPACT:
+            return [(home, image) for home, image, _ in self.blocks], b""
+        images, parts = [], []
+        for home, image, records in self.blocks:
+            if records is not None and home in imaged:
+                parts.append(records)
+            else:
+                images.append((home, image))
+        parts.append(self.super_record)
+        return images, b"".join(parts)
 
 
 class Sealed:
@@ -64,13 +84,11 @@ class Sealed:
     """
 
     def __init__(self, frozen: Frozen, ring: Ring, pos: int, seq: int,
-                 super_image: bytes | None, dev: Device, origin: Device,
+                 images: list[tuple[int, bytes]], stream: bytes, dev: Device, origin: Device,
                  chunk_size: int) -> None:
         self.frozen, self.ring, self.pos, self.seq = frozen, ring, pos, seq
         self.ticket = frozen.ticket
-        self.images = list(frozen.images)
-        if super_image is not None:
-            self.images.append((0, super_image))
+        self.images, self.stream = images, stream
         self.dev, self.origin, self.chunk_size = dev, origin, chunk_size
         self.void = False
         self.flushes = 0  # done by write(), counted by the owning thread afterwards
@@ -80,7 +98,7 @@ class Sealed:
     @property
     def span(self) -> int:
         """Journal blocks this transaction occupies."""
-        return len(self.images) + (3 if self.ring.redundant else 1)
+        return self.ring.span(len(self.images), len(self.stream))
 
     def write(self) -> None:
         """Copy, flush, write the journal transaction, flush.  Raises OSError on I/O failure."""
@@ -96,7 +114,7 @@ class Sealed:
         self.bytes_copied += run_copies(self.dev, self.origin, self.chunk_size, self.frozen.runs)
 
     def _write_journal(self) -> None:
-        blocks = self.ring.encode(self.pos, self.seq, self.images)
+        blocks = self.ring.encode(self.pos, self.seq, self.images, self.stream)
         self.ring.write_run(self.pos, blocks)
         self.journal_bytes += len(blocks) * self.ring.block_size
 
@@ -106,7 +124,8 @@ class Sealed:
 
     def __repr__(self) -> str:
         return (f"<Sealed ticket {self.ticket} seq {self.seq} at {self.pos}: "
-                f"{len(self.images)} images, {len(self.frozen.runs)} copy runs>")
+                f"{len(self.images)} images, {len(self.stream)} record bytes, "
+                f"{len(self.frozen.runs)} copy runs>")
 
 
 @dataclass(eq=False)

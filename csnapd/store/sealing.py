@@ -52,6 +52,8 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
+from . import format as fmt
+from . import journal as jnl
 from . import superblock as sbk
 from .errors import ReadOnlyError, SealOrderError
 from .seal import Checkpoint, Frozen, Sealed
@@ -68,6 +70,10 @@ class Sealing:
         self.durable_ticket = 0
         self._ops_open = 0
         self._seen_changes = 0
+        #: blocks with an image in the journal since the last checkpoint capture:
+        #: only these may be journaled as records (compact format, seal.py)
+        self._imaged: set[int] = set()
+        self._last_super: tuple[int, ...] = ()  # SUPER record fields as last sealed
 
     # ------------------------------------------------------------------
     # the open transaction
@@ -100,25 +106,38 @@ class Sealing:
         """Seal soon: a transaction was cut, or the open one is half its limit."""
         return bool(self._ready) or 2 * (len(self.cache.dirty) + 1) > self.journal.max_images
 
-    def _next_nimages(self) -> int:
+    def _next_span(self) -> int:
+        """Journal blocks of the next transaction (an upper bound for the open one); 0: none."""
+        j = self.journal
         if self._ready:
-            return self._ready[0].nimages()
-        return len(self.cache.dirty) + 1 if self._open_changed() else 0
+            images, stream = self._ready[0].payload(j.version, self._imaged)
+            return j.span(len(images) + (j.version != jnl.COMPACT), len(stream))
+        if not self._open_changed():
+            return 0
+        # at most every changed block as an image, and the superblock
+        return j.span(len(self.cache.dirty) + 1, 2 * len(fmt.super_record(self.sb)))
 
     def can_seal(self) -> bool:
         """True if the next transaction fits in the journal now (or there is none)."""
-        n = self._next_nimages()
-        return n == 0 or self.journal.fits(n)
+        return self._next_span() <= self.journal.free
 
     def wants_checkpoint(self) -> bool:
-        """The journal is half full and no checkpoint is in flight: start one."""
+        """Start a checkpoint (none is in flight): the journal is half full, or the
+        committed images waiting for their home write take half as many blocks as the
+        journal has (a compact journal holds many more changes than it has blocks; this
+        bounds their memory and a checkpoint's home writes)."""
         j = self.journal
-        return self._checkpoint_out is None and 2 * j.used >= j.nblocks
+        waiting = len(self.cache.pending_home) + len(self.cache.freed_pending)
+        return self._checkpoint_out is None and 2 * max(j.used, waiting) >= j.nblocks
 
     @property
     def in_flight(self) -> bool:
         """A sealed transaction or a checkpoint is not done yet."""
         return bool(self._outstanding) or self._checkpoint_out is not None
+
+    def _super_now(self) -> tuple[int, ...]:
+        f = self.sbs.f
+        return tuple(getattr(f, name) for name in fmt.SUPER_RECORD_FIELDS)
 
     def _freeze(self) -> Frozen | None:
         """Everything changed since the previous freeze, frozen; the next ticket opens."""
@@ -126,10 +145,13 @@ class Sealing:
         if not self._open_changed():
             return None
         runs = self.copier.take()
-        images, freed_blocks = cache.take_dirty()
-        fields = sbs.snapshot()  # this format journals the superblock with every transaction
+        blocks, freed_blocks = cache.take_dirty()
+        fields = sbs.snapshot()
+        now = self._super_now()
+        record = fmt.super_record(fields) if now != self._last_super else b""
+        self._last_super = now
         sbs.dirty = False
-        frozen = Frozen(cache.ticket, runs, images, fields, self.alloc.take_freed(),
+        frozen = Frozen(cache.ticket, runs, blocks, fields, record, self.alloc.take_freed(),
                         freed_blocks, self._ops_open)
         self._ops_open = 0
         cache.ticket += 1
@@ -158,23 +180,27 @@ class Sealing:
         if self.readonly:
             return None
         self._refuse_if_failed()
-        n = self._next_nimages()
-        if n == 0:
+        span = self._next_span()
+        if span == 0:
             return None
-        if not self.journal.fits(n):
+        if span > self.journal.free:
             if self.in_flight:
                 raise SealOrderError("no journal room for the next transaction until the "
                                      "checkpoint or sealed transaction in flight is done")
             self.checkpoint()
         frozen = self._ready.popleft() if self._ready else self._freeze()
         assert frozen is not None
-        pos, seq = self.journal.reserve(frozen.nimages())
-        image = None
-        if frozen.fields is not None:
-            # The current generation: recovery must never step it back (format 5.4).
-            image = sbk.seal_super(0, dataclasses.replace(frozen.fields,
-                                                          generation=self.sb.generation))
-        sealed = Sealed(frozen, self.journal.ring(), pos, seq, image, self.dev, self.origin,
+        j = self.journal
+        images, stream = frozen.payload(j.version, self._imaged)
+        if j.version == jnl.COMPACT:
+            self._imaged.update(home for home, _ in images)
+        else:
+            # The superblock image carries the current generation: recovery must
+            # never step it back (format 5.4).
+            images.append((0, sbk.seal_super(0, dataclasses.replace(
+                frozen.fields, generation=self.sb.generation))))
+        pos, seq = j.reserve(len(images), len(stream))
+        sealed = Sealed(frozen, j.ring(), pos, seq, images, stream, self.dev, self.origin,
                         self.chunk_size)
         self._outstanding.append(sealed)
         return sealed
@@ -185,10 +211,9 @@ class Sealing:
             raise SealOrderError("sealed transactions are done one at a time, in seal order")
         self._outstanding.popleft()
         fr = sealed.frozen
-        self.cache.committed(fr.ticket, fr.images, fr.freed_blocks)
+        self.cache.committed(fr.ticket, fr.blocks, fr.freed_blocks)
         self.alloc.committed(fr.freed_chunks)
-        if fr.fields is not None:
-            self.committed_super = dataclasses.replace(fr.fields, generation=self.sb.generation)
+        self.committed_super = dataclasses.replace(fr.fields, generation=self.sb.generation)
         self.durable_ticket = fr.ticket
         self.journal.commits += 1
         st = self.stats
@@ -214,6 +239,7 @@ class Sealing:
         if self._checkpoint_out is not None:
             raise SealOrderError("a checkpoint is already in flight")
         images = self.cache.capture_home()
+        self._imaged = set()  # the next window starts here: first changes go as images
         f = dataclasses.replace(self.committed_super)
         f.generation = self.sb.generation + 1
         f.journal_tail, f.journal_seq = self.journal.head, self.journal.seq
@@ -259,6 +285,8 @@ class Sealing:
         while True:
             sealed = self.seal()
             if sealed is None:
+                if len(self.cache.pending_home) >= self.journal.nblocks:
+                    self.checkpoint()  # bound the committed images kept in memory
                 return seq
             try:
                 sealed.write()

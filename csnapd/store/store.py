@@ -20,13 +20,15 @@ Durability rules (numbered as in journal.py, which states them in full):
  10. Quarantine: chunks freed by a transaction are not reused until a
      checkpoint captured after that transaction was durable is itself durable
      (bitmap.py), so no copy-out can overwrite data a crash could bring back.
+ 11. Full-page images: in the compact journal a block goes as records only
+     once it has an image since the last checkpoint capture (seal.py); replay
+     (replay.py) never needs a home block.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -35,7 +37,7 @@ from . import journal as jnl
 from . import superblock as sbk
 from .bitmap import Allocator
 from .blocks import Bitmap, GrantBlock, Leaf, Node, snaptab_decoder
-from .btree import BTree
+from .btree import KEY_LIMIT, BTree
 from .cache import BlockCache
 from .copier import Copier
 from .device import Device
@@ -49,7 +51,9 @@ from .errors import (
     SealOrderError,
     StoreFullError,
 )
+from .exmap import ExceptionMap, LeafSpan, Usage
 from .grants import Grants
+from .replay import Replay
 from .sealing import Sealing
 from .snapshots import Snapshots
 from .superblock import SuperState
@@ -73,14 +77,15 @@ class Recovery:
 
     unclean: bool = False
     transactions: int = 0
-    blocks: int = 0
+    blocks: int = 0  # block images replayed
+    records: int = 0  # compact-journal records replayed
     info: list[str] = dataclasses.field(default_factory=list)  # what recovery did, harmless
     notes: list[str] = dataclasses.field(default_factory=list)  # damage found (slots)
     journal_notes: list[str] = dataclasses.field(default_factory=list)
     journal_corrected: int = 0  # damaged journal blocks of replayed transactions
     journal_dropped: int = 0  # torn transactions dropped at the end of the journal
     epochs: list[int] = dataclasses.field(default_factory=list)
-    upgraded: bool = False  # this open switched the journal to the redundant format
+    upgraded: bool = False  # this open switched the journal to the compact format
 
 
 class Store(Sealing):
@@ -104,9 +109,10 @@ class Store(Sealing):
         self.alloc = Allocator(self.cache, self.sbs)
         self.cache.is_meta = self.alloc.is_meta
         self.tree = BTree(self.cache, self.alloc, self.sbs)
+        self.exmap = ExceptionMap(self.tree, self.cache)
         self.journal = jnl.Journal(dev, f.journal_start, f.journal_blocks, f.block_size,
                                    f.store_id, f.journal_tail, f.journal_seq,
-                                   redundant=bool(f.incompat & fmt.INCOMPAT_JOURNAL_V2))
+                                   jnl.format_of(f.incompat))
         self.copier = Copier(f.chunk_size, self.alloc)
         self.recovery = Recovery()
         self.committed_super = self.sbs.snapshot()
@@ -154,35 +160,40 @@ class Store(Sealing):
         return store
 
     def _recover(self) -> None:
+        """Replay the journal in memory: its newest images wait in ``pending_home``."""
         f = self.sb
         self.recovery.unclean = bool(f.flags & fmt.FLAG_BUSY)
         scan = jnl.scan(self.dev, f.journal_start, f.journal_blocks, f.block_size,
-                        f.store_id, f.journal_tail, f.journal_seq,
-                        redundant=self.journal.redundant)
+                        f.store_id, f.journal_tail, f.journal_seq, self.journal.version)
+        replay = Replay(f.block_size, f.store_id, self.cache.decoders, f.journal_start)
         for txn in scan.transactions:
-            for home, image in txn.images:
-                if home == 0:
-                    self._adopt_journaled_super(image)
-                else:
-                    self.cache.pending_home[home] = image
+            replay.transaction(txn)
+        if replay.super_image is not None:
+            self._adopt_journaled_super(fmt.decode_super(replay.super_image, 0))
+        elif replay.super_fields:
+            self._adopt_journaled_super(dataclasses.replace(self.sb, **replay.super_fields))
+        self.cache.pending_home.update(replay.images())
         # A block freed by a later transaction keeps its older images in the
         # journal; its chunk is quarantined until a checkpoint, so skipping
         # them is safe, and writing them would trip the overlap check.
         for home in [h for h in self.cache.pending_home if not self.alloc.is_meta(h)]:
             del self.cache.pending_home[home]
-        self.recovery.transactions = len(scan.transactions)
-        self.recovery.blocks = sum(len(t.images) for t in scan.transactions)
-        self.recovery.journal_notes = list(scan.notes)
-        self.recovery.journal_corrected = scan.corrected
-        self.recovery.journal_dropped = int(scan.torn is not None)
-        self.recovery.epochs = scan.epochs
+        r = self.recovery
+        r.transactions = len(scan.transactions)
+        r.blocks = sum(len(t.images) for t in scan.transactions)
+        r.records = replay.records
+        r.journal_notes = list(scan.notes)
+        r.journal_corrected = scan.corrected
+        r.journal_dropped = int(scan.torn is not None)
+        r.epochs = scan.epochs
         self.stats["journal_corrected"] = scan.corrected
         self.journal.head, self.journal.seq, self.journal.used = (
             scan.head, scan.next_seq, scan.blocks_used)
         self.committed_super = self.sbs.snapshot()
+        self._last_super = self._super_now()
 
-    def _adopt_journaled_super(self, image: bytes) -> None:
-        f = fmt.decode_super(image, 0)
+    def _adopt_journaled_super(self, f: fmt.SuperFields) -> None:
+        """The superblock as the journal leaves it (format 5.4)."""
         if (f.uuid, f.block_size, f.chunk_size) != (self.sb.uuid, self.block_size, self.chunk_size):
             raise CorruptionError(0, "SUPER", "journaled superblock belongs to another store")
         # flags and the generation are also written outside the journal (a slot
@@ -208,24 +219,24 @@ class Store(Sealing):
         self.sbs.touch()
         self.committed_super = self.sbs.snapshot()
         self._checkpoint()
-        if not self.journal.redundant:
+        if self.journal.version != jnl.COMPACT:
             self._upgrade_journal()
 
     def _upgrade_journal(self) -> None:
-        """Switch an older store's journal to the redundant format (journal.py invariant 8).
+        """Switch an older store's journal to the compact format (journal.py invariant 8).
 
-        The checkpoint just taken replayed the old journal and left it empty.
-        The feature bit then goes into both superblock slots (two checkpoints),
-        so no slot an older csnap could fall back to after damage to the newest
-        one describes a journal it would misread; only then is anything written
-        in the new format.
+        The checkpoint just taken replayed the old journal (in its own format)
+        and left it empty.  The feature bits then go into both superblock slots
+        (two checkpoints), so no slot an older csnap could fall back to after
+        damage to the newest one describes a journal it would misread; only then
+        is anything written in the new format.
         """
-        self.sb.incompat |= fmt.INCOMPAT_JOURNAL_V2
+        self.sb.incompat |= fmt.INCOMPAT_JOURNAL_V2 | fmt.INCOMPAT_COMPACT_JOURNAL
         self.sbs.touch()
         self.committed_super = self.sbs.snapshot()
         self._checkpoint()
         self._checkpoint()
-        self.journal.use_redundant_format()
+        self.journal.use_format(jnl.COMPACT)
         self.recovery.upgraded = True
 
     def close(self) -> None:
@@ -343,7 +354,7 @@ class Store(Sealing):
         """Make origin chunks unshared by copying out what live snapshots need.
 
         ``extra`` adds sharemap bits to copy for (a snapshot being created).
-        Returns the number of chunks copied.  Not durable until commit().
+        Returns the number of chunks copied.  Not durable until sealed and done.
         """
         self._writable()
         ranges = self.check_ranges(ranges)
@@ -361,56 +372,25 @@ class Store(Sealing):
         return copied
 
     def _origin_batch(self, chunk: int, end: int, live: int) -> tuple[int, int]:
+        """Copy out what one leaf's worth of chunks needs; return (next chunk, copies)."""
         room = self._reserve(min(BATCH, end - chunk))
-        path, leaf, _lo, hi = self.tree.find(chunk)
-        self.cache.depend(leaf.addr)
-        stop = min(end, hi, chunk + BATCH)
-        keys, vals = leaf.keys, leaf.vals
+        span = self.exmap.span(chunk)
+        stop = min(end, span.hi, chunk + BATCH)
         copied = 0
-        while chunk < stop:
-            i = bisect_left(keys, chunk)
-            found = i < len(keys) and keys[i] == chunk
-            need = live
-            if found:
-                for exc in vals[i]:
-                    need &= ~exc[1]
-            if need:
-                if copied >= room:
-                    if copied:
-                        break
-                    raise self._full(chunk)
-                if found:
-                    self._add_exception(leaf, i, need, chunk, None)
-                else:
-                    self._new_entry(leaf, i, chunk, need, None)
-                copied += 1
-            chunk += 1
-            if leaf.nbytes > self.tree.leaf_cap:
+        for c, need in span.missing(live, chunk, stop):
+            if copied >= room:
+                if not copied:
+                    raise self._full(c)
+                stop = c
                 break
-        if copied:
-            self.tree.fixup(path, leaf)
-        return chunk, copied
-
-    def _new_entry(self, leaf: Leaf, i: int, chunk: int, sharemap: int,
-                   source: int | None) -> int:
-        store = self._alloc_data(chunk)
-        leaf.keys.insert(i, chunk)
-        leaf.vals.insert(i, [[store, sharemap]])
-        leaf.nbytes += fmt.ENTRY_OVERHEAD + fmt.sharemap_size(sharemap)
-        self._copy(chunk, source, store)
-        return store
-
-    def _add_exception(self, leaf: Leaf, i: int, sharemap: int, chunk: int,
-                       source: int | None) -> int:
-        grow = fmt.sharemap_size(sharemap)
-        if fmt.entry_size(leaf.vals[i]) + grow > self.tree.entry_max:
-            raise LimitError(f"chunk {chunk} has too many exceptions for a "
-                             f"{self.block_size}-byte leaf; use a larger --block-size")
-        store = self._alloc_data(chunk)
-        leaf.vals[i].append([store, sharemap])
-        leaf.nbytes += grow
-        self._copy(chunk, source, store)
-        return store
+            store = span.add(c, need, lambda c=c: self._alloc_data(c))
+            self._copy(c, None, store)
+            copied += 1
+            if span.overfull:
+                stop = c + 1
+                break
+        span.finish()
+        return stop, copied
 
     def _copy(self, chunk: int, source: int | None, dest: int) -> None:
         """Queue a copy of origin ``chunk`` (or store chunk ``source``) to ``dest``."""
@@ -427,39 +407,13 @@ class Store(Sealing):
     # snapshot reads and writes
     def snapshot_lookup(self, slot: int, chunk: int) -> int | None:
         """Store chunk holding snapshot ``slot``'s copy of ``chunk``, or None (origin)."""
-        _path, leaf, _lo, _hi = self.tree.find(chunk)
-        self.cache.depend(leaf.addr)
-        i = bisect_left(leaf.keys, chunk)
-        if i < len(leaf.keys) and leaf.keys[i] == chunk:
-            bit = 1 << slot
-            for store, sharemap in leaf.vals[i]:
-                if sharemap & bit:
-                    return store
-        return None
+        return self.exmap.lookup(slot, chunk)
 
     def snapshot_map(self, slot: int, ranges: Ranges) -> list[tuple[int, int | None]]:
         """(chunk, store chunk or None) for every chunk in ``ranges``."""
-        bit = 1 << slot
         out: list[tuple[int, int | None]] = []
         for start, count in self.check_ranges(ranges):
-            chunk, end = start, start + count
-            while chunk < end:
-                _path, leaf, _lo, hi = self.tree.find(chunk)
-                self.cache.depend(leaf.addr)
-                keys, vals = leaf.keys, leaf.vals
-                stop = min(end, hi)
-                i = bisect_left(keys, chunk)
-                while chunk < stop:
-                    while i < len(keys) and keys[i] < chunk:
-                        i += 1
-                    found = None
-                    if i < len(keys) and keys[i] == chunk:
-                        for store, sharemap in vals[i]:
-                            if sharemap & bit:
-                                found = store
-                                break
-                    out.append((chunk, found))
-                    chunk += 1
+            out += self.exmap.map_range(slot, start, count)
         return out
 
     def snapshot_write(self, slot: int, ranges: Ranges) -> list[tuple[int, int]]:
@@ -481,44 +435,27 @@ class Store(Sealing):
 
     def _snapshot_batch(self, slot: int, chunk: int, end: int,
                         out: list[tuple[int, int]]) -> int:
-        bit = 1 << slot
+        """Unshare one leaf's worth of chunks for ``slot``; return the next chunk."""
         room = self._reserve(min(BATCH, end - chunk))
-        path, leaf, _lo, hi = self.tree.find(chunk)
-        self.cache.depend(leaf.addr)
-        stop = min(end, hi, chunk + BATCH)
+        span = self.exmap.span(chunk)
+        stop = min(end, span.hi, chunk + BATCH)
         made = 0
-        while chunk < stop:
-            i = bisect_left(leaf.keys, chunk)
-            found = i < len(leaf.keys) and leaf.keys[i] == chunk
-            unique = None
-            if found:
-                unique = next((e[0] for e in leaf.vals[i] if e[1] == bit), None)
+        for c, unique in span.unique(slot, chunk, stop):
             if unique is None:
                 if made >= room:
-                    if made:
-                        break
-                    raise self._full(chunk)
-                unique = (self._unshare(leaf, i, chunk, bit) if found
-                          else self._new_entry(leaf, i, chunk, bit, None))
+                    if not made:
+                        raise self._full(c)
+                    stop = c
+                    break
+                unique, source = span.unshare(c, slot, lambda c=c: self._alloc_data(c))
+                self._copy(c, source, unique)
                 made += 1
-            out.append((chunk, unique))
-            chunk += 1
-            if leaf.nbytes > self.tree.leaf_cap:
+            out.append((c, unique))
+            if span.overfull:
+                stop = c + 1
                 break
-        if made:
-            self.tree.fixup(path, leaf)
-        return chunk
-
-    def _unshare(self, leaf: Leaf, i: int, chunk: int, bit: int) -> int:
-        """Give snapshot ``bit`` its own copy of ``chunk`` (it has none, or a shared one)."""
-        for exc in leaf.vals[i]:
-            if exc[1] & bit:
-                old = fmt.sharemap_size(exc[1])
-                store = self._add_exception(leaf, i, bit, chunk, exc[0])
-                exc[1] &= ~bit
-                leaf.nbytes += fmt.sharemap_size(exc[1]) - old
-                return store
-        return self._add_exception(leaf, i, bit, chunk, None)
+        span.finish()
+        return stop
 
     # ------------------------------------------------------------------
     # snapshots
@@ -590,49 +527,40 @@ class Store(Sealing):
             self.sbs.touch()
         for _ in range(max_leaves):
             self._reserve(0)
-            path, leaf, _lo, hi = self.tree.find(self.sb.delete_cursor)
-            worst = len(self.cache.dirty) + 2 * self.sb.depth + 12 + self._bitmap_blocks(leaf)
+            span = self.exmap.span(self.sb.delete_cursor)
+            worst = len(self.cache.dirty) + 2 * self.sb.depth + 12 + self._bitmap_blocks(span)
             if worst > self.journal.max_images:
                 self._cut()
-            if self._clear_bits(leaf, mask):
-                self.tree.fixup(path, leaf)
-            self.sb.delete_cursor = hi if hi < (1 << 64) else 0
+            for store in span.clear_bits(mask):
+                self.alloc.free_chunk(store)
+                self.sb.exceptions -= 1
+            span.finish()
+            hi = span.hi
+            self.sb.delete_cursor = hi if hi < KEY_LIMIT else 0
             self.sbs.touch()
-            if hi >= (1 << 64):
+            if hi >= KEY_LIMIT:
                 self.snaps.finish_pass()
                 return self.deleting
         return True
 
-    def _bitmap_blocks(self, leaf: Leaf) -> int:
-        """Chunk-bitmap blocks that freeing every copy in ``leaf`` could dirty.
+    def _bitmap_blocks(self, span: LeafSpan) -> int:
+        """Chunk-bitmap blocks that freeing every copy in ``span`` could dirty.
 
         One per distinct bitmap block of its store chunks (not one per copy), so
         the estimate stays within a transaction for small blocks too.
         """
         bpb = self.alloc.bpb
-        return len({store // bpb for excs in leaf.vals for store, _ in excs})
+        return len({store // bpb for store in span.store_chunks()})
 
-    def _clear_bits(self, leaf: Leaf, mask: int) -> bool:
-        changed = False
-        keep_keys, keep_vals = [], []
-        for chunk, excs in zip(leaf.keys, leaf.vals, strict=True):
-            kept = []
-            for exc in excs:
-                if exc[1] & mask:
-                    changed = True
-                    exc[1] &= ~mask
-                    if not exc[1]:
-                        self.alloc.free_chunk(exc[0])
-                        self.sb.exceptions -= 1
-                        continue
-                kept.append(exc)
-            if kept:
-                keep_keys.append(chunk)
-                keep_vals.append(kept)
-        if changed:
-            leaf.keys, leaf.vals = keep_keys, keep_vals
-            leaf.recount()
-        return changed
+    def usage_step(self, cursor: int, leaves: int, usage: Usage) -> tuple[int, bool]:
+        """Count per-snapshot usage over up to ``leaves`` leaves from ``cursor``.
+
+        Returns (cursor to resume from, whether the count is complete); the
+        cache is trimmed afterwards so a long scan stays within its budget.
+        """
+        result = self.exmap.usage_step(cursor, leaves, usage)
+        self.cache.trim()
+        return result
 
     def delete_progress(self) -> dict[str, Any]:
         """How far the current delete pass has come (for status)."""

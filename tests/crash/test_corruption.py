@@ -486,7 +486,7 @@ def test_cli_unreadable_store_exits_2_naming_the_block(tmp_path, store_file, are
         trailing = journal_targets(q)["journal trailing commit record"][0]
         img[block * BS + 50] ^= 2
         img[trailing * BS + 50] ^= 2  # both copies: the transaction cannot be recovered
-        expect = f"COMMIT2 block {block}: journal damaged"
+        expect = f"COMMIT3 block {block}: journal damaged"
     path.write_bytes(bytes(img))
     result = _csnap_check("--store", str(path))
     assert result.returncode == 2, result.stdout + result.stderr
@@ -582,7 +582,7 @@ def test_cli_lists_a_mended_journal_block_and_dump_shows_it(tmp_path):
     dump = _tool("csnap-dump", "--store", str(path), "journal", "--json")
     assert dump.returncode == 0, dump.stderr
     journal = json.loads(dump.stdout)
-    assert journal["format"] == "redundant" and journal["epochs"] == [0]
+    assert journal["format"] == "compact" and journal["epochs"] == [0]
     newest = journal["pending_transactions"][-1]
     assert newest["seq"] == last.seq and newest["blocks"] == len(last.images) + 3
     assert (newest["leading"], newest["parity"], newest["trailing"]) == ("ok", "ok", "ok")

@@ -32,11 +32,12 @@ from csnap_soak.recording import RecordingDevice, replay, torn
 from csnapd.store import journal as jnl
 from csnapd.store import superblock as sbk
 from csnapd.store import txn
-from csnapd.store.seal import Checkpoint, Sealed
+from csnapd.store.replay import Replay
+from csnapd.store.seal import Checkpoint, Frozen, Sealed
 from csnapd.store.store import Store
 
 CI_SEEDS = (1, 2, 3)
-CI_OPS = 80
+CI_OPS = 60
 CI_MIN_STATES = 2000
 
 
@@ -244,6 +245,40 @@ def test_mutant_recovery_without_replay_is_caught(monkeypatch):
 
     monkeypatch.setattr(jnl, "scan", scan)
     assert _mutant_failures().failures > 0
+
+
+class _Everything:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def test_mutant_records_on_home_blocks_without_full_page_images_is_caught(monkeypatch):
+    """The compact journal's full-page rule: a block's first change after a checkpoint
+    is journaled as an image, so replay never applies records to a home block, which a
+    checkpoint cut short may have torn.  Break the rule (records whenever a block has
+    them; replay starts from the home block) and torn checkpoint writes lose data."""
+    real_payload, real_recover, real_decoded = Frozen.payload, Store._recover, Replay._decoded
+    devices = []
+
+    def payload(self, version, imaged):
+        return real_payload(self, version, _Everything())
+
+    def recover(self):
+        devices.append(self.dev)
+        return real_recover(self)
+
+    def decoded(self, home, kinds, where):
+        if home not in self._blocks:
+            dev = devices[-1]
+            self._blocks[home] = dev.pread(home * self.block_size, self.block_size)
+        return real_decoded(self, home, kinds, where)
+
+    monkeypatch.setattr(Frozen, "payload", payload)
+    monkeypatch.setattr(Store, "_recover", recover)
+    monkeypatch.setattr(Replay, "_decoded", decoded)
+    tally = _mutant_failures()
+    assert tally.failures > 0
+    assert any(kind in tally.examples[0] for kind in (" torn-", " double ", " reorder "))
 
 
 def test_regression_checkpoint_inside_commit_keeps_images_of_blocks_being_freed():

@@ -65,21 +65,14 @@ def snapshot_read(s: Store, slot: int, chunk: int) -> bytes:
 
 
 def tree_blocks(s: Store) -> tuple[list[int], list[int], list[tuple[int, list[list[int]]]]]:
-    """(node addrs, leaf addrs, [(chunk, exceptions)]) by walking the tree."""
+    """(node addrs, leaf addrs, [(chunk, [(store chunk, sharemap)])]) by walking the tree."""
     nodes, leaves, entries = [], [], []
-
-    def walk(addr: int, depth: int) -> None:
-        if depth == 0:
-            leaf = s.cache.get(addr, fmt.BlockKind.LEAF)
-            leaves.append(addr)
-            entries.extend(zip(leaf.keys, leaf.vals, strict=True))
-            return
-        node = s.cache.get(addr, fmt.BlockKind.NODE)
-        nodes.append(addr)
-        for child in node.children:
-            walk(child, depth - 1)
-
-    walk(s.sb.root, s.sb.depth)
+    for v in s.exmap.walk():
+        if v.depth:
+            nodes.append(v.addr)
+            continue
+        leaves.append(v.addr)
+        entries.extend((c, [[e.store, e.sharemap] for e in excs]) for c, excs in v.entries)
     return nodes, leaves, entries
 
 
@@ -116,10 +109,12 @@ def audit(s: Store) -> dict[str, int]:
     tree = set(nodes) | set(leaves)
     assert len(tree) == len(nodes) + len(leaves), "a tree block is referenced twice"
     mbits = bitmap_bits(s, fmt.BlockKind.MBITMAP, f.store_chunks * k)
-    meta_marked = {b for b in mbits if b >= reserved * k}
+    meta_marked = {b for b in mbits if b >= reserved * k} - set(s.grants.addrs)
     assert meta_marked == tree, (sorted(meta_marked - tree)[:10], sorted(tree - meta_marked)[:10])
-    assert len(mbits) - len(meta_marked) == reserved * k  # every reserved block is metadata
-    meta_chunks = {b // k for b in tree}
+    grant_blocks = set(s.grants.addrs)
+    assert len(mbits) - len(meta_marked) - len(grant_blocks) == reserved * k  # every reserved
+    #                                                             block is metadata
+    meta_chunks = {b // k for b in tree | set(s.grants.addrs)}
     slots = {e.slot for e in s.snaps.entries if e.state != fmt.SNAP_FREE}
     data_chunks: set[int] = set()
     nexc = 0

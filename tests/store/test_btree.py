@@ -64,11 +64,9 @@ def test_leaf_split_grows_depth_to_one(small):
     nodes, leaves, entries = tree_blocks(s)
     assert len(nodes) == 1 and len(leaves) == 2
     assert [c for c, _ in entries] == list(range(per_leaf + 1))
-    root = s.cache.get(s.sb.root, fmt.BlockKind.NODE)
-    left = s.cache.get(root.children[0], fmt.BlockKind.LEAF)
-    right = s.cache.get(root.children[1], fmt.BlockKind.LEAF)
-    assert root.keys[0] == 0 and root.keys[1] == right.keys[0]
-    assert abs(len(left.keys) - len(right.keys)) <= 1  # split in the middle
+    root, left, right = list(s.exmap.walk())
+    assert root.keys[0] == 0 and root.keys[1] == right.entries[0][0] == right.lo
+    assert abs(len(left.entries) - len(right.entries)) <= 1  # split in the middle
     for c in range(per_leaf + 1):
         assert snapshot_read(s, e.slot, c) == data[c]
     audit(s)
@@ -122,7 +120,7 @@ def test_index_split_and_depth_growth_then_shrink_to_zero():
     assert depths == sorted(depths)  # depth only grows while inserting
     assert s.sb.depth >= 2, depths
     nodes, leaves, _ = tree_blocks(s)
-    root = s.cache.get(s.sb.root, fmt.BlockKind.NODE)
+    root = next(s.exmap.walk())
     assert len(root.children) >= 2
     # index nodes below the root were split (a single node holds at most 30 children)
     assert len(leaves) > s.tree.node_cap and len(nodes) >= 3

@@ -18,9 +18,14 @@ BS = 512
 SID = 0x1122334455667788
 
 
+def excs(vals: list[list[list[int]]]) -> list[list[fmt.Exc]]:
+    """Exception lists from [store, sharemap] pairs."""
+    return [[fmt.Exc(store, sharemap) for store, sharemap in v] for v in vals]
+
+
 def leaf_image(addr: int = 77, sid: int = SID) -> bytes:
     keys = [3, 9, 100]
-    vals = [[[500, 0b1]], [[501, 0b110], [502, 0b1]], [[503, 1 << 40]]]
+    vals = excs([[[500, 0b1]], [[501, 0b110], [502, 0b1]], [[503, 1 << 40]]])
     count, payload = Leaf(addr, keys, vals).payload()
     return fmt.seal(BlockKind.LEAF, addr, sid, count, payload, BS)
 
@@ -90,8 +95,8 @@ def test_seal_rejects_oversized_payload():
 
 sharemaps = st.one_of(st.integers(1, 2**64 - 1), st.integers(1, 2**1024 - 1),
                       st.integers(0, 16383).map(lambda b: 1 << b))
-exceptions = st.lists(st.tuples(st.integers(0, 2**64 - 1), sharemaps).map(list),
-                      min_size=1, max_size=4)
+exceptions = st.lists(st.tuples(st.integers(0, 2**64 - 1), sharemaps)
+                      .map(lambda t: fmt.Exc(*t)), min_size=1, max_size=4)
 
 
 @st.composite
@@ -135,7 +140,7 @@ def test_single_snapshot_exception_costs_13_bytes_whatever_the_bit():
 
 
 def test_leaf_decode_rejects_structural_damage():
-    keys, vals = [5, 6], [[[10, 1]], [[11, 2]]]
+    keys, vals = [5, 6], excs([[[10, 1]], [[11, 2]]])
     block = bytearray(fmt.HEADER_SIZE + 64)
     payload = fmt.encode_leaf(keys, vals)
     block[fmt.HEADER_SIZE:fmt.HEADER_SIZE + len(payload)] = payload
@@ -181,7 +186,7 @@ def test_redundant_commit_record_matches_the_worked_example():
     from csnapd.store import txn
 
     sid, bs = 0x0123456789ABCDEF, 4096
-    payload = fmt.encode_leaf([5, 9], [[[40, 1]], [[41, 0b1010], [42, 1 << 100]]])
+    payload = fmt.encode_leaf([5, 9], excs([[[40, 1]], [[41, 0b1010], [42, 1 << 100]]]))
     leaf = fmt.seal(fmt.BlockKind.LEAF, 1000, sid, 2, payload, bs)
     assert fmt.block_crc(leaf) == 0xAEDC5662  # the leaf of 10.1
     lead, image, parity, trail = txn.encode(290, 2048, 10, sid, 7, 0, [(1000, leaf)], bs)
@@ -198,3 +203,65 @@ def test_redundant_commit_record_matches_the_worked_example():
     assert (rec.seq, rec.epoch, rec.first, rec.homes, rec.crcs) == (7, 0, 10, (1000,), (0x6FD1118D,))
     assert fmt.decode_commit2(lead, 301, sid) is None  # misdirected
     assert fmt.decode_commit2(lead, 300, sid + 1) is None  # another store
+
+
+def test_compact_commit_record_matches_the_worked_example():
+    """docs/on-disk-format.md 10.4: the bytes and CRCs printed there."""
+    from csnapd.store import txn
+
+    sid, bs = 0x0123456789ABCDEF, 4096
+    stream = fmt.entry_record(1000, 10, [fmt.Exc(43, 1)]) + fmt.bits_record(2, 43, 1, 1)
+    assert len(stream) == 50
+    lead, trail = txn.encode3(290, 2048, 14, sid, 8, 0, [], stream, bs)
+    assert lead[:128] == bytes.fromhex(
+        "43536e700a00000009b8d6ca00000000" "3001000000000000efcdab8967452301"
+        "08000000000000000000000000000000" "0e000000000000000000000032000000"
+        "32000000000000000000000001e80300" "00000000000a0000000000000001002b"
+        "00000000000000000001000102020000" "00000000002b00000001000000010000")
+    assert not any(lead[126:])
+    assert fmt.block_crc(lead) == 0xCAD6B809 and fmt.block_crc(trail) == 0x33DBBA1A
+    assert trail[16:24] == (305).to_bytes(8, "little") and lead[24:] == trail[24:]
+    rec = fmt.decode_commit3(lead, 304, sid)
+    assert rec == fmt.decode_commit3(trail, 305, sid) and rec.span == 2
+    assert (rec.seq, rec.first, rec.homes, rec.crcs, rec.inline) == (8, 14, (), (), stream)
+    assert fmt.decode_records(rec.inline, 304) == [
+        (fmt.REC_ENTRY, 1000, 10, [fmt.Exc(43, 1)]), (fmt.REC_BITS, 2, 43, 1, 1)]
+    assert fmt.decode_commit3(lead, 305, sid) is None  # misdirected
+    assert fmt.decode_commit3(lead, 304, sid + 1) is None  # another store
+
+
+grant_records = st.one_of(st.none(), st.builds(
+    fmt.GrantRecord, st.integers(0, 2**64 - 1), st.just(fmt.GRANT_WRITER),
+    st.integers(0, 16383)), st.builds(
+    fmt.GrantRecord, st.integers(0, 2**64 - 1), st.just(fmt.GRANT_ORIGIN), st.just(0),
+    st.lists(st.tuples(st.integers(0, 2**63), st.integers(1, 2**40)), max_size=30)))
+records = st.one_of(
+    st.builds(lambda b, c, e: (fmt.REC_ENTRY, b, c, e), st.integers(0, 2**64 - 1),
+              st.integers(0, 2**64 - 1), st.lists(exceptions.map(lambda v: v[0]), max_size=4)),
+    st.builds(lambda b, f, n, v: (fmt.REC_BITS, b, f, n, v), st.integers(0, 2**64 - 1),
+              st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 1)),
+    st.builds(lambda b, i, r: (fmt.REC_GRANT, b, i, r), st.integers(0, 2**64 - 1),
+              st.integers(0, 2**16 - 1), grant_records))
+
+
+def _encode_record(r: tuple) -> bytes:
+    if r[0] == fmt.REC_ENTRY:
+        return fmt.entry_record(*r[1:])
+    if r[0] == fmt.REC_BITS:
+        return fmt.bits_record(*r[1:])
+    return fmt.grant_record(*r[1:])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(records, max_size=8))
+def test_records_round_trip(recs):
+    f = create.plan(8 << 20, 1 << 20, chunk_size=4096, block_size=BS)
+    stream = b"".join(_encode_record(r) for r in recs) + fmt.super_record(f)
+    got = fmt.decode_records(stream, 7)
+    assert got[:-1] == recs
+    assert got[-1] == (fmt.REC_SUPER, {name: getattr(f, name)
+                                       for name in fmt.SUPER_RECORD_FIELDS})
+    with pytest.raises(CorruptionError):
+        fmt.decode_records(stream[:-1], 7)  # cut short
+    with pytest.raises(CorruptionError):
+        fmt.decode_records(b"\x09" + stream, 7)  # unknown type

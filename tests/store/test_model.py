@@ -22,7 +22,6 @@ from hypothesis.stateful import (
 )
 
 from csnapd.store import create
-from csnapd.store import format as fmt
 from csnapd.store.device import MemoryDevice, VolatileDevice
 from csnapd.store.errors import NoSuchSnapshot, StoreFullError
 from csnapd.store.store import Store
@@ -283,10 +282,8 @@ def test_model_slots_are_bits():
     m.setup(cache=0)
     m.create_snapshot("snap0")
     m.origin_write(0, 1, (0, CS))
-    [(_, [[_store, sharemap]])] = [(c, v) for c, v in zip(
-        m.s.cache.get(m.s.sb.root, fmt.BlockKind.LEAF).keys,
-        m.s.cache.get(m.s.sb.root, fmt.BlockKind.LEAF).vals, strict=True)]
-    assert sharemap == 1 << m._slot("snap0")
+    [(_, [exc])] = list(m.s.exmap.entries())
+    assert exc.sharemap == 1 << m._slot("snap0")
     m.teardown()
 
 

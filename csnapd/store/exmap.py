@@ -1,0 +1,391 @@
+"""The exception map: logical chunk -> exceptions, the only way into B-tree leaves.
+
+Everything above the B-tree layer (the store facade, the checker, the walkers,
+the dump tool, the engine's usage scan) reads and changes exceptions through
+this module; none of them touches a leaf's keys, lists or byte count.
+
+* :class:`ExceptionMap` answers lookups (one chunk, or a range, for a slot),
+  hands out a :class:`LeafSpan` for changes, walks the whole tree (the cursor
+  for check, dump and status) and counts per-snapshot usage a few leaves at a
+  time.
+* :class:`LeafSpan` is the part of the map one leaf holds, ``[lo, hi)``.  A
+  caller batches its per-chunk work inside one span (so the tree is descended
+  once per leaf, not once per chunk), then calls ``finish()``, which marks the
+  leaf dirty and restores the tree's shape (split, merge, grow, shrink) if
+  anything changed.  A span is valid until ``finish()`` or the next change
+  elsewhere in the tree; callers never keep one across operations.
+
+Exceptions are ``format.Exc`` objects (slots ``store``, ``sharemap``); the
+ones a span or a walk yields are the live objects, to be read, never changed.
+
+Reads record their dependency on the leaf (store/cache.py ``depend``), so the
+store can tell whether an answer relies on a change that is not durable yet.
+
+Must not import the store facade, the journal or anything asyncio.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from . import format as fmt
+from .blocks import Leaf, Node
+from .btree import KEY_LIMIT, BTree, Path
+from .cache import BlockCache
+from .errors import CorruptionError, LimitError
+from .format import Exc
+
+ErrorHook = Callable[[CorruptionError], None]
+Usage = dict[int, dict[str, int]]
+#: Allocates one store chunk for a new exception (raises StoreFullError when full).
+Alloc = Callable[[], int]
+
+__all__ = ["Exc", "ExceptionMap", "LeafSpan", "Visit"]
+
+
+class LeafSpan:
+    """The exceptions of the logical chunks ``[lo, hi)``, all in one leaf."""
+
+    __slots__ = ("_map", "_path", "_leaf", "lo", "hi", "_changed")
+
+    def __init__(self, emap: ExceptionMap, path: Path, leaf: Leaf, lo: int, hi: int) -> None:
+        self._map, self._path, self._leaf, self.lo, self.hi = emap, path, leaf, lo, hi
+        self._changed = False
+
+    @property
+    def addr(self) -> int:
+        """Block number of the leaf."""
+        return self._leaf.addr
+
+    @property
+    def overfull(self) -> bool:
+        """The leaf no longer fits its block: finish() before changing more."""
+        return self._leaf.nbytes > self._map.tree.leaf_cap
+
+    # -- reading ----------------------------------------------------------
+    def copies(self, chunk: int) -> list[Exc]:
+        """The exceptions of ``chunk`` (empty if it has none); do not change them."""
+        keys = self._leaf.keys
+        i = bisect_left(keys, chunk)
+        if i < len(keys) and keys[i] == chunk:
+            return self._leaf.vals[i]
+        return []
+
+    def lookup(self, slot: int, chunk: int) -> int | None:
+        """Store chunk holding slot ``slot``'s copy of ``chunk``, or None (origin)."""
+        bit = 1 << slot
+        for e in self.copies(chunk):
+            if e.sharemap & bit:
+                return e.store
+        return None
+
+    def map_into(self, slot: int, start: int, stop: int,
+                 out: list[tuple[int, int | None]]) -> None:
+        """Append (chunk, store chunk or None) for every chunk of ``[start, stop)``."""
+        bit = 1 << slot
+        keys, vals = self._leaf.keys, self._leaf.vals
+        n = len(keys)
+        i = bisect_left(keys, start)
+        append = out.append
+        for chunk in range(start, stop):
+            while i < n and keys[i] < chunk:
+                i += 1
+            found = None
+            if i < n and keys[i] == chunk:
+                for e in vals[i]:
+                    if e.sharemap & bit:
+                        found = e.store
+                        break
+            append((chunk, found))
+
+    def missing(self, live: int, start: int, stop: int) -> list[tuple[int, int]]:
+        """(chunk, sharemap) for each chunk of ``[start, stop)`` lacking copies for ``live``."""
+        keys, vals = self._leaf.keys, self._leaf.vals
+        n = len(keys)
+        i = bisect_left(keys, start)
+        out = []
+        for chunk in range(start, stop):
+            while i < n and keys[i] < chunk:
+                i += 1
+            need = live
+            if i < n and keys[i] == chunk:
+                for e in vals[i]:
+                    need &= ~e.sharemap
+            if need:
+                out.append((chunk, need))
+        return out
+
+    def unique(self, slot: int, start: int, stop: int) -> list[tuple[int, int | None]]:
+        """(chunk, store chunk only slot ``slot`` uses, or None) for ``[start, stop)``."""
+        bit = 1 << slot
+        keys, vals = self._leaf.keys, self._leaf.vals
+        n = len(keys)
+        i = bisect_left(keys, start)
+        out: list[tuple[int, int | None]] = []
+        for chunk in range(start, stop):
+            while i < n and keys[i] < chunk:
+                i += 1
+            found = None
+            if i < n and keys[i] == chunk:
+                for e in vals[i]:
+                    if e.sharemap == bit:
+                        found = e.store
+                        break
+            out.append((chunk, found))
+        return out
+
+    def entries(self) -> Iterator[tuple[int, list[Exc]]]:
+        """(chunk, exceptions) in key order; do not change them."""
+        return zip(self._leaf.keys, self._leaf.vals, strict=True)
+
+    def store_chunks(self) -> Iterator[int]:
+        """Every store chunk an exception of this leaf points at."""
+        for excs in self._leaf.vals:
+            for e in excs:
+                yield e.store
+
+    # -- changing ---------------------------------------------------------
+    def _entry(self, chunk: int, grow: int) -> list[Exc]:
+        """The exception list of ``chunk`` (created empty), checked to stay within limits."""
+        leaf = self._leaf
+        keys = leaf.keys
+        i = bisect_left(keys, chunk)
+        if i < len(keys) and keys[i] == chunk:
+            excs = leaf.vals[i]
+            if fmt.entry_size(excs) + grow > self._map.tree.entry_max:
+                raise LimitError(f"chunk {chunk} has too many exceptions for a "
+                                 f"{self._map.block_size}-byte leaf; use a larger --block-size")
+            return excs
+        if not self.lo <= chunk < self.hi:
+            raise ValueError(f"chunk {chunk} is outside this leaf's range {self.lo}..{self.hi}")
+        excs = []
+        keys.insert(i, chunk)
+        leaf.vals.insert(i, excs)
+        leaf.nbytes += fmt.ENTRY_OVERHEAD
+        return excs
+
+    def add(self, chunk: int, sharemap: int, alloc: Alloc) -> int:
+        """A new exception of ``chunk`` for ``sharemap``, in a chunk from ``alloc``.
+
+        Raises LimitError (before allocating) when the entry would outgrow half
+        a leaf.  Returns the store chunk.
+        """
+        grow = fmt.sharemap_size(sharemap)
+        excs = self._entry(chunk, grow)
+        try:
+            store = alloc()
+        except BaseException:
+            self._drop_if_empty(chunk, excs)
+            raise
+        excs.append(Exc(store, sharemap))
+        self._leaf.nbytes += grow
+        self._note(chunk)
+        return store
+
+    def unshare(self, chunk: int, slot: int, alloc: Alloc) -> tuple[int, int | None]:
+        """Give slot ``slot`` its own copy of ``chunk``; return (new store chunk, source).
+
+        The source is the store chunk of the copy the slot shared (it loses the
+        bit), or None when the slot read the origin.  The caller copies it.
+        """
+        bit = 1 << slot
+        shared = next((e for e in self.copies(chunk) if e.sharemap & bit), None)
+        store = self.add(chunk, bit, alloc)
+        if shared is None:
+            return store, None
+        old = fmt.sharemap_size(shared.sharemap)
+        shared.sharemap &= ~bit
+        self._leaf.nbytes += fmt.sharemap_size(shared.sharemap) - old
+        return store, shared.store
+
+    def clear_bits(self, mask: int) -> list[int]:
+        """Clear ``mask`` from every sharemap; return the store chunks no one uses now.
+
+        Exceptions left with an empty sharemap and entries left with no
+        exception disappear; the caller frees the returned chunks.
+        """
+        leaf = self._leaf
+        freed: list[int] = []
+        changed = False
+        keep_keys, keep_vals = [], []
+        for chunk, excs in zip(leaf.keys, leaf.vals, strict=True):
+            kept = []
+            for e in excs:
+                if e.sharemap & mask:
+                    changed = True
+                    self._note(chunk)
+                    e.sharemap &= ~mask
+                    if not e.sharemap:
+                        freed.append(e.store)
+                        continue
+                kept.append(e)
+            if kept:
+                keep_keys.append(chunk)
+                keep_vals.append(kept)
+        if changed:
+            leaf.keys, leaf.vals = keep_keys, keep_vals
+            leaf.recount()
+        return freed
+
+    def _note(self, chunk: int) -> None:
+        """``chunk``'s exceptions changed: the compact journal records just that entry."""
+        changes = self._leaf.changes
+        if changes is not None:
+            changes.add(chunk)
+        self._changed = True
+
+    def _drop_if_empty(self, chunk: int, excs: list[Exc]) -> None:
+        if excs:
+            return
+        leaf = self._leaf
+        i = bisect_left(leaf.keys, chunk)
+        del leaf.keys[i], leaf.vals[i]
+        leaf.nbytes -= fmt.ENTRY_OVERHEAD
+
+    def finish(self) -> None:
+        """Done with this span: mark the leaf dirty and fix the tree's shape if it changed."""
+        if self._changed:
+            self._changed = False
+            self._map.tree.fixup(self._path, self._leaf)
+
+
+@dataclass(slots=True)
+class Visit:
+    """One tree block reached by a walk (parents before children, in key order).
+
+    ``depth`` is the number of levels below (0 = leaf).  A node has ``keys``
+    and ``children``; a leaf has ``entries`` and ``nbytes`` (its encoded size).
+    """
+
+    addr: int
+    depth: int
+    lo: int
+    hi: int
+    path: str
+    keys: list[int]
+    children: list[int]
+    entries: list[tuple[int, list[Exc]]]
+    nbytes: int
+
+
+class ExceptionMap:
+    """Lookups, changes, walks and usage counts over the exception B-tree."""
+
+    def __init__(self, tree: BTree, cache: BlockCache) -> None:
+        self.tree, self.cache = tree, cache
+        self.block_size = tree.sbs.f.block_size
+
+    def span(self, chunk: int) -> LeafSpan:
+        """The span of the leaf covering ``chunk``."""
+        path, leaf, lo, hi = self.tree.find(chunk)
+        self.cache.depend(leaf.addr)
+        return LeafSpan(self, path, leaf, lo, hi)
+
+    def lookup(self, slot: int, chunk: int) -> int | None:
+        """Store chunk holding slot ``slot``'s copy of ``chunk``, or None (origin)."""
+        leaf = self.tree.find(chunk)[1]  # no span object: this is the hot single lookup
+        cache = self.cache
+        t = cache.stamps.get(leaf.addr)  # cache.depend(leaf.addr), inlined
+        if t is not None and t > cache.need:
+            cache.need = t
+        keys = leaf.keys
+        i = bisect_left(keys, chunk)
+        if i < len(keys) and keys[i] == chunk:
+            bit = 1 << slot
+            for e in leaf.vals[i]:
+                if e.sharemap & bit:
+                    return e.store
+        return None
+
+    def map_range(self, slot: int, start: int, count: int) -> list[tuple[int, int | None]]:
+        """(chunk, store chunk or None) for every chunk of ``[start, start + count)``."""
+        out: list[tuple[int, int | None]] = []
+        chunk, end = start, start + count
+        while chunk < end:
+            span = self.span(chunk)
+            stop = min(end, span.hi)
+            span.map_into(slot, chunk, stop, out)
+            chunk = stop
+        return out
+
+    # -- whole-map cursors --------------------------------------------------
+    def walk(self, on_error: ErrorHook | None = None) -> Iterator[Visit]:
+        """Every reachable tree block, parents before children, in key order.
+
+        Blocks are read through the cache (so each is verified) and the cache is
+        trimmed as the walk goes.  A damaged block is passed to ``on_error``
+        with its tree path and skipped (raised when there is no hook).
+        """
+        f = self.tree.sbs.f
+        stack = [(f.root, f.depth, 0, KEY_LIMIT, "root")]
+        seen = 0
+        while stack:
+            addr, depth, lo, hi, path = stack.pop()
+            try:
+                block = self.cache.get(addr, fmt.BlockKind.LEAF if depth == 0
+                                       else fmt.BlockKind.NODE)
+            except CorruptionError as exc:
+                exc.path = path
+                if on_error is None:
+                    raise
+                on_error(exc)
+                continue
+            yield self._visit(addr, depth, lo, hi, path, block)
+            seen += 1
+            if seen % 256 == 0:
+                self.cache.trim()
+            if depth:
+                bounds = block.keys[1:] + [hi]
+                for i in range(len(block.children) - 1, -1, -1):
+                    stack.append((block.children[i], depth - 1, block.keys[i], bounds[i],
+                                  f"{path}/{i}"))
+
+    @staticmethod
+    def _visit(addr: int, depth: int, lo: int, hi: int, path: str,
+               block: Leaf | Node) -> Visit:
+        if depth:
+            return Visit(addr, depth, lo, hi, path, list(block.keys), list(block.children),
+                         [], 0)
+        entries = list(zip(block.keys, block.vals, strict=True))
+        return Visit(addr, 0, lo, hi, path, [], [], entries, block.nbytes)
+
+    def entries(self, start: int = 0) -> Iterator[tuple[int, list[Exc]]]:
+        """(chunk, exceptions) for every chunk with exceptions from ``start``, in order."""
+        key = start
+        while key < KEY_LIMIT:
+            span = self.span(key)
+            for chunk, excs in list(span.entries()):
+                if chunk >= start:
+                    yield chunk, excs
+            key = span.hi
+
+    def usage_step(self, cursor: int, leaves: int, usage: Usage) -> tuple[int, bool]:
+        """Add up to ``leaves`` leaves from key ``cursor`` to per-slot usage counts.
+
+        ``usage[slot]`` counts the copies the slot owns alone ("unique") and
+        shares ("shared").  Returns the key to resume from and whether the
+        whole map has been counted.
+        """
+        for _ in range(leaves):
+            path, leaf, _lo, hi = self.tree.find(cursor)
+            add_usage(usage, leaf.vals)
+            if hi >= KEY_LIMIT:
+                return 0, True
+            cursor = hi
+        return cursor, False
+
+
+def add_usage(usage: Usage, vals: list[list[Exc]]) -> None:
+    """Add exceptions to per-slot unique/shared counts."""
+    for excs in vals:
+        for e in excs:
+            sharemap = e.sharemap
+            single = sharemap & (sharemap - 1) == 0
+            bits = sharemap
+            while bits:
+                low = bits & -bits
+                entry = usage.setdefault(low.bit_length() - 1, {"unique": 0, "shared": 0})
+                entry["unique" if single else "shared"] += 1
+                bits ^= low
