@@ -76,6 +76,7 @@ class _Checker:
         self.tree_blocks: set[int] = set()
         self.exceptions = self.leaves = self.nodes = 0
         self.known_slots = {e.slot: e for e in store.snaps.entries if e.state != fmt.SNAP_FREE}
+        self.known_mask = sum(1 << s for s in self.known_slots)
         self.bad_bitmaps: set[int] = set()
 
     def error(self, exc: CorruptionError) -> None:
@@ -241,7 +242,7 @@ class _Checker:
             self.report.add("error", f"{where}: store chunk holds metadata", v.addr, v.path)
         if sharemap & seen_bits:
             self.report.add("error", f"chunk {chunk}: a snapshot has two copies", v.addr, v.path)
-        unknown = sharemap & ~sum(1 << s for s in self.known_slots)
+        unknown = sharemap & ~self.known_mask
         if unknown or sharemap >> f.max_snapshots:
             self.report.add("error", f"{where}: sharemap names snapshot slots that do not exist "
                             f"(0x{unknown:x})", v.addr, v.path)

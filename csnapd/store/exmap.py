@@ -299,9 +299,13 @@ class ExceptionMap:
                     return e.store
         return None
 
-    def map_range(self, slot: int, start: int, count: int) -> list[tuple[int, int | None]]:
-        """(chunk, store chunk or None) for every chunk of ``[start, start + count)``."""
-        out: list[tuple[int, int | None]] = []
+    def map_range(self, slot: int, start: int, count: int,
+                  out: list[tuple[int, int | None]] | None = None
+                  ) -> list[tuple[int, int | None]]:
+        """(chunk, store chunk or None) for every chunk of ``[start, start + count)``,
+        appended to ``out`` (a new list when None), which is returned."""
+        if out is None:
+            out = []
         chunk, end = start, start + count
         while chunk < end:
             span = self.span(chunk)

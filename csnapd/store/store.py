@@ -413,7 +413,7 @@ class Store(Sealing):
         """(chunk, store chunk or None) for every chunk in ``ranges``."""
         out: list[tuple[int, int | None]] = []
         for start, count in self.check_ranges(ranges):
-            out += self.exmap.map_range(slot, start, count)
+            self.exmap.map_range(slot, start, count, out)
         return out
 
     def snapshot_write(self, slot: int, ranges: Ranges) -> list[tuple[int, int]]:
