@@ -38,6 +38,7 @@ from csnap_bench.harness import (
 )
 from csnap_client.protocol import messages as m
 from csnap_client.units import parse_size
+from csnap_client.version import add_version_option
 from tools import nbd_bench
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -868,6 +869,7 @@ def print_table(out: dict[str, Any]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog="csnap-bench", description=__doc__.split("\n\n")[0])
+    add_version_option(p)
     p.add_argument("--quick", action="store_true", help="smoke run, under 30 seconds")
     p.add_argument("--json", default="bench-results.json", help="results file "
                    "(default bench-results.json)")
