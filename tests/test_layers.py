@@ -39,7 +39,8 @@ RULES = {
     "csnap_nbd": ("csnap_nbd", "csnap_client", "uvloop"),
     "csnap_bench": ("csnap_bench", "csnap_client", "csnapd.store", "uvloop"),
     "csnap_soak": ("csnap_soak", "csnap_client", "csnapd.store", "hypothesis", "msgpack"),
-    "tools": ("tools", "csnap_client", "csnapd.store", "csnapd.explain", "csnap_bench", "uvloop"),
+    "tools": ("tools", "csnap_client", "csnapd.store", "csnapd.explain", "csnap_bench", "uvloop",
+              "tqdm"),
 }
 #: The daemon-level modules of csnapd (besides its sub-packages): they wire it all up.
 DAEMON = ("csnapd/daemon.py", "csnapd/config.py", "csnapd/options.py", "csnapd/metrics.py",
