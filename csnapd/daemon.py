@@ -30,6 +30,7 @@ from csnapd.engine.service import Engine
 from csnapd.explain import (
     create_file_hint,
     device_problem,
+    format_problem,
     init_hint,
     not_a_store,
     suggested_store_size,
@@ -135,7 +136,10 @@ def open_for_serving(args: argparse.Namespace) -> Store:
         raise SystemExit(f"csnapd: {args.store} is in use by another process "
                          "(another csnapd holds its lock); refusing to start") from None
     except FormatError as exc:
-        raise SystemExit(f"csnapd: {not_a_store(args.store, args.origin) or exc}") from None
+        problem = format_problem(args.store, args.origin, exc)
+        if not not_a_store(args.store, args.origin):
+            problem = f"cannot open store: {problem}"
+        raise SystemExit(f"csnapd: {problem}") from None
     except (OSError, StoreError, ValueError) as exc:
         raise SystemExit(f"csnapd: cannot open store {args.store}: {exc}") from None
     flags = store.sb.flags

@@ -90,29 +90,42 @@ def is_blank(path: str) -> bool:
 
 
 def not_a_store(store: str, origin: str | None) -> str | None:
-    """The explanation when ``store`` holds no valid superblock in either slot, else None.
+    """The explanation when ``store`` is blank (never initialised), else None.
 
-    A blank device was simply never initialised: say which csnap-init command makes
-    it a store.  Anything else may be the wrong device: say so before suggesting the
-    command that would overwrite it.
+    A blank device was simply never initialised: say which csnap-init command makes it
+    a store.  A device that holds data but no valid superblock may be the wrong device,
+    or a store that lost both superblocks: never suggest overwriting it
+    (:func:`format_problem` asks whether it is the right device instead).
     """
+    if not _no_superblock(store) or not is_blank(store):
+        return None
+    return (f"store {store} is not initialised (it is blank: not a csnap store yet); "
+            f"if it is the right device, make it a store with: {init_hint(store, origin)}")
+
+
+def format_problem(store: str, origin: str | None, exc: Exception) -> str:
+    """The message for a FormatError opening ``store``: what the store layer found, and
+    for a device with no valid superblock at all, whether it is blank or the wrong one."""
+    blank = not_a_store(store, origin)
+    if blank:
+        return blank
+    if _no_superblock(store):
+        return f"{exc}: is this the right device? (it holds data, but no csnap superblock)"
+    return str(exc)
+
+
+def _no_superblock(store: str) -> bool:
+    """True if neither superblock slot of ``store`` holds a valid superblock."""
     try:
         dev = FileDevice(store, writable=False)
     except OSError:
-        return None
+        return False
     try:
-        if any(f is not None for _, f, _ in read_slots(dev)):
-            return None
+        return all(f is None for _, f, _ in read_slots(dev))
     except OSError:
-        return None
+        return False
     finally:
         dev.close()
-    if is_blank(store):
-        return (f"store {store} is not initialised (it is blank: not a csnap store yet); "
-                f"if it is the right device, make it a store with: {init_hint(store, origin)}")
-    return (f"{store} is not a csnap store (no valid superblock in either slot, and it is "
-            "not blank): is this the right device? If it is, and what it holds may be lost, "
-            f"make it a store with: {init_hint(store, origin)}")
 
 
 def store_size_warning(data_bytes: int, origin_bytes: int) -> str | None:

@@ -24,7 +24,7 @@ import json
 import sys
 
 from csnap_client.version import add_version_option
-from csnapd.explain import device_problem, not_a_store
+from csnapd.explain import device_problem, format_problem, not_a_store
 from csnapd.store.check import check_store, repair
 from csnapd.store.errors import FormatError, StoreBusyError, StoreError
 from csnapd.store.paths import open_store
@@ -73,7 +73,8 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_IN_USE
     except FormatError as exc:
         blank = not_a_store(args.store, args.origin)
-        return _fail(args, blank or str(exc), prefix="" if blank else "cannot read store: ")
+        return _fail(args, format_problem(args.store, args.origin, exc),
+                     prefix="" if blank else "cannot read store: ")
     except (OSError, StoreError) as exc:
         return _fail(args, str(exc))
     in_use = False
@@ -122,15 +123,15 @@ def _shutdown_state(recovery, in_use: bool, repaired: bool) -> dict[str, object]
         return {"state": "clean", "replayed_transactions": recovery.transactions, "text": ""}
     n = recovery.transactions
     if in_use:
-        text = (f"in use by another process: its journal, {n} transaction(s) not yet "
-                "checkpointed, was replayed in memory for this check")
+        text = (f"in use by another process, whose journal ({n} transaction(s) since the "
+                "last checkpoint) was replayed in memory for this check")
         return {"state": "in_use", "replayed_transactions": n, "text": text}
     if repaired:
-        text = (f"not shut down cleanly: {n} journal transaction(s) replayed and "
-                "checkpointed; the store is now marked clean")
+        text = (f"not shut down cleanly, so {n} journal transaction(s) were replayed and "
+                "checkpointed: the store is now marked clean")
     else:
-        text = (f"not shut down cleanly: {n} journal transaction(s) replayed in memory "
-                "only; csnapd (or csnap-check --repair) replays them for good when it "
+        text = (f"not shut down cleanly, so {n} journal transaction(s) were replayed in "
+                "memory only: csnapd or csnap-check --repair replays them for good when it "
                 "opens the store")
     return {"state": "unclean", "replayed_transactions": n, "text": text}
 
@@ -164,12 +165,13 @@ def _print(args: argparse.Namespace, report, actions: list[str],  # noqa: ANN001
         print(f"{p.severity}: {p.message}{where}")
     s = report.stats
     verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
-    if shutdown["text"]:
-        verdict += f" ({shutdown['text']})"
+    said = [str(shutdown["text"])] if shutdown["text"] else []
     if report.journal:
-        verdict += (f" (journal recovery: {s.get('journal_corrected', 0)} damaged block(s) "
+        said.append(f"journal recovery: {s.get('journal_corrected', 0)} damaged block(s) "
                     f"mended, {s.get('journal_dropped', 0)} torn transaction(s) dropped"
-                    + (")" if args.repair else ", in memory only until a read-write open)"))
+                    + ("" if args.repair else ", in memory only until a read-write open"))
+    if said:
+        verdict += f" ({'; '.join(said)})"
     print(f"{verdict}: {s.get('exceptions', 0)} exceptions in {s.get('leaves', 0)} leaves and "
           f"{s.get('nodes', 0)} index nodes, depth {s.get('depth', 0)}, "
           f"{s.get('free_chunks', 0)}/{s.get('store_chunks', 0)} chunks free")

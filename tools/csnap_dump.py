@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from csnap_client.version import add_version_option
-from csnapd.explain import device_problem, not_a_store
+from csnapd.explain import device_problem, format_problem
 from csnapd.store import format as fmt
 from csnapd.store import journal as jnl
 from csnapd.store.errors import FormatError, StoreError
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = open_store(args.store, None, readonly=True)
     except FormatError as exc:
-        print(f"csnap-dump: {not_a_store(args.store, None) or exc}", file=sys.stderr)
+        print(f"csnap-dump: {format_problem(args.store, None, exc)}", file=sys.stderr)
         return 2
     except (OSError, StoreError) as exc:
         print(f"csnap-dump: {exc}", file=sys.stderr)
