@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
     """``host:port`` -> (host, port); ValueError if malformed."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"{what} must be HOST:PORT, not {text!r}")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{what} must be HOST:PORT (port up to 65535), not {text!r}")
     return host.strip("[]"), int(port)
 
 

@@ -57,9 +57,10 @@ class StartupError(Exception):
 
 
 def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` of --listen -> (host, port); ValueError naming the option if malformed."""
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"--listen wants HOST:PORT, not {text!r}")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen wants HOST:PORT with a port up to 65535, not {text!r}")
     return host.strip("[]"), int(port)
 
 
@@ -263,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         parse_listen(args.listen)
         if args.metrics:
             parse_address(args.metrics)
-        parse_size(args.cache_size)
+        try:
+            parse_size(args.cache_size)
+        except ValueError as exc:
+            raise ValueError(f"--cache-size: {exc}") from None
         if args.secret_file:
             read_secret(args.secret_file)
         tls_context(args)

@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_server(text: str) -> tuple[str, int]:
     """``host:port`` -> (host, port); ValueError if malformed."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"--server must be HOST:PORT, not {text!r}")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"--server must be HOST:PORT (port 1..65535), not {text!r}")
     return host.strip("[]"), int(port)
 
 

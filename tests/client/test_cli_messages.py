@@ -219,3 +219,9 @@ def test_running_servers_reads_command_lines(tmp_path):
     assert found[2].describe() == ("csnapd (pid 43) listening on 127.0.0.1:4270, control "
                                    "socket /run/csnapd/control.sock")
     assert cli.servers_hint([]) .startswith(NOT_RUNNING)
+
+
+def test_csnap_io_refuses_a_port_out_of_range(devices, capsys):
+    assert csnap_io.main(["--server", "127.0.0.1:70000", "--volume", "origin", "--origin",
+                          devices[0], "read", "--length", "1"]) == 2
+    assert "--server must be HOST:PORT (port 1..65535)" in capsys.readouterr().err

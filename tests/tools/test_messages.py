@@ -261,3 +261,13 @@ def test_check_on_a_served_store_says_it_is_in_use(server):
     assert "the store is open in another process (a running csnapd?)" in r.stderr
     assert r.stdout.splitlines()[-1].startswith("clean (in use by another process, whose "
                                                 "journal (")
+
+
+def test_csnapd_usage_errors_name_the_option(pair, tmp_path):
+    store, origin = pair
+    base = ("--store", str(store), "--origin", str(origin), "--control", str(tmp_path / "c"))
+    r = csnapd(*base, "--listen", "127.0.0.1:99999")
+    assert r.returncode == 2  # it used to listen on a random port
+    assert "csnapd: --listen wants HOST:PORT with a port up to 65535, not " in r.stderr
+    r = csnapd(*base, "--cache-size", "lots")
+    assert r.returncode == 2 and r.stderr.startswith("csnapd: --cache-size: not a size: 'lots'")
