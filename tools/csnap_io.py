@@ -203,7 +203,8 @@ def device_problem(args: argparse.Namespace) -> str | None:
                     f"--{role} or CSNAP_{role.upper()}: the same device csnapd serves)")
         if os.path.isdir(path):
             return f"{role} {path} is a directory; give a file or a block device"
-        write = args.command == "write" and role == "origin" and args.volume == "origin"
+        # the library opens the volume's own device read-write, even to read it
+        write = role == "store" or args.volume == "origin"
         if not os.access(path, os.R_OK | (os.W_OK if write else 0)):
             return (f"{role} {path}: permission denied (this user may not "
                     f"{'read and write' if write else 'read'} it)")
