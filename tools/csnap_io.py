@@ -143,7 +143,12 @@ async def run(args: argparse.Namespace, host: str, port: int) -> int:
             return done
         done = 0
         stdin = sys.stdin.buffer
-        while block := stdin.read(BLOCK):
+        read = stdin.read
+        if sys.stdin.isatty():
+            print("csnap-io: writing what you type; end with Ctrl-D (or pipe the data in)",
+                  file=sys.stderr)
+            read = stdin.read1  # a terminal's Ctrl-D ends one read, not the stream
+        while block := read(BLOCK):
             await vol.write(offset + done, block)
             done += len(block)
         await vol.flush()

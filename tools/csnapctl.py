@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "freed in the background ('operations' in csnapctl "
                                    "status).")
     d.add_argument("snapshot", metavar="NAME|TAG",
-                   help="the snapshot's name, or its tag (digits) as 'csnapctl list' shows")
+                   help="the snapshot's name, or its tag (digits) as 'csnapctl list' shows; "
+                        "digits that are only a snapshot's name mean that snapshot")
     d.add_argument("--json", action="store_true", help="print the result as JSON")
     for name, text in (("list", "list snapshots (tag, name, time created, priority)"),
                        ("status", "show store use, snapshots, clients, locks, operations")):
@@ -221,7 +222,8 @@ async def run(args: argparse.Namespace) -> Any:
         if args.command == "create":
             return await ctl.create(args.name, args.tag, args.priority)
         if args.command == "delete":
-            return await ctl.delete(snapshot_ref(args.snapshot))
+            args.ref = await resolve(ctl, args.snapshot)
+            return await ctl.delete(args.ref)
         if args.command == "list":
             return await ctl.list()
         if args.command == "status":
@@ -229,6 +231,29 @@ async def run(args: argparse.Namespace) -> Any:
         if args.command == "forget-client":
             return await ctl.forget_client(args.client_id)
         return await ctl.shutdown()
+
+
+class AmbiguousSnapshot(Exception):
+    """A string of digits that is one snapshot's name and another snapshot's tag."""
+
+
+async def resolve(ctl: ControlClient, text: str) -> str | int:
+    """The snapshot ``text`` means: digits are a tag, unless only a snapshot's *name*.
+
+    Snapshots named by date ("20261202") are common; deleting one by its name must not
+    need a second thought, nor reach a snapshot whose tag happens to be that number.
+    """
+    ref = snapshot_ref(text)
+    if isinstance(ref, str):
+        return ref
+    snaps = await ctl.list()
+    by_name = any(s.get("name") == text for s in snaps)
+    by_tag = any(s.get("tag") == ref for s in snaps)
+    if by_name and by_tag:
+        raise AmbiguousSnapshot(f"{text!r} is one snapshot's name and another's tag: give "
+                                f"the tag of the one named {text!r}, or the name of the one "
+                                f"with tag {ref} ('csnapctl list' shows both)")
+    return text if by_name else ref
 
 
 def render(args: argparse.Namespace, result: Any) -> str:
@@ -239,7 +264,7 @@ def render(args: argparse.Namespace, result: Any) -> str:
         return (f"created snapshot {result.get('name')!r} tag {result.get('tag')} "
                 f"at {_when(result.get('created'))}")
     if args.command == "delete":
-        ref = snapshot_ref(args.snapshot)
+        ref = getattr(args, "ref", snapshot_ref(args.snapshot))
         which = f"tag {ref}" if isinstance(ref, int) else repr(ref)
         return f"deleted snapshot {which}; its chunks are freed in the background"
     if args.command == "list":
@@ -324,8 +349,15 @@ def _main(argv: list[str] | None) -> int:
             and not -128 <= args.priority <= 127:
         print("csnapctl: --priority must be within -128..127", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "create" and args.name.isdigit():
+        print(f"csnapctl: note: {args.name!r} is all digits: csnapctl delete finds it by "
+              "name, but csnap-io --volume and csnap-nbd take digits as a tag (use its tag "
+              "there)", file=sys.stderr)
     try:
         result = asyncio.run(run(args))
+    except AmbiguousSnapshot as exc:
+        print(f"csnapctl: delete refused: {exc}", file=sys.stderr)
+        return EXIT_SERVER
     except RemoteError as exc:
         print(f"csnapctl: {args.command} failed: {exc}{remote_hint(exc)}", file=sys.stderr)
         return EXIT_SERVER

@@ -225,3 +225,45 @@ def test_csnap_io_refuses_a_port_out_of_range(devices, capsys):
     assert csnap_io.main(["--server", "127.0.0.1:70000", "--volume", "origin", "--origin",
                           devices[0], "read", "--length", "1"]) == 2
     assert "--server must be HOST:PORT (port 1..65535)" in capsys.readouterr().err
+
+
+async def test_csnapctl_delete_finds_a_snapshot_named_by_digits(fake, capsys):
+    ctl = ("--control", fake.control_path)
+    assert await run_ctl(*ctl, "create", "20261202") == 0
+    err = capsys.readouterr().err
+    assert "note: '20261202' is all digits: csnapctl delete finds it by name" in err
+    assert await run_ctl(*ctl, "delete", "20261202") == 0
+    assert capsys.readouterr().out.startswith("deleted snapshot '20261202';")
+    assert await run_ctl(*ctl, "create", "5", "--tag", "1") == 0
+    assert await run_ctl(*ctl, "create", "other", "--tag", "5") == 0
+    capsys.readouterr()
+    assert await run_ctl(*ctl, "delete", "5") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("csnapctl: delete refused: '5' is one snapshot's name and "
+                          "another's tag: give the tag of the one named '5'")
+    assert await run_ctl(*ctl, "delete", "1") == 0  # by tag: the one named "5"
+    assert capsys.readouterr().out.startswith("deleted snapshot tag 1;")
+    assert [s.name for s in fake.snaps.values()] == ["other"]
+
+
+async def test_csnap_io_write_from_a_terminal_says_how_to_end(fake, devices):
+    primary, secondary = pty.openpty()
+    try:
+        cmd = [sys.executable, "-m", "tools.csnap_io", "--volume", "origin", "write",
+               "--offset", "8K"]
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=secondary, stderr=subprocess.PIPE, env=csnap_io_env(fake, devices),
+            cwd=ROOT)
+        line = b""
+        while not line.startswith(b"csnap-io:"):  # (the fake server draws a warning first)
+            line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        os.write(primary, b"typed\n\x04")  # a line, then one Ctrl-D ends it, as for cat
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert line == b"csnap-io: writing what you type; end with Ctrl-D (or pipe the data in)\n"
+    assert proc.returncode == 0, err
+    with open(devices[0], "rb") as f:
+        f.seek(8192)
+        assert f.read(6) == b"typed\n"
