@@ -131,6 +131,7 @@ def control_in_use(path: str) -> bool:
 
 
 def open_for_serving(args: argparse.Namespace) -> Store:
+    """Open and recover the store, logging what recovery did; SystemExit(1) saying why not."""
     try:
         store = open_store(args.store, args.origin, cache_size=parse_size(args.cache_size))
     except BlockingIOError:
