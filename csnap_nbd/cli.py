@@ -24,6 +24,7 @@ import sys
 
 from csnap_client.protocol import WrongDeviceError
 from csnap_client.protocol.auth import read_secret
+from csnap_client.version import add_version_option
 from csnap_nbd.exports import Gateway
 from csnap_nbd.server import NbdServer
 
@@ -37,13 +38,21 @@ log = logging.getLogger("csnap_nbd")
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(
-        prog="csnap-nbd", description="NBD gateway for csnap volumes (origin and snapshots).")
+        prog="csnap-nbd", description="NBD gateway for csnap volumes (origin and snapshots).",
+        epilog="Export names: 'origin' (also the default, empty name) and every live snapshot "
+               "by name or tag; snapshots created later appear without a restart. "
+               "Environment: CSNAP_SERVER, CSNAP_ORIGIN, CSNAP_STORE, CSNAP_SECRET_FILE, "
+               "CSNAP_TLS_CA give the defaults of the options of the same name. Exit codes: "
+               f"0 clean stop (SIGTERM/SIGINT), {EXIT_USAGE} usage, {EXIT_CONNECT} cannot "
+               f"reach csnapd or cannot listen, {EXIT_WRONG_DEVICE} wrong device (--origin or "
+               "--store is not the server's). See docs/nbd.md.")
+    add_version_option(p)
     p.add_argument("--server", default=os.environ.get("CSNAP_SERVER", DEFAULT_SERVER),
                    metavar="HOST:PORT", help="csnapd data address (default %(default)s)")
     p.add_argument("--origin", default=os.environ.get("CSNAP_ORIGIN"), required=False,
-                   help="origin device or file (default $CSNAP_ORIGIN)")
+                   metavar="PATH", help="origin device or file (default $CSNAP_ORIGIN)")
     p.add_argument("--store", default=os.environ.get("CSNAP_STORE"), required=False,
-                   help="snapshot store device or file (default $CSNAP_STORE)")
+                   metavar="PATH", help="snapshot store device or file (default $CSNAP_STORE)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--listen", metavar="HOST:PORT", default=None,
                        help=f"TCP address to serve NBD on (default {DEFAULT_LISTEN})")
@@ -52,21 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true",
                    help="refuse every write (exports are announced read-only)")
     p.add_argument("--secret-file", default=os.environ.get("CSNAP_SECRET_FILE"),
-                   help="shared secret for a csnapd started with --secret-file")
-    p.add_argument("--tls-ca", default=os.environ.get("CSNAP_TLS_CA"),
+                   metavar="PATH", help="shared secret for a csnapd started with --secret-file")
+    p.add_argument("--tls-ca", default=os.environ.get("CSNAP_TLS_CA"), metavar="PATH",
                    help="reach csnapd over TLS, trusting this CA file")
-    p.add_argument("--io-threads", type=int, default=8,
+    p.add_argument("--io-threads", type=int, default=8, metavar="N",
                    help="data I/O threads per open volume (default %(default)s)")
     p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"], help="log verbosity")
+                   choices=["debug", "info", "warning", "error"],
+                   help="least important log lines shown (default info)")
     return p
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
     """``host:port`` -> (host, port); ValueError if malformed."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"{what} must be HOST:PORT, not {text!r}")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{what} must be HOST:PORT (port up to 65535), not {text!r}")
     return host.strip("[]"), int(port)
 
 
@@ -87,7 +97,9 @@ async def serve(args: argparse.Namespace) -> int:
         await gateway.close()
         return EXIT_WRONG_DEVICE
     except (OSError, TimeoutError, ConnectionError) as exc:
-        print(f"csnap-nbd: cannot reach csnapd at {args.server}: {exc}", file=sys.stderr)
+        print(f"csnap-nbd: cannot reach csnapd at {args.server}: {exc} (is csnapd running, "
+              "listening on that address? give it with --server or CSNAP_SERVER)",
+              file=sys.stderr)
         return EXIT_CONNECT
     server = NbdServer(gateway)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.figures import pytest_configure, show_figure  # noqa: F401 - the figures plugin
 from tests.integration.conftest import STARTED
 
 

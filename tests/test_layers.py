@@ -47,13 +47,14 @@ RULES = {
                     "msgpack"),
     "csnap_soak": ("csnap_soak", "csnap_client", "csnapd.store", "hypothesis", "msgpack"),
     "csnap_diff": ("csnap_diff", "csnap_client", "crc32c", "msgpack", "tqdm"),
-    "tools": ("tools", "csnap_client", "csnapd.store", "csnap_bench", "csnap_diff", "uvloop"),
+    "tools": ("tools", "csnap_client", "csnapd.store", "csnapd.explain", "csnap_bench",
+              "csnap_diff", "uvloop", "tqdm"),
 }
 #: The daemon-level modules of csnapd (besides its sub-packages): they wire it all up.
 DAEMON = ("csnapd/daemon.py", "csnapd/config.py", "csnapd/options.py", "csnapd/metrics.py",
-          "csnapd/logsetup.py")
-DAEMON_ALLOWED = ("csnapd", "csnap_client.protocol", "csnap_client.units", "prometheus_client",
-                  "uvloop")
+          "csnapd/logsetup.py", "csnapd/explain.py")
+DAEMON_ALLOWED = ("csnapd", "csnap_client.protocol", "csnap_client.units",
+                  "csnap_client.version", "prometheus_client", "uvloop")
 FORBIDDEN = {
     "csnapd/store": ("asyncio", "socket", "uvloop"),
     "csnapd/engine": ("asyncio", "socket", "uvloop", "csnapd.net"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from csnap_client.version import add_version_option
 from csnap_diff import cli
 from csnap_diff.ingest import apply_rbd, read_rbd_header
 from csnap_diff.remote import (
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="csnap-apply", epilog=cli.EPILOG, description=(
         "Apply an rbd diff v1/v2 to a csnap volume or to a file or block device."))
+    add_version_option(p)
     p.add_argument("diff", metavar="DIFF", help="the diff file (- for stdin)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--volume", metavar="NAME", help='a csnap volume: "origin" or a snapshot')

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from csnap_bench import config, report, runner
 from csnap_client.units import parse_size
+from csnap_client.version import add_version_option
 
 EXIT_OK, EXIT_MISSED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
@@ -24,6 +25,7 @@ EXIT_OK, EXIT_MISSED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog="csnap-bench", description=__doc__.split("\n\n")[0])
+    add_version_option(p)
     p.add_argument("--quick", action="store_true", help="smoke run, well under a minute")
     p.add_argument("--json", default="bench-results.json", metavar="FILE",
                    help="write the report here as JSON (default bench-results.json)")

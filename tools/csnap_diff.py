@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from csnap_client.version import add_version_option
 from csnap_diff import cli
 from csnap_diff.export import export_diff
 from csnap_diff.remote import add_connection_options, open_volume, volume_ref
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csnap-diff", epilog=cli.EPILOG, description=(
         "Write the changes from snapshot --from to snapshot --to (without --from: all of "
         "--to) as an rbd diff v1 stream (Ceph's export-diff format)."))
+    add_version_option(p)
     p.add_argument("--to", required=True, metavar="SNAPSHOT", help="the newer snapshot")
     p.add_argument("--from", dest="from_snap", metavar="SNAPSHOT",
                    help="the older snapshot (omit for a full diff)")

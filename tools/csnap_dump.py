@@ -1,7 +1,10 @@
 """csnap-dump: print a store's metadata (superblock, snapshots, tree, journal, bitmap, grants).
 
 Read-only; a journal that needs replay is replayed in memory only, so what is
-shown is what a server would see, and the store is left byte-identical.
+shown is what a server would see, and the store is left byte-identical.  Safe while
+csnapd runs (what it shows may then be slightly behind).
+
+Exit status: 0 printed, 2 the store cannot be read (missing, not a store, damaged).
 """
 
 from __future__ import annotations
@@ -13,28 +16,54 @@ import os
 import sys
 from typing import Any
 
+from csnap_client.version import add_version_option
+from csnapd.explain import device_problem, format_problem
 from csnapd.store import format as fmt
 from csnapd.store import journal as jnl
-from csnapd.store.errors import StoreError
+from csnapd.store.errors import FormatError, StoreError
 from csnapd.store.paths import open_store
 from csnapd.store.superblock import read_slots
 from csnapd.store.walk import bitmap_int, set_bits, snapshot_usage, walk_tree
 
 SECTIONS = ("superblock", "snapshots", "tree", "journal", "bitmap", "grants")
+#: What each section shows, for --help.
+SECTION_HELP = {
+    "superblock": "both superblock slots, the current one, and what recovery did",
+    "snapshots": "every snapshot: slot, name, tag, state, priority, unique/shared chunks",
+    "tree": "the exception B-tree, block by block (index nodes and leaves)",
+    "journal": "pending journal transactions, with both commit record copies and CRCs",
+    "bitmap": "allocated chunk ranges and metadata block ranges",
+    "grants": "client grants: origin chunks exposed to clients, snapshot writer grants",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="csnap-dump", description=__doc__)
-    p.add_argument("--store", required=True)
-    p.add_argument("section", choices=SECTIONS)
-    p.add_argument("--json", action="store_true")
+    """The argument parser (exposed for tests and docs)."""
+    sections = "\n".join(f"  {name:<11} {text}" for name, text in SECTION_HELP.items())
+    p = argparse.ArgumentParser(prog="csnap-dump", description=__doc__,
+                                epilog=f"sections:\n{sections}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(p)
+    p.add_argument("--store", required=True, metavar="PATH",
+                   help="the snapshot store file or block device (opened read-only)")
+    p.add_argument("section", choices=SECTIONS, metavar="SECTION",
+                   help=f"what to print: {', '.join(SECTIONS)} (see below)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead of indented text (for scripts and bug reports)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = device_problem("store", args.store, writable=False)
+    if problem:
+        print(f"csnap-dump: {problem}", file=sys.stderr)
+        return 2
     try:
         store = open_store(args.store, None, readonly=True)
+    except FormatError as exc:
+        print(f"csnap-dump: {format_problem(args.store, None, exc)}", file=sys.stderr)
+        return 2
     except (OSError, StoreError) as exc:
         print(f"csnap-dump: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from csnap_client.version import add_version_option
 from csnap_diff import cli
 from csnap_diff.ingest import receive
 from csnap_diff.remote import (
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="csnap-receive", epilog=cli.EPILOG, description=(
         "Receive a csnap-send stream into a csnap volume or a file or block device."))
+    add_version_option(p)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--volume", metavar="NAME", help='a csnap volume: "origin" or a snapshot')
     where.add_argument("--file", metavar="PATH", help="a plain file or block device")

@@ -18,6 +18,7 @@ import argparse
 import sys
 
 from csnap_client.units import parse_size
+from csnap_client.version import add_version_option
 from csnap_diff import cli
 from csnap_diff.export import CHECKPOINT_BYTES, send
 from csnap_diff.remote import add_connection_options, open_volume, volume_ref
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csnap-send", epilog=cli.EPILOG, description=(
         "Write a verified, resumable replication stream of the changes from --from to "
         "--to (without --from: all of --to)."))
+    add_version_option(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--to", metavar="SNAPSHOT", help="the snapshot to send")
     what.add_argument("--resume", metavar="TOKEN",

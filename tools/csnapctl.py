@@ -1,8 +1,9 @@
 """csnapctl: administer a running csnapd through its control socket.
 
-Commands: create, delete, list, status, shutdown. Human-readable output by default,
-``--json`` for scripts. Exit codes: 0 ok, 1 the server refused (error message on stderr),
-2 usage error, 3 cannot connect to the control socket.
+Commands: create, delete, list, status, shutdown, forget-client. Human-readable output
+by default, ``--json`` for scripts. Exit codes: 0 ok, 1 the server refused (error message
+on stderr) or did not answer in time, 2 usage error, 3 cannot connect to the control
+socket (the message says whether csnapd is running, and with which socket).
 
 The control socket path is, in order: ``--control PATH``, the environment variable
 ``CSNAP_CONTROL``, ``/run/csnapd/control.sock`` if it exists, else ``data/csnapd.sock``.
@@ -12,15 +13,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
+import pwd
 import sys
 import time
 from typing import Any
 
 from csnap_client.control import ControlClient
-from csnap_client.protocol import ProtocolError, RemoteError
+from csnap_client.protocol import (
+    PermissionDeniedError,
+    ProtocolError,
+    RemoteError,
+    SnapshotExistsError,
+    UnknownSnapshotError,
+)
 from csnap_client.units import format_size
+from csnap_client.version import add_version_option
+from tools.cli import RunningServer, run_main, running_servers, servers_hint
 
 SYSTEM_SOCKET = "/run/csnapd/control.sock"
 LOCAL_SOCKET = "data/csnapd.sock"
@@ -40,26 +51,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="csnapctl", description="Administer csnapd snapshots through its control socket.",
         epilog="Control socket: --control, else $CSNAP_CONTROL, else "
-               f"{SYSTEM_SOCKET} if it exists, else {LOCAL_SOCKET}. Exit codes: 0 ok, "
-               "1 server error, 2 usage, 3 cannot connect.")
+               f"{SYSTEM_SOCKET} if it exists, else {LOCAL_SOCKET}. Only root and the user "
+               "csnapd runs as may use it. Exit codes: 0 ok, 1 the server refused or did "
+               "not answer in time, 2 usage, 3 cannot connect (the message says whether "
+               "csnapd is running, and with which socket).")
+    add_version_option(p)
     p.add_argument("--control", metavar="PATH", default=None,
                    help="control socket path (default: see below)")
-    p.add_argument("--timeout", type=float, default=120.0,
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                    help="seconds to wait for the server's answer (default 120)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    c = sub.add_parser("create", help="create a snapshot of the origin as of now")
-    c.add_argument("name", help="snapshot name")
-    c.add_argument("--tag", type=int, default=None, help="snapshot tag (default: lowest free)")
-    c.add_argument("--priority", type=int, default=None,
-                   help="-128..127; lower priorities are squashed first when the store fills")
+    c = sub.add_parser("create", help="create a snapshot of the origin as of now",
+                       description="Create a snapshot of the origin as of now. It waits "
+                                   "until every connected origin client has finished the "
+                                   "writes it was already allowed to do.")
+    c.add_argument("name", help="snapshot name (1..255 characters, not 'origin'; a name of "
+                                "digits only can be given to other commands as a tag)")
+    c.add_argument("--tag", type=int, default=None, metavar="N",
+                   help="snapshot tag, a number that names it too (default: lowest free)")
+    c.add_argument("--priority", type=int, default=None, metavar="P",
+                   help="-128..127; lower priorities are squashed first when the store fills "
+                        "(default 0)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
-    d = sub.add_parser("delete", help="delete a snapshot (a string of digits means a tag)")
-    d.add_argument("snapshot", metavar="NAME|TAG")
+    d = sub.add_parser("delete", help="delete a snapshot (a string of digits means a tag)",
+                       description="Delete a snapshot. It disappears at once; its chunks are "
+                                   "freed in the background ('operations' in csnapctl "
+                                   "status).")
+    d.add_argument("snapshot", metavar="NAME|TAG",
+                   help="the snapshot's name, or its tag (digits) as 'csnapctl list' shows; "
+                        "digits that are only a snapshot's name mean that snapshot")
     d.add_argument("--json", action="store_true", help="print the result as JSON")
-    for name, text in (("list", "list snapshots"), ("status", "show server status")):
-        s = sub.add_parser(name, help=text)
+    for name, text in (("list", "list snapshots (tag, name, time created, priority)"),
+                       ("status", "show store use, snapshots, clients, locks, operations")):
+        s = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         s.add_argument("--json", action="store_true", help="print the result as JSON")
-    sub.add_parser("shutdown", help="shut the server down gracefully")
+    sub.add_parser("shutdown", help="shut the server down gracefully",
+                   description="Ask csnapd to stop: it finishes queued requests, commits, "
+                               "marks the store clean and exits 0. Returns at once.")
     f = sub.add_parser(
         "forget-client", help="release the grants of a client whose host is down or fenced",
         description="A client that disconnected without letting go of its approvals keeps "
@@ -99,8 +127,11 @@ def format_list(snaps: list[dict[str, Any]]) -> str:
 
 
 def _cell(v: Any) -> str:
-    if v is None:
+    """One value as a human reads it: yes/no for booleans, "-" for nothing."""
+    if v is None or v == "":
         return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, dict | list):
         return json.dumps(v, default=str)
     return str(v)
@@ -140,6 +171,9 @@ def summarize_status(st: dict[str, Any]) -> str:
             lines.append(format_status({key: st[key]}))
     rest = {k: v for k, v in st.items() if k not in ("snapshots", "clients", "locks",
                                                       "operations", "unproven_clients")}
+    if isinstance(rest.get("store"), dict) and not rest["store"].get("failed"):
+        # shown above as FAILED when set; an empty "failed:" line only puzzles
+        rest["store"] = {k: v for k, v in rest["store"].items() if k != "failed"}
     if rest:
         lines.append("details:")
         lines.append(format_status(rest, 1))
@@ -188,7 +222,8 @@ async def run(args: argparse.Namespace) -> Any:
         if args.command == "create":
             return await ctl.create(args.name, args.tag, args.priority)
         if args.command == "delete":
-            return await ctl.delete(snapshot_ref(args.snapshot))
+            args.ref = await resolve(ctl, args.snapshot)
+            return await ctl.delete(args.ref)
         if args.command == "list":
             return await ctl.list()
         if args.command == "status":
@@ -196,6 +231,29 @@ async def run(args: argparse.Namespace) -> Any:
         if args.command == "forget-client":
             return await ctl.forget_client(args.client_id)
         return await ctl.shutdown()
+
+
+class AmbiguousSnapshot(Exception):
+    """A string of digits that is one snapshot's name and another snapshot's tag."""
+
+
+async def resolve(ctl: ControlClient, text: str) -> str | int:
+    """The snapshot ``text`` means: digits are a tag, unless only a snapshot's *name*.
+
+    Snapshots named by date ("20261202") are common; deleting one by its name must not
+    need a second thought, nor reach a snapshot whose tag happens to be that number.
+    """
+    ref = snapshot_ref(text)
+    if isinstance(ref, str):
+        return ref
+    snaps = await ctl.list()
+    by_name = any(s.get("name") == text for s in snaps)
+    by_tag = any(s.get("tag") == ref for s in snaps)
+    if by_name and by_tag:
+        raise AmbiguousSnapshot(f"{text!r} is one snapshot's name and another's tag: give "
+                                f"the tag of the one named {text!r}, or the name of the one "
+                                f"with tag {ref} ('csnapctl list' shows both)")
+    return text if by_name else ref
 
 
 def render(args: argparse.Namespace, result: Any) -> str:
@@ -206,7 +264,9 @@ def render(args: argparse.Namespace, result: Any) -> str:
         return (f"created snapshot {result.get('name')!r} tag {result.get('tag')} "
                 f"at {_when(result.get('created'))}")
     if args.command == "delete":
-        return f"deleted snapshot {args.snapshot}"
+        ref = getattr(args, "ref", snapshot_ref(args.snapshot))
+        which = f"tag {ref}" if isinstance(ref, int) else repr(ref)
+        return f"deleted snapshot {which}; its chunks are freed in the background"
     if args.command == "list":
         return format_list(result or [])
     if args.command == "status":
@@ -215,11 +275,73 @@ def render(args: argparse.Namespace, result: Any) -> str:
         if result.get("forgotten"):
             return f"released the grants of client {args.client_id}"
         return f"client {args.client_id} held no grants"
-    return "server shutting down"
+    return "csnapd is shutting down (it commits, marks the store clean and exits)"
+
+
+def remote_hint(exc: RemoteError) -> str:
+    """What to do about a refusal, appended to the server's message (or "")."""
+    if isinstance(exc, UnknownSnapshotError):
+        return "; 'csnapctl list' shows the snapshots"
+    if isinstance(exc, SnapshotExistsError):
+        return "; choose another name (or --tag), or delete the old one first"
+    if isinstance(exc, PermissionDeniedError):
+        return "; only root and the user csnapd runs as may change snapshots or stop it"
+    return ""
+
+
+def connect_problem(path: str, exc: OSError,
+                    servers: list[RunningServer] | None = None) -> str:
+    """Why the control socket ``path`` cannot be reached, and whether csnapd is running.
+
+    ``servers`` are the csnapd processes visible here (looked up when None), so the
+    message can point at the socket a running csnapd really has.
+    """
+    if servers is None:
+        servers = running_servers()
+    head = f"cannot connect to control socket {path}"
+    mine = [s for s in servers if s.control_path() and _same_path(s.control_path(), path)]
+    if isinstance(exc, PermissionError) or exc.errno == errno.EACCES:
+        owner = _owner(path)
+        return (f"{head}: permission denied: only root and the user csnapd runs as"
+                f"{f' ({owner})' if owner else ''} may use it; run csnapctl as one of them "
+                "(e.g. with sudo)")
+    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
+        why = "no such socket"
+    elif isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        why = "nothing listens on it (a socket left by a csnapd that did not stop cleanly)"
+    else:
+        why = exc.strerror or str(exc)
+    if mine:
+        return f"{head}: {why}; {mine[0].describe()} has it but does not answer"
+    hint = servers_hint(servers)
+    sockets = [c for c in (s.control_path() for s in servers) if c]
+    if len(sockets) == 1:
+        hint += f"; give its socket with --control {sockets[0]} (or set CSNAP_CONTROL)"
+    elif sockets:
+        hint += "; give the right one's socket with --control (or set CSNAP_CONTROL)"
+    return f"{head}: {why}; {hint}"
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _owner(path: str) -> str:
+    try:
+        return pwd.getpwuid(os.stat(path).st_uid).pw_name
+    except (OSError, KeyError):
+        return ""
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``csnapctl`` console script."""
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.control is None:
         args.control = default_control()
@@ -227,21 +349,35 @@ def main(argv: list[str] | None = None) -> int:
             and not -128 <= args.priority <= 127:
         print("csnapctl: --priority must be within -128..127", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "create" and args.name.isdigit():
+        print(f"csnapctl: note: {args.name!r} is all digits: csnapctl delete finds it by "
+              "name, but csnap-io --volume and csnap-nbd take digits as a tag (use its tag "
+              "there)", file=sys.stderr)
     try:
         result = asyncio.run(run(args))
+    except AmbiguousSnapshot as exc:
+        print(f"csnapctl: delete refused: {exc}", file=sys.stderr)
+        return EXIT_SERVER
     except RemoteError as exc:
-        print(f"csnapctl: {args.command} failed: {exc}", file=sys.stderr)
+        print(f"csnapctl: {args.command} failed: {exc}{remote_hint(exc)}", file=sys.stderr)
         return EXIT_SERVER
     except ProtocolError as exc:
         print(f"csnapctl: protocol error from server: {exc}", file=sys.stderr)
         return EXIT_SERVER
     except TimeoutError:
-        print(f"csnapctl: no answer from {args.control} within {args.timeout} s",
+        print(f"csnapctl: no answer from csnapd on {args.control} within {args.timeout:g} s "
+              "(a create waits for every origin client; --timeout waits longer)",
               file=sys.stderr)
         return EXIT_SERVER
+    except ConnectionError as exc:
+        if not isinstance(exc, ConnectionRefusedError):
+            print(f"csnapctl: csnapd closed the control connection before answering: {exc} "
+                  "(it may be shutting down; 'csnapctl status' tells)", file=sys.stderr)
+            return EXIT_SERVER
+        print(f"csnapctl: {connect_problem(args.control, exc)}", file=sys.stderr)
+        return EXIT_CONNECT
     except OSError as exc:
-        print(f"csnapctl: cannot connect to control socket {args.control}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        print(f"csnapctl: {connect_problem(args.control, exc)}", file=sys.stderr)
         return EXIT_CONNECT
     print(render(args, result))
     return 0

@@ -28,7 +28,7 @@ def test_snapshot_read_on_an_origin_connection_is_a_bad_request(server):
     assert server.client("origin").call(m.ping(0))["op"] == "PONG"
 
 
-def test_fuzzed_sockets_never_kill_the_server(tmp_path):
+def test_fuzzed_sockets_never_kill_the_server(tmp_path, show_figure):
     target = fuzz_server.start_server(tmp_path)
     target.start_sentinel()
     start = time.monotonic()
@@ -38,7 +38,7 @@ def test_fuzzed_sockets_never_kill_the_server(tmp_path):
         print(f"examples: {target.examples}, replies: "
               f"{dict(sorted(target.replies.items(), key=str))}, "
               f"{time.monotonic() - start:.0f} s")
-        print(target.figure())
+        show_figure(target.figure())
     assert target.deaths == 0 and target.alive()
     assert target.inputs >= EXAMPLES
     # the fuzzer got past validation too, not only into error paths

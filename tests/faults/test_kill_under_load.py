@@ -14,7 +14,7 @@ CYCLES = 20
 SEED = 20241122
 
 
-def test_sigkill_under_load_loses_no_acknowledged_op(tmp_path):
+def test_sigkill_under_load_loses_no_acknowledged_op(tmp_path, show_figure):
     start = time.monotonic()
     res = kill_soak.run(tmp_path, CYCLES, seed=SEED, kill_min=0.2, kill_max=1.0)
     elapsed = time.monotonic() - start
@@ -23,7 +23,7 @@ def test_sigkill_under_load_loses_no_acknowledged_op(tmp_path):
           f"reads verified: {res.reads_verified}, blocks checked: {res.blocks_checked}, "
           f"restart p50 {sorted(res.restart_s)[len(res.restart_s) // 2] * 1000:.0f} ms, "
           f"{elapsed:.0f} s")
-    print(res.figure())
+    show_figure(res.figure())
     assert res.cycles == CYCLES
     assert res.lost == 0, "\n".join(res.problems[:20])
     assert res.check_rc == 0, res.problems

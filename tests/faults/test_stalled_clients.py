@@ -46,12 +46,14 @@ def test_cut_off_client_writing_on_a_stale_approval_cannot_reach_the_snapshot(tm
 # Real client processes: a host stalled every way across creates, one SIGSTOPped mid-write.
 
 
-def test_a_host_stalled_across_creates_and_server_kills_never_changes_a_snapshot(tmp_path):
+def test_a_host_stalled_across_creates_and_server_kills_never_changes_a_snapshot(tmp_path,
+                                                                              show_figure):
     """Issue item 1a: origin writers in one host process that stalls while snapshots are
     created (its event loop blocked right after the library's last check, SIGSTOP, SIGSTOP
     during a 1 MiB write); csnapd is SIGKILLed and restarted between snapshots. No
     snapshot changes later, and none holds a write started after it was created."""
     result = stall.run(cycles=6, seed=5, tmp=tmp_path)
+    show_figure(result.figure())
     assert result.changed == [] and result.late == [], result.changed + result.late
     assert result.check_rc == 0
     assert result.stalls == {"loop": 2, "sigstop": 2, "sigstop-mid-write": 2}
