@@ -402,7 +402,7 @@ class Engine:
         # these chunks out unless the client lets go first.
         self.store.grants.add_origin(conn.client_id, req.ranges)
         if self.locks.wait_write(conn.client_id, req.id, req.ranges,
-                                 (req, self.store.open_ticket)):
+                                 (req, self.store.change_ticket)):
             self._durable.append((conn.id, m.write_ok(req.id)))
 
     def _make_room(self, exc: se.StoreFullError, now: float) -> bool:
@@ -617,7 +617,7 @@ class Engine:
         self.revoked = False
         return Advice(self.advice.new_id(), DELETE_SNAPSHOT, entry.name, (conn_id, req.id),
                       now + self.advice_timeout, set(self.conns.of_slot(entry.slot)),
-                      entry=entry, ticket=self.store.open_ticket)
+                      entry=entry, ticket=self.store.change_ticket)
 
     def _advance(self, now: float) -> None:
         """Complete the current advice if nobody is awaited any more, then start the next."""

@@ -51,7 +51,7 @@ class Committer:
         """``replies`` (from the operations since the last call, and depending on ticket
         ``also`` too) go once they may."""
         ticket = max(self.store.take_dependency(), also)
-        if ticket <= self.store.durable_ticket:
+        if ticket <= self.store.settled_ticket:
             ticket = 0
         if replies:
             if ticket == 0:
@@ -78,7 +78,9 @@ class Committer:
             log.error("cannot seal the store's changes: %s", exc)
             self._fail_waiting(exc)
             return
-        if work is None:
+        if work is None:  # nothing left to write: whatever still waits is settled
+            if self.waiting:
+                self._release()
             return
         self.writing = work
         started = time.monotonic()
@@ -108,7 +110,7 @@ class Committer:
 
     def _release(self) -> None:
         """Send the replies whose ticket is durable now."""
-        durable = self.store.durable_ticket
+        durable = self.store.settled_ticket
         out: list[Out] = []
         while self.waiting and self.waiting[0][0] <= durable:
             out.extend(self.waiting.pop(0)[1])

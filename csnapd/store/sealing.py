@@ -85,13 +85,30 @@ class Sealing:
     def _changes(self) -> int:
         return self.cache.changes + self.sbs.changes
 
+    @property
+    def change_ticket(self) -> int:
+        """Ticket of the newest transaction that holds a change: the open one if it has
+        changes, else the one cut or sealed last (an operation's changes may all have gone
+        into a transaction cut in memory; waiting for the empty open one would wait until
+        somebody else changed something)."""
+        ticket = self.cache.ticket
+        return ticket if self._open_changed() else ticket - 1
+
+    @property
+    def settled_ticket(self) -> int:
+        """Answers depending on tickets up to this one may go: ``durable_ticket``, or
+        every ticket so far when nothing is unwritten or in flight."""
+        if self._ready or self._open_changed() or self.in_flight:
+            return self.durable_ticket
+        return self.cache.ticket
+
     def take_dependency(self) -> int:
         """Ticket the answers of the operations since the last call depend on; 0 = none."""
         need = self.cache.need
         changes = self._changes()
         if changes != self._seen_changes:
             self._seen_changes = changes
-            need = self.cache.ticket
+            need = max(need, self.change_ticket)
         self.cache.need = 0
         return need if need > self.durable_ticket else 0
 

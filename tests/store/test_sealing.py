@@ -377,3 +377,25 @@ def test_store_full_with_work_in_flight_says_a_checkpoint_would_help():
     s.origin_write([(0, 100)])
     s.commit()
     audit(s)
+
+
+def test_changes_all_in_a_cut_transaction_depend_on_it_not_on_the_empty_open_one():
+    """The answers of an operation whose changes all went into a transaction cut in memory
+    wait for that one; on the previous code they waited for the (empty) open transaction,
+    which nothing seals until someone else changes something: csnapd's last replies of a
+    burst hung, and its shutdown with them."""
+    s, _, _, _ = opened()
+    s.create_snapshot("a")
+    s.commit()
+    s.origin_write([(0, 4)])
+    s._cut()  # what a large operation does in memory when it nears the journal's limit
+    assert not s.has_changes() or s._ready
+    dep = s.take_dependency()
+    assert dep == s.open_ticket - 1
+    while (sealed := s.seal()) is not None:
+        sealed.write()
+        s.sealed_done(sealed)
+    assert s.durable_ticket >= dep
+    assert s.settled_ticket >= s.open_ticket  # nothing unwritten: everything has settled
+    s.origin_write([(8, 1)])
+    assert s.settled_ticket < s.take_dependency()
