@@ -72,6 +72,10 @@ from .protocol.session import ClientEvent, ClientSession, Failed, Reply, Unsolic
 log = logging.getLogger("csnap_client")
 
 LEASE_SAFETY = 0.9  # stop trusting approvals a little before the server's lease ends
+#: A connection lost this soon after its handshake counts as a quick loss; this many in a
+#: row and the pending requests fail instead of being resent again.
+QUICK_LOSS_S = 1.0
+QUICK_LOSS_LIMIT = 5
 RESENDABLE = frozenset({"QUERY_WRITE", "QUERY_SNAPSHOT_READ", "FINISH_SNAPSHOT_READ"})
 DETACH_TIMEOUT = 2.0  # seconds close() waits for DETACH_OK
 
@@ -250,6 +254,8 @@ class Client:
         self.device_check: Callable[[Message, Callable[..., Awaitable[Message]]],
                                     Awaitable[None]] | None = None
         self.reconnects = 0
+        self._identified_at = 0.0
+        self._quick_losses = 0  # connections in a row lost soon after their handshake
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
         self._slots = Slots(MAX_INFLIGHT)
@@ -513,7 +519,17 @@ class Client:
         self._wire = None
         was_identified = self._identified
         self._identified = False
+        if was_identified and time.monotonic() - self._identified_at < QUICK_LOSS_S:
+            self._quick_losses += 1
+        elif was_identified:
+            self._quick_losses = 0
         self._fail_pending(ConnectionLostError(f"connection to {self.host}:{self.port} lost"))
+        if self._quick_losses >= QUICK_LOSS_LIMIT:
+            # the same resent request may be what the server keeps hanging up on: fail it
+            # rather than resend it forever
+            self._fail_pending(ConnectionLostError(
+                f"connection to {self.host}:{self.port} lost {self._quick_losses} times in a "
+                f"row right after reconnecting; not resending"), everything=True)
         self._reset("disconnected")
         if self._closed:
             return
@@ -598,6 +614,7 @@ class Client:
         self._identified = True
         self._lease_lost = False
         now = time.monotonic()
+        self._identified_at = now
         for rid in sorted(self._pending):
             p = self._pending[rid]
             if p.resend and not p.fut.done():
@@ -623,6 +640,9 @@ class Client:
         """Retry the handshake with exponential backoff until it works or time runs out."""
         delay = self.reconnect_delay
         start = time.monotonic()
+        if self._quick_losses:  # reconnecting worked, the connection did not: back off
+            await asyncio.sleep(min(self.reconnect_delay * 2 ** self._quick_losses,
+                                    self.reconnect_max_delay))
         while not self._closed and self._failed is None:
             try:
                 await self._open_session(first=False)

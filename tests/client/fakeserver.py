@@ -56,6 +56,7 @@ class FakeServer:
         self.received: list[dict[str, Any]] = []
         self.delay: dict[str, float] = {}
         self.inject: dict[str, int] = {}  # op -> error code for the next such request
+        self.hangup: set[str] = set()  # ops the server hangs up on (a poison request)
         self.paused = asyncio.Event()
         self.paused.set()
         self.written_since_start: set[int] = set()
@@ -119,6 +120,9 @@ class FakeServer:
             while data := await reader.read(65536):
                 for msg in framer.feed_many(data):
                     self.received.append(msg)
+                    if msg.get("op") in self.hangup:
+                        writer.close()
+                        return
                     asyncio.ensure_future(self._handle(conn, msg))
         except (P.FramingError, ConnectionError):
             pass
