@@ -130,10 +130,15 @@ def control_in_use(path: str) -> bool:
     return True
 
 
-def open_for_serving(args: argparse.Namespace) -> Store:
-    """Open and recover the store, logging what recovery did; SystemExit(1) saying why not."""
+def open_for_serving(args: argparse.Namespace, must_lock: bool = True) -> Store:
+    """Open and recover the store, logging what recovery did; SystemExit(1) saying why not.
+
+    ``must_lock=False`` (HA mode, where the election decides who writes) opens the
+    store even when another process holds its flock: a stalled old leader does.
+    """
     try:
-        store = open_store(args.store, args.origin, cache_size=parse_size(args.cache_size))
+        store = open_store(args.store, args.origin, cache_size=parse_size(args.cache_size),
+                           must_lock=must_lock)
     except BlockingIOError:
         raise SystemExit(f"csnapd: {args.store} is in use by another process "
                          "(another csnapd holds its lock); refusing to start") from None
@@ -170,7 +175,6 @@ def open_for_serving(args: argparse.Namespace) -> Store:
 
 
 async def serve(args: argparse.Namespace, store: Store) -> int:
-    host, port = parse_listen(args.listen)
     engine = Engine(store, epoch=store.sb.generation, lease=args.lease,
                     lock_lease=args.lock_lease, now=time.monotonic(), on_full=args.on_full)
     server = Server(engine, Limits(args.max_inflight, args.max_connections,
@@ -182,27 +186,12 @@ async def serve(args: argparse.Namespace, store: Store) -> int:
             server.metrics = start_metrics_server(*parse_address(args.metrics), engine)
         except OSError as exc:
             raise StartupError(listen_problem("--metrics", args.metrics, exc)) from None
-    try:
-        tcp = await server.listen_tcp(host, port)
-    except OSError as exc:
-        raise StartupError(listen_problem("--listen", args.listen, exc)) from None
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(args.control)
-    old = os.umask(0o177)
-    try:
-        await server.listen_unix(args.control)
-    except OSError as exc:
-        raise StartupError(f"cannot create the control socket {args.control}: "
-                           f"{exc.strerror or exc}") from None
-    finally:
-        os.umask(old)
-    os.chmod(args.control, 0o600)
-    addr = tcp.sockets[0].getsockname()
+    addr = await start_listeners(server, args)
     log.info("serving store=%s origin=%s listen=%s:%d control=%s chunk_size=%d", args.store,
              args.origin, addr[0], addr[1], args.control, store.chunk_size)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, server, sig)
+        loop.add_signal_handler(sig, on_signal, server, sig)
     runner = loop.create_task(server.run())
     await server.stopping.wait()
     log.info("shutting down: no new connections; finishing what is in flight")
@@ -220,6 +209,27 @@ async def serve(args: argparse.Namespace, store: Store) -> int:
         return EXIT_DEVICE_CHANGED
     log.info("store closed cleanly")
     return 0
+
+
+async def start_listeners(server: Server, args: argparse.Namespace) -> tuple[str, int]:
+    """Listen on --listen and the --control socket (mode 0600); the bound TCP address."""
+    host, port = parse_listen(args.listen)
+    try:
+        tcp = await server.listen_tcp(host, port)
+    except OSError as exc:
+        raise StartupError(listen_problem("--listen", args.listen, exc)) from None
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.control)
+    old = os.umask(0o177)
+    try:
+        await server.listen_unix(args.control)
+    except OSError as exc:
+        raise StartupError(f"cannot create the control socket {args.control}: "
+                           f"{exc.strerror or exc}") from None
+    finally:
+        os.umask(old)
+    os.chmod(args.control, 0o600)
+    return tcp.sockets[0].getsockname()[:2]
 
 
 def listen_problem(option: str, address: str, exc: OSError) -> str:
@@ -251,9 +261,11 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return ctx
 
 
-def _on_signal(server: Server, sig: int) -> None:
+def on_signal(server: Server, sig: int) -> None:
+    """SIGTERM/SIGINT: stop serving (what is in flight finishes)."""
     log.info("received %s", signal.Signals(sig).name)
     server.stopping.set()
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +291,18 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"csnapd: {exc}", file=sys.stderr)
         return 1
+    if args.etcd:
+        from csnapd.hanode import serve_ha
+        try:
+            import uvloop
+            return uvloop.run(serve_ha(args))
+        except StartupError as exc:
+            log.error("%s", exc)
+            return 1
+        finally:
+            if created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(created)
     try:
         store = open_for_serving(args)
         try:

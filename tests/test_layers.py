@@ -51,7 +51,8 @@ RULES = {
               "csnap_diff", "uvloop", "tqdm"),
 }
 #: The daemon-level modules of csnapd (besides its sub-packages): they wire it all up.
-DAEMON = ("csnapd/daemon.py", "csnapd/config.py", "csnapd/options.py", "csnapd/metrics.py",
+DAEMON = ("csnapd/daemon.py", "csnapd/hanode.py", "csnapd/config.py", "csnapd/options.py",
+          "csnapd/metrics.py",
           "csnapd/logsetup.py", "csnapd/explain.py")
 DAEMON_ALLOWED = ("csnapd", "csnap_client.protocol", "csnap_client.units",
                   "csnap_client.version", "prometheus_client", "uvloop")

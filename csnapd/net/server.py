@@ -215,6 +215,26 @@ class Server:
         for srv in self.listeners:
             await srv.wait_closed()
 
+    def switch(self, engine: Any, lease_ok: Any = None,
+               on_fenced: Any = None) -> None:
+        """Serve with another engine from now on (HA: a leader's, or a standby's).
+
+        Every connection is closed after what it has queued is sent: its session
+        belonged to the other engine, and its client reconnects (to this node, or
+        to the leader it is told about).
+        """
+        self.collect()
+        for conn in list(self.conns.values()):
+            conn.flush()
+        old, self.conns = self.conns, {}
+        self.dirty.clear()
+        for conn in old.values():
+            if conn.transport is not None:
+                conn.transport.close()
+        self.engine = engine
+        self.committer = Committer(engine, self.worker, self.deliver, lease_ok)
+        self.committer.on_fenced = on_fenced
+
     def close_all(self) -> None:
         for conn in list(self.conns.values()):
             if conn.transport is not None:
