@@ -163,13 +163,15 @@ class HANode:
             committer.fence_off(reason)
             self.late_writes += committer.late_writes
             committer.late_writes = 0
+            server.switch(StandbyEngine(self.status))  # nothing reaches the store now
             deadline = time.monotonic() + 10
             while committer.writing is not None and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)  # the write in flight passed its fence already
+            self.late_writes += committer.late_writes
+            committer.late_writes = 0
             await asyncio.get_running_loop().run_in_executor(server.worker, store.abandon,
                                                              reason)
             self.store = None
-            server.switch(StandbyEngine(self.status))
             log.warning("standing by: %s", reason)
 
     # -- stopping ------------------------------------------------------------
