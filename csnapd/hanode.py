@@ -34,13 +34,13 @@ from typing import Any
 
 from csnap_client.protocol.auth import read_secret
 from csnap_client.units import parse_size
-from csnapd.daemon import StartupError, on_signal, open_for_serving, start_listeners, tls_context
 from csnapd.engine.service import Engine
 from csnapd.ha.election import MARGIN, Election, Role
 from csnapd.ha.etcd import EtcdClient
 from csnapd.ha.standby import StandbyEngine
 from csnapd.metrics import instrument_store, parse_address, start_metrics_server
 from csnapd.net.server import Limits, Server
+from csnapd.serving import StartupError, on_signal, open_for_serving, start_listeners, tls_context
 from csnapd.store.device import FileDevice
 from csnapd.store.errors import FencedError, FormatError
 from csnapd.store.store import Store
