@@ -23,6 +23,7 @@ from typing import Any
 
 from csnap_client.control import ControlClient
 from csnap_client.protocol import (
+    ErrorCode,
     PermissionDeniedError,
     ProtocolError,
     RemoteError,
@@ -144,6 +145,9 @@ def summarize_status(st: dict[str, Any]) -> str:
     chunks, clients, read locks, operations in progress. Unknown keys are still shown.
     """
     lines: list[str] = []
+    ha = st.get("ha") if isinstance(st.get("ha"), dict) else None
+    if ha is not None:
+        lines.append(ha_line(ha))
     store = st.get("store") if isinstance(st.get("store"), dict) else {}
     cs = store.get("chunk_size")
     total, used = store.get("store_chunks"), store.get("used_chunks")
@@ -170,7 +174,8 @@ def summarize_status(st: dict[str, Any]) -> str:
         if key in st:
             lines.append(format_status({key: st[key]}))
     rest = {k: v for k, v in st.items() if k not in ("snapshots", "clients", "locks",
-                                                      "operations", "unproven_clients")}
+                                                      "operations", "unproven_clients",
+                                                      "role")}
     if isinstance(rest.get("store"), dict) and not rest["store"].get("failed"):
         # shown above as FAILED when set; an empty "failed:" line only puzzles
         rest["store"] = {k: v for k, v in rest["store"].items() if k != "failed"}
@@ -178,6 +183,23 @@ def summarize_status(st: dict[str, Any]) -> str:
         lines.append("details:")
         lines.append(format_status(rest, 1))
     return "\n".join(lines)
+
+
+def ha_line(ha: dict[str, Any]) -> str:
+    """One line on this node's part in an HA pair: its role, who leads, the lease."""
+    node = ha.get("node", "?")
+    if ha.get("role") == "leader":
+        text = (f"ha:         this node ({node}) LEADS under epoch {ha.get('epoch')}, lease "
+                f"{ha.get('lease_left_s', 0):.1f}s left, {ha.get('takeovers', 0)} takeover(s)")
+    elif ha.get("leader"):
+        text = (f"ha:         this node ({node}) is a STANDBY; the leader is {ha['leader']} at "
+                f"{ha.get('leader_address')} (epoch {ha.get('leader_epoch')}): run changes "
+                "on that node")
+    else:
+        text = f"ha:         this node ({node}) is a STANDBY; no leader is elected yet"
+    if ha.get("etcd_reachable") is False:
+        text += "; etcd is NOT reachable"
+    return text
 
 
 def format_status(st: Any, indent: int = 0) -> str:
@@ -286,6 +308,8 @@ def remote_hint(exc: RemoteError) -> str:
         return "; choose another name (or --tag), or delete the old one first"
     if isinstance(exc, PermissionDeniedError):
         return "; only root and the user csnapd runs as may change snapshots or stop it"
+    if getattr(exc, "code", None) == ErrorCode.NOT_LEADER:
+        return "; run csnapctl on the leader's host (its control socket), which leads now"
     return ""
 
 
