@@ -98,3 +98,42 @@ def test_csnapctl_on_either_node_says_which_one_leads(pair):
                        "x", check=False)
     assert refused.returncode != 0
     assert leader in refused.stderr and "leader" in refused.stderr
+
+
+def test_bad_ha_options_are_refused_in_words(tmp_path):
+    base = ["--store", str(tmp_path / "s"), "--origin", str(tmp_path / "o"), "--control",
+            str(tmp_path / "c.sock")]
+    for extra, words in ((["--etcd", "https://x:1"], "--etcd"),
+                         (["--etcd", "http://127.0.0.1:1", "--ha-lease", "0.2"], "--ha-lease"),
+                         (["--etcd", "http://127.0.0.1:1", "--advertise", "nope"],
+                          "--advertise"),
+                         (["--node", "a"], "--etcd")):
+        proc = run_tool("csnapd", *base, *extra, check=False)
+        assert proc.returncode == 2, (extra, proc.stderr)
+        assert words in proc.stderr, proc.stderr
+
+
+def test_ha_metrics_say_which_node_leads(tmp_path, etcd):
+    import urllib.request
+
+    from tests.integration.conftest import free_port
+
+    from .conftest import HAPair
+    pair = HAPair(tmp_path, etcd)
+    ports = {}
+    for name, h in pair.nodes.items():
+        ports[name] = free_port()
+        h.extra = (*h.extra, "--metrics", f"127.0.0.1:{ports[name]}")
+    try:
+        pair.start()
+        leader = pair.wait_leader()
+        values = {}
+        for name, port in ports.items():
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                          timeout=10).read().decode()
+            line = next(x for x in text.splitlines() if x.startswith("csnap_ha_leader "))
+            values[name] = float(line.split()[1])
+            assert "csnap_ha_etcd_reachable 1.0" in text
+        assert values == {leader: 1.0, pair.other(leader): 0.0}
+    finally:
+        pair.stop_all()
