@@ -592,10 +592,12 @@ class Client:
             if check is not None and not auth.verify(check, reply.get("auth")):
                 raise AuthenticationError("the server could not prove it knows the secret")
             info = SessionInfo.from_reply(reply)
-            old, self.info = self.info, info
+            old = self.info
             if old is not None and old.store_uuid != info.store_uuid:
+                # self.info keeps the old store: a later attempt must not pass this check
                 raise StoreChangedError(f"store changed from {old.store_uuid} to "
                                         f"{info.store_uuid}")
+            self.info = info
             if old is not None and old.server_epoch != info.server_epoch:
                 log.info("server restarted (epoch %s -> %s)", old.server_epoch,
                          info.server_epoch)
@@ -649,10 +651,13 @@ class Client:
                 self.reconnects += 1
                 log.info("reconnected to %s:%s", self.host, self.port)
                 return
+            except StoreChangedError as exc:  # an OSError too: caught before the others
+                self._fatal(exc)
+                return
             except (OSError, TimeoutError, ConnectionLostError, ShuttingDownError,
                     BusyError) as exc:
                 log.debug("reconnect attempt failed: %s", exc)
-            except (RemoteError, StoreChangedError, RemoteProtocolError) as exc:
+            except (RemoteError, RemoteProtocolError) as exc:
                 self._fatal(exc)
                 return
             if (self.reconnect_timeout is not None
