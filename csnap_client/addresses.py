@@ -35,7 +35,7 @@ def parse_address(text: str, what: str = "address") -> Address:
     else:
         host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"{what} must be HOST:PORT (port 1..65535; IPv6 as [ADDR]:PORT), "
+        raise ValueError(f"{what} must be HOST:PORT (port 1..65535), IPv6 as [ADDR]:PORT, "
                          f"not {text!r}")
     return host, int(port)
 

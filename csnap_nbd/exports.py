@@ -159,7 +159,8 @@ class Gateway:
     async def snapshots(self) -> list[dict[str, Any]]:
         """Live (not squashed) snapshots, oldest first, fresh from csnapd."""
         assert self.catalogue is not None
-        reply = await self.catalogue.request(m.list_volumes)
+        # read-only, so safe to resend: a failover is a pause for NBD clients, not an error
+        reply = await self.catalogue.request(m.list_volumes, resend=True)
         snaps = reply["snapshots"]
         if not isinstance(snaps, list):
             return []
@@ -296,7 +297,8 @@ class Gateway:
         first = offset // cs
         last = min((end - 1) // cs, first + self.max_chunks - 1)
         stop = min(end, (last + 1) * cs)
-        reply = await volume.client.request(m.query_map, [[first, last - first + 1]])
+        reply = await volume.client.request(m.query_map, [[first, last - first + 1]],
+                                            resend=True)  # read-only: rides a failover
         extents: list[tuple[int, int]] = []
         pos = offset
         for chunk, count, _store in reply["store"]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
+import threading
 import time
 
 import pytest
@@ -21,6 +23,12 @@ from csnap_client.addresses import (
 )
 from csnap_client.client import QUICK_LOSS_LIMIT, NoLeaderError, ReconnectFailedError
 from csnap_client.protocol import NotLeaderError
+from csnap_nbd import cli as nbd_cli
+from csnap_nbd import protocol as nbd
+from csnap_nbd.exports import Gateway
+from csnap_nbd.server import NbdServer
+from tests.nbd.test_wire import Wire
+from tools import csnap_io
 
 from .conftest import CS, count, pattern, read_file
 
@@ -251,3 +259,99 @@ async def test_single_address_behaviour_is_unchanged(fake, volumes, devices):
     fake.set_leader(None)
     with pytest.raises(NotLeaderError, match="no leader is elected"):
         await csnap_client.connect(HOST, fake.port, origin=devices[0])
+
+
+# ---------------------------------------------------------------- through csnap-nbd
+
+
+class NbdWire(Wire):
+    """The NBD test client of tests/nbd, for exports of any size."""
+
+    def go(self, name: str, contexts: tuple[str, ...] = ()) -> int:
+        raw = name.encode()
+        replies = self.option(nbd.OPT_GO, struct.pack(">I", len(raw)) + raw
+                              + struct.pack(">H", 0))
+        assert replies[-1][0] == nbd.REP_ACK, replies
+        return 0
+
+    def call(self, typ: int, offset: int, length: int, payload: bytes = b"") -> bytes:
+        """One command; its data (reads); AssertionError on an NBD error."""
+        self.request(typ, 7, offset, length, payload=payload)
+        cookie, error, data = self.simple_reply(length if typ == nbd.CMD_READ else 0)
+        assert (cookie, error) == (7, 0), error
+        return data
+
+
+async def test_an_nbd_client_sees_a_pause_not_an_error_across_a_failover(
+        fake, devices, tmp_path):
+    """csnap-nbd's sessions (catalogue and volume) follow the lead; the NBD client's
+    write issued while no node leads waits and then succeeds."""
+    new = await fake.add_node()
+    gateway = Gateway(HOST, fake.port, devices[0], devices[1], servers=[at(new)],
+                      reconnect_delay=0.02, reconnect_max_delay=0.2)
+    await gateway.start()
+    server = NbdServer(gateway)
+    path = str(tmp_path / "nbd.sock")
+    await server.listen_unix(path)
+    loop = asyncio.get_running_loop()
+    first_done, go_on = asyncio.Event(), threading.Event()
+
+    def client() -> bytes:
+        w = NbdWire(path)
+        w.go("origin")
+        w.call(nbd.CMD_WRITE, 3 * CS, CS, b"1" * CS)
+        loop.call_soon_threadsafe(first_done.set)
+        go_on.wait(10)
+        w.call(nbd.CMD_WRITE, 4 * CS, CS, b"2" * CS)  # no leader at first: a pause
+        w.call(nbd.CMD_FLUSH, 0, 0)
+        data = w.call(nbd.CMD_READ, 3 * CS, 2 * CS)
+        w.close()
+        return data
+
+    try:
+        task = asyncio.ensure_future(asyncio.to_thread(client))
+        await asyncio.wait_for(first_done.wait(), 10)
+        fake.set_leader(None)
+        go_on.set()
+        await asyncio.sleep(0.5)
+        fake.set_leader(new)
+        assert await asyncio.wait_for(task, 15) == b"1" * CS + b"2" * CS
+        assert read_file(devices[0], 4 * CS, CS) == b"2" * CS
+        assert ops_on(fake, new, "QUERY_WRITE") >= 1  # resent there (and asked again)
+        catalogue = gateway.catalogue
+        assert catalogue is not None
+        await wait_until(lambda: catalogue.address == at(new))  # at its next PING
+    finally:
+        go_on.set()
+        await server.close()
+        await gateway.close()
+
+
+# ---------------------------------------------------------------- command lines
+
+
+def test_tools_take_a_comma_list_of_servers(capsys):
+    assert nbd_cli.parse_servers("h1:1,[::1]:2, h1:1") == [("h1", 1), ("::1", 2)]
+    assert csnap_io.parse_servers("h1:1,h2:2") == [("h1", 1), ("h2", 2)]
+    assert csnap_io.parse_server("[::1]:99") == ("::1", 99)  # the first, as before
+    assert nbd_cli.main(["--server", "h1:1,h2", "--origin", "o", "--store", "s"]) == 2
+    assert "--server must be HOST:PORT" in capsys.readouterr().err
+    assert csnap_io.main(["--server", "h1:1,,h2:x", "--volume", "origin", "--origin", "o",
+                          "read", "--length", "1"]) == 2
+    assert "'h2:x'" in capsys.readouterr().err
+
+
+async def test_csnap_io_finds_the_leader_and_names_each_node_when_none_answers(
+        fake, devices, capsysbinary):
+    leader = await fake.add_node()
+    fake.set_leader(leader)
+    dead = free_port()
+    argv = ["--server", f"{at(dead)},{at(fake.port)}", "--volume", "origin",
+            "--origin", devices[0], "read", "--length", "5"]
+    assert await asyncio.to_thread(csnap_io.main, argv) == 0
+    assert capsysbinary.readouterr().out == pattern(0)[:5]
+    fake.set_leader(None)
+    assert await asyncio.to_thread(csnap_io.main, argv) == 3
+    err = capsysbinary.readouterr().err.decode()
+    assert f"cannot connect to csnapd at {at(dead)},{at(fake.port)}" in err
+    assert f"{at(dead)}: connection refused" in err and "no leader is elected" in err
