@@ -353,6 +353,10 @@ class FakeServer:
         conn.broken.discard(lock)
         return P.finish_ok(msg["id"], valid)
 
+    async def op_list_volumes(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
+        return P.volumes(msg["id"], [{"name": s.name, "tag": s.tag, "created": s.created,
+                                      "squashed": False} for s in self.snaps.values()])
+
     async def op_detach(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
         return P.detach_ok(msg["id"])
 

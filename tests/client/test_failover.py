@@ -25,7 +25,7 @@ from csnap_client.client import QUICK_LOSS_LIMIT, NoLeaderError, ReconnectFailed
 from csnap_client.protocol import NotLeaderError
 from csnap_nbd import cli as nbd_cli
 from csnap_nbd import protocol as nbd
-from csnap_nbd.exports import Gateway
+from csnap_nbd.exports import ExportError, Gateway
 from csnap_nbd.server import NbdServer
 from tests.nbd.test_wire import Wire
 from tools import csnap_io
@@ -284,9 +284,11 @@ class NbdWire(Wire):
 
 async def test_an_nbd_client_sees_a_pause_not_an_error_across_a_failover(
         fake, devices, tmp_path):
-    """csnap-nbd's sessions (catalogue and volume) follow the lead; the NBD client's
-    write issued while no node leads waits and then succeeds."""
+    """csnap-nbd's sessions (catalogue and volume) follow the lead: a write issued while
+    no node leads waits and then succeeds, and so does opening an export not yet open
+    (its session is connected during the failover)."""
     new = await fake.add_node()
+    await fake.create_snapshot("s")
     gateway = Gateway(HOST, fake.port, devices[0], devices[1], servers=[at(new)],
                       reconnect_delay=0.02, reconnect_max_delay=0.2)
     await gateway.start()
@@ -296,7 +298,7 @@ async def test_an_nbd_client_sees_a_pause_not_an_error_across_a_failover(
     loop = asyncio.get_running_loop()
     first_done, go_on = asyncio.Event(), threading.Event()
 
-    def client() -> bytes:
+    def origin_client() -> bytes:
         w = NbdWire(path)
         w.go("origin")
         w.call(nbd.CMD_WRITE, 3 * CS, CS, b"1" * CS)
@@ -308,14 +310,25 @@ async def test_an_nbd_client_sees_a_pause_not_an_error_across_a_failover(
         w.close()
         return data
 
+    def snapshot_client() -> bytes:
+        go_on.wait(10)
+        w = NbdWire(path)
+        w.go("s")  # LIST_VOLUMES and the new session wait for the leader
+        data = w.call(nbd.CMD_READ, 3 * CS, 2 * CS)
+        w.close()
+        return data
+
     try:
-        task = asyncio.ensure_future(asyncio.to_thread(client))
+        task = asyncio.ensure_future(asyncio.to_thread(origin_client))
         await asyncio.wait_for(first_done.wait(), 10)
         fake.set_leader(None)
+        snap_task = asyncio.ensure_future(asyncio.to_thread(snapshot_client))
         go_on.set()
         await asyncio.sleep(0.5)
+        assert not task.done() and not snap_task.done()  # paused
         fake.set_leader(new)
         assert await asyncio.wait_for(task, 15) == b"1" * CS + b"2" * CS
+        assert await asyncio.wait_for(snap_task, 15) == pattern(3) + pattern(4)
         assert read_file(devices[0], 4 * CS, CS) == b"2" * CS
         assert ops_on(fake, new, "QUERY_WRITE") >= 1  # resent there (and asked again)
         catalogue = gateway.catalogue
@@ -324,6 +337,33 @@ async def test_an_nbd_client_sees_a_pause_not_an_error_across_a_failover(
     finally:
         go_on.set()
         await server.close()
+        await gateway.close()
+
+
+async def test_csnap_nbd_opening_an_export_while_no_node_leads_waits(fake, devices):
+    """A volume session connected while some node answers but none leads waits for the
+    leader (an export opened then is a pause); nodes that all refuse fail at once."""
+    new = await fake.add_node()
+    await fake.create_snapshot("s")
+    gateway = Gateway(HOST, fake.port, devices[0], devices[1], servers=[at(new)],
+                      reconnect_delay=0.02, reconnect_max_delay=0.1)
+    await gateway.start()
+    try:
+        export = await gateway.resolve("s")
+        assert export is not None
+        fake.set_leader(None)
+        opening = asyncio.ensure_future(gateway.acquire(export))
+        await asyncio.sleep(0.4)
+        assert not opening.done()
+        fake.set_leader(new)
+        volume = await asyncio.wait_for(opening, 10)
+        assert volume.client.address == at(new)
+        await gateway.release(volume)
+        lost = Gateway(HOST, free_port(), devices[0], devices[1], servers=[at(free_port())])
+        with pytest.raises(ExportError, match="connection refused"):
+            await asyncio.wait_for(lost.acquire(export), 5)
+        await lost.close()
+    finally:
         await gateway.close()
 
 
