@@ -138,7 +138,7 @@ async def _origin_main(cfg: dict[str, Any], cmds: Any, results: Any) -> None:
     stop = asyncio.Event()
     ledger: list[list[Any]] = []
     writers = cfg.get("writers", ORIGIN_WRITERS)
-    region = NBLOCKS // writers
+    region = (NBLOCKS - cfg.get("reserved", 0)) // writers
 
     async def writer(wid: int) -> None:
         lo, seq = (wid - 1) * region, 0
@@ -342,8 +342,8 @@ class Result:
     writes_verified: int = 0
     blocks_checked: int = 0
     reconnects: int = 0
-    #: HA: seconds from each SIGKILL of the leader to the first origin write acknowledged
-    #: after it (by the new leader)
+    #: HA: seconds from each SIGKILL of the leader to the first acknowledged write of a
+    #: fresh client started at the kill (so approved by the new leader, never a cache)
     takeover_s: list[float] = field(default_factory=list)
 
     def figure(self) -> str:
@@ -374,7 +374,9 @@ def run(tmp: Path, cycles: int, seed: int = 1, max_live: int = 6,
     kills: list[float] = []
     res.restart_s.append(d.start())
     cfg = {"port": d.port, "origin": str(d.origin), "store": str(d.store), "dir": str(tmp),
-           "seed": seed, "writers": writers, "servers": getattr(d, "servers", None)}
+           "seed": seed, "writers": writers, "servers": getattr(d, "servers", None),
+           "reserved": PROBE_CHUNKS * CHUNK // BLOCK if ha else 0}
+    probes: list[list[Any]] = []
     ctx = mp.get_context("spawn")
     oq, sq, rq = ctx.Queue(), ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=origin_worker, args=(cfg, oq, rq), daemon=True),
@@ -411,7 +413,10 @@ def run(tmp: Path, cycles: int, seed: int = 1, max_live: int = 6,
             time.sleep(run_for)
             kills.append(time.monotonic())
             d.kill()
+            probe = _probe_thread(cfg, cycle, probes) if ha else None
             res.restart_s.append(d.start())
+            if probe is not None:
+                probe.join(120)
             t_ready = time.monotonic()
             res.cycles = cycle
             if creator is not None:
@@ -446,9 +451,8 @@ def run(tmp: Path, cycles: int, seed: int = 1, max_live: int = 6,
             res.reconnects += msg[3]
         for p in procs:
             p.join(30)
-        res.ops, res.lost = _verify(d, res, windows, live, deleted)
-        if ha:
-            res.takeover_s = _takeovers(tmp, kills)
+        res.ops, res.lost = _verify(d, res, windows, live, deleted, probes)
+        res.takeover_s = [e[5] - k for e, k in zip(probes, kills, strict=False) if e[5] != INF]
         code = d.stop()
         if code != 0:
             res.problems.append(f"csnapd exited {code} on SIGTERM")
@@ -469,22 +473,47 @@ def run(tmp: Path, cycles: int, seed: int = 1, max_live: int = 6,
     return res
 
 
-def _takeovers(tmp: Path, kills: list[float]) -> list[float]:
-    """For each kill, seconds until the first origin write acknowledged after it."""
-    acked = sorted(e[-1] for e in json.loads((tmp / "ledger-origin.json").read_text())
-                   if e[-1] != INF)
-    out = []
-    for k in kills:
-        after = [t for t in acked if t > k]
-        if after:
-            out.append(after[0] - k)
-    return out
+#: HA: origin blocks at the end kept for the takeover probe (one 4 KiB chunk each).
+PROBE_WRITER = 99
+PROBE_CHUNKS = 16
+
+
+async def _probe(cfg: dict[str, Any], seq: int, ledger: list[list[Any]]) -> None:
+    """A fresh client (no cache: the write must be approved by the leader) writes one
+    probe chunk, retrying until a leader acknowledges; logged like any origin write."""
+    per = CHUNK // BLOCK
+    b0 = NBLOCKS - PROBE_CHUNKS * per + (seq % PROBE_CHUNKS) * per
+    data = stamp_range(PROBE_WRITER, seq, b0, per)
+    t0 = time.monotonic()
+    vol = None
+    for _ in range(600):
+        try:
+            vol = await _connect(cfg, "origin")
+            break
+        except (ConnectionError, OSError, TimeoutError):
+            await asyncio.sleep(0.02)
+    if vol is None:
+        ledger.append([PROBE_WRITER, seq, b0, per, t0, INF])
+        return
+    try:
+        ok = await _retrying(lambda: vol.write(b0 * BLOCK, data))
+        ledger.append([PROBE_WRITER, seq, b0, per, t0, time.monotonic() if ok else INF])
+    finally:
+        await vol.close()
+
+
+def _probe_thread(cfg: dict[str, Any], seq: int, ledger: list[list[Any]]) -> threading.Thread:
+    _quiet()
+    t = threading.Thread(target=lambda: asyncio.run(_probe(cfg, seq, ledger)), daemon=True)
+    t.start()
+    return t
 
 
 def _verify(d: Daemon | HAPair, res: Result, windows: dict[str, tuple[float, float]],
-            live: list[str], deleted: list[str]) -> tuple[int, int]:
+            live: list[str], deleted: list[str],
+            probes: list[list[Any]] | None = None) -> tuple[int, int]:
     tmp = d.tmp
-    origin_ledger = json.loads((tmp / "ledger-origin.json").read_text())
+    origin_ledger = json.loads((tmp / "ledger-origin.json").read_text()) + (probes or [])
     snap = json.loads((tmp / "ledger-snap.json").read_text())
     model = Model(snaps=windows)
     model.load(origin_ledger, snap["writes"])
