@@ -64,7 +64,7 @@ def test_etcd_down_stops_changes_within_the_lease_and_service_resumes(pair, etcd
     pair.start()
     leader = pair.wait_leader()
     assert pair.nodes[leader].ctl(m.create_snapshot(1, "a"))["op"] != "ERROR"
-    etcd.stop(signal.SIGSTOP)
+    etcd.proc.send_signal(signal.SIGSTOP)
     down = time.monotonic()
     try:
         deadline = down + 10
