@@ -308,6 +308,7 @@ class Client:
         self._slots = Slots(MAX_INFLIGHT)
         self._wire: _Wire | None = None
         self._identified = False
+        self._early_advice: list[Message] = []  # ADVICE received during the handshake
         self._closed = False
         self._failed: BaseException | None = None
         self._answered_sent = time.monotonic()  # send time of the newest answered request
@@ -567,6 +568,12 @@ class Client:
 
     def _on_unsolicited(self, msg: Message) -> None:
         if msg["op"] == "ADVICE":
+            if not self._identified:
+                # It came during the handshake (the server counts this connection in from
+                # IDENTIFY_OK on): its ack cannot go out before the session is up, and
+                # dropping it would leave the server waiting for us until its deadline.
+                self._early_advice.append(msg)
+                return
             if self.advice_sync is not None:
                 self.advice_sync(msg)  # before any later message is looked at
             handler = self.advice_handler
@@ -739,6 +746,7 @@ class Client:
             await self.before_identify()
         loop = asyncio.get_running_loop()
         self._challenge = loop.create_future() if self.secret is not None else None
+        self._early_advice = []  # those of an earlier, failed handshake are moot
         host, port = address
         _, wire = await asyncio.wait_for(
             loop.create_connection(lambda: _Wire(self), host, port, ssl=self.ssl),
@@ -776,6 +784,9 @@ class Client:
             raise ConnectionLostError("connection lost during handshake")
         self._identified = True
         self._lease_lost = False
+        early, self._early_advice = self._early_advice, []
+        for msg in early:  # before any reply to what is resent below is looked at
+            self._on_unsolicited(msg)
         now = time.monotonic()
         self._identified_at = now
         for rid in sorted(self._pending):
