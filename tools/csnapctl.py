@@ -1,6 +1,6 @@
 """csnapctl: administer a running csnapd through its control socket.
 
-Commands: create, delete, list, status, shutdown, forget-client. Human-readable output
+Commands: create, delete, list, status, set, hold, release, shutdown, forget-client. Human-readable output
 by default, ``--json`` for scripts. Exit codes: 0 ok, 1 the server refused (error message
 on stderr) or did not answer in time, 2 usage error, 3 cannot connect to the control
 socket (the message says whether csnapd is running, and with which socket).
@@ -27,6 +27,7 @@ from csnap_client.protocol import (
     ProtocolError,
     RemoteError,
     SnapshotExistsError,
+    SnapshotHeldError,
     UnknownSnapshotError,
 )
 from csnap_client.units import format_size
@@ -81,7 +82,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the snapshot's name, or its tag (digits) as 'csnapctl list' shows; "
                         "digits that are only a snapshot's name mean that snapshot")
     d.add_argument("--json", action="store_true", help="print the result as JSON")
-    for name, text in (("list", "list snapshots (tag, name, time created, priority)"),
+    st = sub.add_parser("set", help="rename a snapshot or change its priority",
+                        description="Rename a snapshot (its tag stays) and/or change its "
+                                    "priority, both in one step: if either is refused, "
+                                    "neither happens. Clients already using the snapshot "
+                                    "keep it; new ones need the new name or the tag.")
+    st.add_argument("snapshot", metavar="NAME|TAG", help="the snapshot, as for delete")
+    st.add_argument("--name", dest="new_name", default=None, metavar="NEW",
+                    help="its new name (not all digits; not another snapshot's)")
+    st.add_argument("--priority", type=int, default=None, metavar="P",
+                    help="-128..127; lower priorities are squashed first when the store "
+                         "fills")
+    st.add_argument("--json", action="store_true", help="print the result as JSON")
+    for name, text in (
+            ("hold", "hold a snapshot: it cannot be deleted and is never squashed to free "
+                     "space until released (holds count: each hold needs a release)"),
+            ("release", "take one hold off a snapshot")):
+        h = sub.add_parser(name, help=text.split(" (")[0],
+                           description=text[0].upper() + text[1:] + ". Holds survive "
+                           "restarts and crashes; 'csnapctl list' shows them (HOLDS).")
+        h.add_argument("snapshot", metavar="NAME|TAG", help="the snapshot, as for delete")
+        h.add_argument("--json", action="store_true", help="print the result as JSON")
+    for name, text in (("list", "list snapshots (tag, name, time created, priority, holds)"),
                        ("status", "show store use, snapshots, clients, locks, operations")):
         s = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         s.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -230,6 +252,13 @@ async def run(args: argparse.Namespace) -> Any:
             return await ctl.status()
         if args.command == "forget-client":
             return await ctl.forget_client(args.client_id)
+        if args.command in ("hold", "release", "set"):
+            args.ref = await resolve(ctl, args.snapshot)
+            if args.command == "hold":
+                return await ctl.hold(args.ref)
+            if args.command == "release":
+                return await ctl.release(args.ref)
+            return await ctl.set(args.ref, args.new_name, args.priority)
         return await ctl.shutdown()
 
 
@@ -271,6 +300,15 @@ def render(args: argparse.Namespace, result: Any) -> str:
         return format_list(result or [])
     if args.command == "status":
         return summarize_status(result) if isinstance(result, dict) else format_status(result)
+    if args.command in ("hold", "release"):
+        n = result.get("holds", 0)
+        return (f"snapshot {result.get('name')!r} (tag {result.get('tag')}) "
+                f"{'held' if args.command == 'hold' else 'released'}: {n} hold"
+                f"{'' if n == 1 else 's'} now"
+                + (" (it can be deleted and squashed again)" if not n else ""))
+    if args.command == "set":
+        return (f"snapshot tag {result.get('tag')}: name {result.get('name')!r}, "
+                f"priority {result.get('priority')}")
     if args.command == "forget-client":
         if result.get("forgotten"):
             return f"released the grants of client {args.client_id}"
@@ -282,6 +320,8 @@ def remote_hint(exc: RemoteError) -> str:
     """What to do about a refusal, appended to the server's message (or "")."""
     if isinstance(exc, UnknownSnapshotError):
         return "; 'csnapctl list' shows the snapshots"
+    if isinstance(exc, SnapshotHeldError):
+        return "; 'csnapctl list' shows the holds (HOLDS)"
     if isinstance(exc, SnapshotExistsError):
         return "; choose another name (or --tag), or delete the old one first"
     if isinstance(exc, PermissionDeniedError):
@@ -345,9 +385,12 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.control is None:
         args.control = default_control()
-    if args.command == "create" and args.priority is not None \
+    if args.command in ("create", "set") and args.priority is not None \
             and not -128 <= args.priority <= 127:
         print("csnapctl: --priority must be within -128..127", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "set" and args.new_name is None and args.priority is None:
+        print("csnapctl: set needs --name NEW and/or --priority P", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "create" and args.name.isdigit():
         print(f"csnapctl: note: {args.name!r} is all digits: csnapctl delete finds it by "
@@ -356,7 +399,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         result = asyncio.run(run(args))
     except AmbiguousSnapshot as exc:
-        print(f"csnapctl: delete refused: {exc}", file=sys.stderr)
+        print(f"csnapctl: {args.command} refused: {exc}", file=sys.stderr)
         return EXIT_SERVER
     except RemoteError as exc:
         print(f"csnapctl: {args.command} failed: {exc}{remote_hint(exc)}", file=sys.stderr)

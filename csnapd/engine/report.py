@@ -39,7 +39,7 @@ USAGE_MAX_AGE = 30.0
 def snap_dict(e: fmt.SnapEntry) -> dict[str, Any]:
     """One snapshot as the control protocol lists it."""
     return {"name": e.name, "tag": e.tag, "slot": e.slot, "created": e.created_ns / 1e9,
-            "priority": e.priority, "squashed": e.squashed}
+            "priority": e.priority, "squashed": e.squashed, "holds": e.use_count}
 
 
 class Reporter:

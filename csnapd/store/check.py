@@ -4,7 +4,8 @@ Verified: both superblock slots; every tree block's checksum, kind, self
 address and structure; key order and key ranges along every path; uniform
 depth; every exception's store chunk is a data chunk inside the store,
 allocated, and referenced exactly once; sharemaps name only existing
-snapshots and never give one snapshot two copies of a chunk; no allocated
+snapshots and never give one snapshot two copies of a chunk; only live,
+unsquashed snapshots have holds (a use count); no allocated
 chunk or metadata block is unreferenced (a leak); the free count and the
 exception count match what the walk found.  The journal between the
 checkpoint (tail) and the head is verified block by block in its format:
@@ -160,6 +161,11 @@ class _Checker:
             if e.tag in tags:
                 self.report.add("error", f"snapshot tag {e.tag} used twice")
             tags.add(e.tag)
+            if e.use_count and (e.state != fmt.SNAP_LIVE or e.squashed):
+                what = "squashed" if e.squashed else "being deleted or created"
+                self.report.add("error", f"snapshot {e.name!r} (slot {e.slot}) has "
+                                f"{e.use_count} hold(s) but is {what}: a held snapshot "
+                                "is never deleted nor squashed")
 
     def _grants(self) -> None:
         """The grant table's blocks are metadata in use; its records name real things."""

@@ -77,7 +77,14 @@ INCOMPAT_JOURNAL_V2 = 1 << 1
 #: "Journal commit record, compact format" below).  Set together with
 #: INCOMPAT_JOURNAL_V2, whose envelope it keeps.
 INCOMPAT_COMPACT_JOURNAL = 1 << 2
-INCOMPAT_KNOWN = INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
+#:
+#: INCOMPAT_HOLDS: a snapshot table entry's use count is the number of holds on the
+#: snapshot (``csnapctl hold``), and a held snapshot is never deleted or squashed.  A
+#: csnap that ignored it would delete or squash a snapshot an operator is relying on.
+#: Set at every read-write open by a csnap that knows it (as INCOMPAT_GRANTS is).
+INCOMPAT_HOLDS = 1 << 3
+INCOMPAT_KNOWN = (INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
+                  | INCOMPAT_HOLDS)
 COMPAT_KNOWN = 0
 AUTOCLEAR_KNOWN = 0
 
@@ -932,7 +939,8 @@ def bitmap_bits_per_block(block_size: int) -> int:
 #        3    1 name length in bytes (1..96)
 #        4    4 user tag (uint32)
 #        8    8 creation time (unix nanoseconds)
-#       16    4 use count
+#       16    4 use count: holds on the snapshot (INCOMPAT_HOLDS); while it is not
+#               zero the snapshot is neither deleted nor squashed
 #       20   12 reserved, zero
 #       32   96 name, UTF-8, zero padded
 
@@ -944,6 +952,7 @@ MAX_NAME_BYTES = 96
 SNAP_FREE, SNAP_LIVE, SNAP_DELETING, SNAP_IN_PASS, SNAP_CREATING = 0, 1, 2, 3, 4
 SNAP_FLAG_SQUASHED = 1
 SNAP_FLAG_CLEARED = 2
+MAX_HOLDS = 2**32 - 1
 
 
 def snap_entries_per_block(block_size: int) -> int:

@@ -213,7 +213,7 @@ class Store(Sealing):
     def _mark_open(self) -> None:
         f = self.sb
         f.flags |= fmt.FLAG_BUSY
-        f.incompat |= fmt.INCOMPAT_GRANTS
+        f.incompat |= fmt.INCOMPAT_GRANTS | fmt.INCOMPAT_HOLDS
         f.autoclear &= fmt.AUTOCLEAR_KNOWN
         f.opened_ns = time.time_ns()
         self.sbs.touch()
@@ -498,6 +498,42 @@ class Store(Sealing):
         self._writable()
         self.snaps.mark_squashed(entry)
         self._ops_open += 1
+
+    def hold_snapshot(self, ident: str | int) -> fmt.SnapEntry:
+        """Add a hold on a snapshot: delete refuses it and squash skips it until released."""
+        self._writable()
+        entry = self.snaps.find(ident)
+        self.snaps.hold(entry)
+        self._ops_open += 1
+        return entry
+
+    def release_snapshot(self, ident: str | int) -> fmt.SnapEntry:
+        """Take one hold off a snapshot (refused when it has none)."""
+        self._writable()
+        entry = self.snaps.find(ident)
+        self.snaps.release(entry)
+        self._ops_open += 1
+        return entry
+
+    def set_snapshot(self, ident: str | int, name: str | None = None,
+                     priority: int | None = None) -> fmt.SnapEntry:
+        """Rename a snapshot and/or change its priority, both in one transaction.
+
+        Everything is checked before anything changes, so a refused rename
+        leaves the priority as it was too.
+        """
+        self._writable()
+        entry = self.snaps.find(ident)
+        if name is not None:
+            self.snaps.check_name(name, entry.slot)
+        if priority is not None:
+            self.snaps.check_priority(priority)
+        if name is not None and name != entry.name:
+            self.snaps.rename(entry, name)
+        if priority is not None and priority != entry.priority:
+            self.snaps.set_priority(entry, priority)
+        self._ops_open += 1
+        return entry
 
     @property
     def deleting(self) -> bool:
