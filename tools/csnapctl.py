@@ -177,14 +177,26 @@ def summarize_status(st: dict[str, Any]) -> str:
         lines.append(f"journal:    {store['journal_used']}/{store.get('journal_blocks', '?')} "
                      f"blocks, seq {store.get('journal_seq', '?')}, "
                      f"{store.get('commits', '?')} commits")
+    fill = st.get("fill") if isinstance(st.get("fill"), dict) else {}
+    if fill:
+        ttf = fill.get("time_to_full_s")
+        when = ("not filling (no copy-outs lately)" if ttf is None
+                else f"full in {_duration(ttf)} at {fill.get('copyout_rate')} copy-outs/s "
+                     f"(the last {_duration(fill.get('rate_window_s') or 0)})")
+        lines.append(f"fill:       {100 * fill.get('fill_ratio', 0):.1f}%, {when}")
     if store.get("failed"):
         lines.append(f"FAILED:     {store['failed']}")
     snaps = st.get("snapshots")
     if isinstance(snaps, list):
         lines.append("snapshots:" + ("" if snaps else " (none)"))
+        counted = st.get("usage_counted", 1.0)
+        if isinstance(counted, int | float) and counted < 1.0:
+            lines.append(f"  (chunk counts cover {100 * counted:.0f}% of the store so far: "
+                         "they are counted once after csnapd starts)")
         rows = [{"tag": s.get("tag"), "name": s.get("name"), "created": _when(s.get("created")),
-                 "unique": s.get("unique"), "shared": s.get("shared"),
-                 "priority": s.get("priority"), "squashed": s.get("squashed")}
+                 "exclusive": s.get("exclusive", s.get("unique")), "shared": s.get("shared"),
+                 "priority": s.get("priority"), "holds": s.get("holds"),
+                 "squashed": s.get("squashed")}
                 for s in snaps if isinstance(s, dict)]
         if rows:
             lines.extend("  " + line for line in _table(rows).splitlines())
@@ -192,7 +204,8 @@ def summarize_status(st: dict[str, Any]) -> str:
         if key in st:
             lines.append(format_status({key: st[key]}))
     rest = {k: v for k, v in st.items() if k not in ("snapshots", "clients", "locks",
-                                                      "operations", "unproven_clients")}
+                                                      "operations", "unproven_clients",
+                                                      "fill", "usage_counted")}
     if isinstance(rest.get("store"), dict) and not rest["store"].get("failed"):
         # shown above as FAILED when set; an empty "failed:" line only puzzles
         rest["store"] = {k: v for k, v in rest["store"].items() if k != "failed"}
@@ -200,6 +213,17 @@ def summarize_status(st: dict[str, Any]) -> str:
         lines.append("details:")
         lines.append(format_status(rest, 1))
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a human reads a span of time: 45 s, 12 min, 3.5 h, 9 days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
 
 
 def format_status(st: Any, indent: int = 0) -> str:

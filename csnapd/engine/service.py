@@ -218,6 +218,7 @@ class Engine:
         if reason:
             self.stop_serving(reason)
         self._events(self.locks.expire(now))
+        self.report.sample(now)
         late = self.advice.overdue(now)
         if late:
             adv = self.advice.current
@@ -228,13 +229,14 @@ class Engine:
             self._advance(now)
 
     def background(self, budget_leaves: int = 4) -> bool:
-        """A slice of background work (deletion, usage scan); True while more remains.
+        """A slice of background work (deletion, the space count after an open); True while
+        more remains.
 
         Changes it makes are sealed and committed by the I/O layer like any others.
         """
         if self.stopped:
             return False
-        more = self.report.scan_step(4 * budget_leaves)
+        more = self.store.count_step(4 * budget_leaves)
         if self.revoked and self.store.deleting and self.now >= self.revoke_until:
             more = self.store.delete_step(budget_leaves) or more
             if self.space.waiters:

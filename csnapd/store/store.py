@@ -598,6 +598,23 @@ class Store(Sealing):
         self.cache.trim()
         return result
 
+    def count_step(self, leaves: int) -> bool:
+        """Build the per-snapshot space counts up to ``leaves`` leaves further (after an
+        open they are counted once, a slice at a time; then kept exact as things change).
+        True while leaves remain; the cache is trimmed afterwards."""
+        more = self.exmap.count_step(leaves)
+        self.cache.trim()
+        return more
+
+    def space_usage(self) -> tuple[dict[int, dict[str, int]], float]:
+        """Per slot ``{"unique", "shared"}`` copies, and how much of the map is counted
+        (1.0: exact; below, the counts cover only the chunks below the scan cursor)."""
+        counts = self.exmap.counts
+        if counts.complete:
+            return counts.as_usage(), 1.0
+        return counts.as_usage(), min(counts.cursor, self.sb.origin_chunks) / max(
+            1, self.sb.origin_chunks)
+
     def delete_progress(self) -> dict[str, Any]:
         """How far the current delete pass has come (for status)."""
         mask = self.snaps.in_pass_mask() | self.snaps.deleting_mask

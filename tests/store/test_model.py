@@ -27,6 +27,7 @@ from csnapd.store import create
 from csnapd.store.device import MemoryDevice, VolatileDevice
 from csnapd.store.errors import NoSuchSnapshot, SnapshotHeld, StoreFullError
 from csnapd.store.store import Store
+from csnapd.store.walk import snapshot_usage
 
 from .conftest import BS, CS, audit, chunk_bytes
 
@@ -63,6 +64,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.dev = VolatileDevice(self.inner)
         self.s = Store.open(self.dev, self.origin, cache_size=cache)
         self.initial_free = self.s.sb.free_chunks
+        self.s.count_step(1)  # an empty map: counted at once, then kept by every change
 
     # -- helpers -----------------------------------------------------------
     def _next(self) -> int:
@@ -297,6 +299,11 @@ class StoreMachine(RuleBasedStateMachine):
         self._verify_data()
         audit(self.s)
 
+    @rule(leaves=st.sampled_from([1, 2, 1000]))
+    def count_space(self, leaves):
+        """The server's background slices of the space count after an open."""
+        self.s.count_step(leaves)
+
     @rule()
     def check_everything(self):
         self._verify_data()
@@ -320,6 +327,27 @@ class StoreMachine(RuleBasedStateMachine):
         audit(self.s)
 
     # -- invariants ----------------------------------------------------------
+    @invariant()
+    def space_counts_are_exact(self):
+        """The kept counts equal a count of the tree, below the scan cursor (all of it
+        once complete), whatever changed since they were counted."""
+        if not hasattr(self, "s"):
+            return
+        counts = self.s.exmap.counts
+        if counts.complete:
+            want = {k: v for k, v in snapshot_usage(self.s).items() if v["unique"] or v["shared"]}
+        else:
+            want = {}
+            for chunk, excs in self.s.exmap.entries():
+                if chunk >= counts.cursor:
+                    break
+                for e in excs:
+                    bits = [b for b in range(64) if e.sharemap >> b & 1]
+                    for b in bits:
+                        u = want.setdefault(b, {"unique": 0, "shared": 0})
+                        u["unique" if len(bits) == 1 else "shared"] += 1
+        assert counts.as_usage() == want
+
     @invariant()
     def tree_shape(self):
         if hasattr(self, "s"):
