@@ -43,7 +43,7 @@ def _host_port(text: str) -> None:
 
 
 # Checks beyond the option's type, run on file values so the error names the key.
-_VALUE_CHECKS: dict[str, Any] = {"listen": _host_port, "metrics": _host_port,
+_VALUE_CHECKS: dict[str, Any] = {"listen": _host_port, "metrics": _host_port, "advertise": _host_port,
                                  "cache_size": parse_size}
 
 

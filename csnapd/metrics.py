@@ -120,13 +120,24 @@ class RequestMetrics:
 class EngineCollector(Collector):
     """Gauges and counters read from the engine and its store at scrape time."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine | Callable[[], Any],
+                 ha: Callable[[], dict[str, Any]] | None = None) -> None:
+        #: The engine, or (HA mode, where it changes with the role) how to get it.
+        self.get_engine: Callable[[], Any] = engine if callable(engine) else lambda: engine
+        self.ha = ha
+
+    @property
+    def engine(self) -> Any:  # noqa: ANN401 - an Engine or a standby's engine
+        return self.get_engine()
 
     def collect(self) -> Iterator[Metric]:
         """Yield one family per metric (called by the registry on every scrape)."""
+        if self.ha is not None:
+            yield from self._ha(self.ha())
         engine = self.engine
         store = engine.store
+        if store is None:  # a standby: no store open
+            return
         st = _retry(store.status)
         stats = _retry(lambda: dict(store.stats))
         yield from self._store(st, stats)
@@ -203,6 +214,27 @@ class EngineCollector(Collector):
         yield _gauge("csnap_store_time_to_full_seconds", "Projected seconds until the store "
                      "is full at the recent copy-out rate (+Inf while nothing is copied out)",
                      float("inf") if ttf is None else ttf)
+
+    @staticmethod
+    def _ha(st: dict[str, Any]) -> Iterator[Metric]:
+        yield from (
+            _gauge("csnap_ha_leader", "1 while this node leads the store (HA mode)",
+                   int(st.get("role") == "leader")),
+            _gauge("csnap_ha_epoch", "Election epoch this node leads under (0: standby)",
+                   st.get("epoch", 0) if st.get("role") == "leader" else 0),
+            _gauge("csnap_ha_lease_left_seconds", "Seconds left of the leader lease",
+                   st.get("lease_left_s", 0.0)),
+            _gauge("csnap_ha_etcd_reachable", "1 while etcd answers this node",
+                   int(bool(st.get("etcd_reachable", True)))),
+            _counter("csnap_ha_takeovers", "Times this node became the leader",
+                     st.get("takeovers", 0)),
+            _gauge("csnap_ha_last_takeover_seconds", "Time the last takeover took, from the "
+                   "old leader's key going to serving", st.get("last_takeover_s") or 0.0),
+            _counter("csnap_ha_fenced_writes", "Writes refused because the lease had ended "
+                     "or a newer epoch was on disk", st.get("fenced_writes", 0)),
+            _counter("csnap_ha_late_writes", "Writes that completed after the lease ended "
+                     "(not acknowledged; should stay 0)", st.get("late_writes", 0)),
+        )
 
     @staticmethod
     def _store(st: dict[str, Any], stats: dict[str, int]) -> Iterator[Metric]:
@@ -289,10 +321,12 @@ def instrument_store(store: Store, metrics: RequestMetrics) -> None:
     store.sealed_done = counted_done  # type: ignore[method-assign]
 
 
-def make_registry(engine: Engine) -> tuple[CollectorRegistry, RequestMetrics]:
+def make_registry(engine: Engine | Callable[[], Any],
+                  ha: Callable[[], dict[str, Any]] | None = None
+                  ) -> tuple[CollectorRegistry, RequestMetrics]:
     """A private registry with the engine collector, request metrics and process metrics."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(EngineCollector(engine))
+    registry.register(EngineCollector(engine, ha))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -307,8 +341,9 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def start_metrics_server(host: str, port: int, engine: Engine,
-                         store_hooks: bool = True) -> RequestMetrics:
+def start_metrics_server(host: str, port: int, engine: Engine | Callable[[], Any],
+                         store_hooks: bool = True,
+                         ha: Callable[[], dict[str, Any]] | None = None) -> RequestMetrics:
     """Serve ``/metrics`` for ``engine`` on ``host:port`` from a daemon thread.
 
     Returns the :class:`RequestMetrics` the net layer reports requests to
@@ -317,7 +352,7 @@ def start_metrics_server(host: str, port: int, engine: Engine,
     latency and operations per commit (:func:`instrument_store`).  Raises
     OSError when the address cannot be bound.
     """
-    registry, metrics = make_registry(engine)
+    registry, metrics = make_registry(engine, ha)
     server, thread = start_http_server(port, addr=host, registry=registry)
     metrics.server, metrics.thread = server, thread
     metrics.address = server.server_address[:2]

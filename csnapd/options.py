@@ -12,6 +12,8 @@ from csnap_client.version import add_version_option
 
 DEFAULT_LISTEN = "127.0.0.1:4270"
 DEFAULT_CONTROL = "/run/csnapd/control.sock"
+#: The default leader lease of --etcd mode, in seconds.
+DEFAULT_HA_LEASE = 3.0
 #: Exit status when csnapd stopped because its store or origin was replaced under it.
 EXIT_DEVICE_CHANGED = 3
 
@@ -75,4 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-lease", type=float, default=30.0, metavar="SECONDS",
                    help="maximum seconds a snapshot read lock is held: after that an origin "
                         "write that waits for it breaks it and the reader re-reads (default 30)")
+    ha = p.add_argument_group(
+        "high availability", "active/standby csnapd nodes on one store, elected through etcd "
+        "(docs/operations.md, 'Two nodes with etcd')")
+    ha.add_argument("--etcd", default=None, metavar="URL[,URL...]",
+                    help="join the store's leader election on this etcd cluster (client URLs, "
+                         "e.g. http://10.0.0.5:2379,http://10.0.0.6:2379); without it csnapd "
+                         "serves alone, guarded by the store's flock")
+    ha.add_argument("--node", default=None, metavar="NAME",
+                    help="this node's name in the election (default: the host name)")
+    ha.add_argument("--ha-lease", type=float, default=DEFAULT_HA_LEASE, metavar="SECONDS",
+                    help="leader lease in etcd: a leader that cannot renew it within this "
+                         "stops writing, and a standby takes over about this long after a "
+                         f"leader died (default {DEFAULT_HA_LEASE:g}; etcd may round it up)")
+    ha.add_argument("--advertise", default=None, metavar="HOST:PORT",
+                    help="the address clients reach this node at, announced while it leads "
+                         "(default: --listen, with this host's name for 0.0.0.0)")
     return p

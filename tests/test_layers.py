@@ -38,7 +38,7 @@ RULES = {
     "csnapd/engine": ("csnapd.engine", "csnapd.store", "csnap_client.protocol",
                       "sortedcontainers", "crc32c"),
     "csnapd/net": ("csnapd.net", "csnapd.engine", "csnapd.metrics", "csnap_client.protocol",
-                   "csnapd.store.seal"),
+                   "csnapd.store.seal", "csnapd.store.errors"),
     "csnapd/ha": ("csnapd.ha", "csnapd.engine", "csnap_client.protocol"),
     "csnap_client/protocol": ("csnap_client.protocol", "msgpack"),
     "csnap_client": ("csnap_client", "sortedcontainers", "msgpack", "crc32c"),
@@ -51,7 +51,9 @@ RULES = {
               "csnap_diff", "uvloop", "tqdm"),
 }
 #: The daemon-level modules of csnapd (besides its sub-packages): they wire it all up.
-DAEMON = ("csnapd/daemon.py", "csnapd/config.py", "csnapd/options.py", "csnapd/metrics.py",
+DAEMON = ("csnapd/daemon.py", "csnapd/hanode.py", "csnapd/serving.py", "csnapd/config.py",
+          "csnapd/options.py",
+          "csnapd/metrics.py",
           "csnapd/logsetup.py", "csnapd/explain.py")
 DAEMON_ALLOWED = ("csnapd", "csnap_client.protocol", "csnap_client.units",
                   "csnap_client.version", "prometheus_client", "uvloop")

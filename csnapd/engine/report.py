@@ -81,6 +81,7 @@ class Reporter:
             "unproven_clients": self.unproven_clients(),
             "operations": self._operations(), "requests": dict(eng.counters),
             "fill": self.fill(), **usage_info,
+            **({"ha": eng.ha_status(), "role": "leader"} if eng.ha_status else {}),
         }
 
     def unproven_clients(self) -> list[dict[str, Any]]:

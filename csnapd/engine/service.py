@@ -110,6 +110,8 @@ class Engine:
         self.devices = DeviceVerifier(store)  # VERIFY_DEVICES (engine/devices.py)
         self.watch = DeviceWatch(store, now)  # store or origin replaced (engine/watch.py)
         self.stopped = ""  # why serving stopped for good (a device changed), or ""
+        #: The HA election's view (role, epoch, lease left) for STATUS; None without HA.
+        self.ha_status: Callable[[], dict[str, Any]] | None = None
         self.counters: dict[str, int] = {}
         self.now = now
         self.revoked = True  # no deletion waits for its clients to acknowledge
@@ -260,6 +262,10 @@ class Engine:
 
     def commit_failed(self, replies: list[Out], exc: BaseException) -> list[Out]:
         """A sealed commit failed: nothing in it is durable; every "done" becomes an error."""
+        if isinstance(exc, se.FencedError):  # another server leads now: go there
+            log.warning("not committed: %s", exc)
+            return [(c, m.reply_error(msg["id"], ErrorCode.NOT_LEADER, f"not done: {exc}"))
+                    for c, msg in replies if msg.get("id")]
         log.error("commit failed: %s", exc)
         if not self.store.failed:
             self.store.mark_corrupt(str(exc))

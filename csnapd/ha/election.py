@@ -186,6 +186,11 @@ class Election:
                 except EtcdError:
                     pass
 
+    async def step_down(self, reason: str) -> None:
+        """Stop leading now (a write found a newer epoch on disk); the key stays until
+        its lease runs out, so no node takes over while this one may still be writing."""
+        await self._step_down(reason, revoke=False)
+
     async def stop(self) -> None:
         """Leave the election (a clean shutdown gives the key up at once)."""
         self._stopping = True

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from csnapd.engine.service import Engine, Out
+from csnapd.store.errors import FencedError
 from csnapd.store.seal import Checkpoint, Sealed
 
 log = logging.getLogger("csnapd.net")
@@ -33,8 +34,16 @@ class Committer:
     """The write in flight, and the replies waiting for durable tickets."""
 
     def __init__(self, engine: Engine, executor: ThreadPoolExecutor,
-                 deliver: Callable[[list[Out]], None]) -> None:
+                 deliver: Callable[[list[Out]], None],
+                 lease_ok: Callable[[], bool] | None = None) -> None:
         self.engine, self.store = engine, engine.store
+        #: HA: True while this server's lease lets it write; a write that completes
+        #: after it ended is not acknowledged (the new leader may not have seen it).
+        self.lease_ok = lease_ok
+        self.late_writes = 0  # writes that completed after the lease ended (HA)
+        self.fenced = ""  # why this server may no longer write (HA), or ""
+        #: Called once with the reason when a write finds it may no longer write (HA).
+        self.on_fenced: Callable[[str], None] | None = None
         self.executor = executor
         self.deliver = deliver  # sends replies (on the loop)
         self.waiting: list[tuple[int, list[Out]]] = []  # (ticket, replies), tickets ascending
@@ -45,11 +54,17 @@ class Committer:
     @property
     def idle(self) -> bool:
         """Nothing in flight, nothing waiting, nothing changed."""
+        if self.store is None:  # an HA standby's engine: nothing to write, ever
+            return True
         return self.writing is None and not self.waiting and not self.store.has_changes()
 
     def submit(self, replies: list[Out], also: int = 0) -> None:
         """``replies`` (from the operations since the last call, and depending on ticket
         ``also`` too) go once they may."""
+        if self.store is None:
+            if replies:
+                self.deliver(replies)
+            return
         ticket = max(self.store.take_dependency(), also)
         if ticket <= self.store.settled_ticket:
             ticket = 0
@@ -64,9 +79,12 @@ class Committer:
 
     def kick(self) -> None:
         """Start the next write if none runs and there is something to write."""
+        if self.store is None:
+            return
         if self.writing is not None or self.store.failed:
             if self.store.failed and self.writing is None:
-                self._fail_waiting(RuntimeError(self.store.failed))
+                self._fail_waiting(FencedError(self.fenced) if self.fenced
+                                   else RuntimeError(self.store.failed))
             return
         store = self.store
         try:
@@ -90,6 +108,7 @@ class Committer:
     def _done(self, work: Sealed | Checkpoint, fut: asyncio.Future[Any], started: float) -> None:
         self.writing = None
         exc = fut.exception()
+        late = exc is None and self.lease_ok is not None and not self.lease_ok()
         store = self.store
         if isinstance(work, Checkpoint):
             if exc is None:
@@ -102,6 +121,14 @@ class Committer:
             self.commits += 1
         else:
             store.sealed_failed(work, exc)
+        if late:
+            self.late_writes += 1
+            exc = FencedError("the lease ended before the write completed: not acknowledged")
+            store.detach(str(exc))
+        if isinstance(exc, FencedError) and not self.fenced:
+            self.fenced = str(exc)
+            if self.on_fenced is not None:
+                self.on_fenced(self.fenced)
         if exc is not None:
             self._fail_waiting(exc)
         else:
@@ -116,6 +143,13 @@ class Committer:
             out.extend(self.waiting.pop(0)[1])
         if out:
             self.deliver(out)
+
+    def fence_off(self, reason: str) -> None:
+        """This server no longer leads: write nothing more, every waiting reply fails."""
+        self.fenced = self.fenced or reason
+        if self.store is not None and not self.store.failed:
+            self.store.detach(reason)
+        self._fail_waiting(FencedError(reason))
 
     def _fail_waiting(self, exc: BaseException) -> None:
         """Nothing not yet durable will be: every waiting "done" becomes an error."""

@@ -18,6 +18,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -193,6 +194,9 @@ class Server:
         self.stopping = asyncio.Event()
         self.loop = asyncio.get_event_loop()
         self.committer = Committer(engine, self.worker, self.deliver)
+        #: HA: True while this node's leader lease runs. Requests are handed to the
+        #: engine, and replies sent, only while it does; None = not in HA mode.
+        self.lease_ok: Callable[[], bool] | None = None
         self._scheduled = False
         self._background_more = False
         self._ticker: asyncio.TimerHandle | None = None
@@ -215,6 +219,30 @@ class Server:
         for srv in self.listeners:
             await srv.wait_closed()
 
+    def switch(self, engine: Any, lease_ok: Any = None,
+               on_fenced: Any = None) -> None:
+        """Serve with another engine from now on (HA: a leader's, or a standby's).
+
+        Every connection is closed after what it has queued is sent (unless the
+        lease it was decided under has ended): its session
+        belonged to the other engine, and its client reconnects (to this node, or
+        to the leader it is told about).
+        """
+        if self.lease_ok is None or self.lease_ok():
+            self.collect()
+            for conn in list(self.conns.values()):
+                conn.flush()
+        # else a leader that lost its lease: what it queued is not sent (_lease_ended)
+        old, self.conns = self.conns, {}
+        self.dirty.clear()
+        for conn in old.values():
+            if conn.transport is not None:
+                conn.transport.close()
+        self.engine = engine
+        self.lease_ok = lease_ok
+        self.committer = Committer(engine, self.worker, self.deliver, lease_ok)
+        self.committer.on_fenced = on_fenced
+
     def close_all(self) -> None:
         for conn in list(self.conns.values()):
             if conn.transport is not None:
@@ -224,6 +252,9 @@ class Server:
     def pump(self, conn: Connection) -> None:
         """Feed a connection's ready requests to the engine."""
         session, engine, metrics = conn.session, self.engine, self.metrics
+        if self.lease_ok is not None and not self.lease_ok():
+            self._lease_ended()
+            return
         now = time.monotonic()
         while True:
             req = session.next_event()
@@ -249,6 +280,9 @@ class Server:
 
     def _end_of_iteration(self) -> None:
         self._scheduled = False
+        if self.lease_ok is not None and not self.lease_ok():
+            self._lease_ended()
+            return
         self.collect()
         dirty, self.dirty = self.dirty, set()
         for conn in dirty:
@@ -256,6 +290,20 @@ class Server:
         if self._background_more:
             self._background_more = False
             self.loop.call_soon(self._background)
+
+    def _lease_ended(self) -> None:
+        """HA: the lease ran out (this node stalled?): decide nothing, send nothing.
+
+        A reply decided while the lease ran but not yet sent is dropped with its
+        connection: a newer leader may have changed what it says. Clients reconnect
+        and are sent to the leader; the election demotes this node meanwhile.
+        """
+        self.dirty.clear()
+        for conn in list(self.conns.values()):
+            if conn.transport is not None and not conn.transport.is_closing():
+                log.warning("closing connection %d from %s: this node's leader lease has "
+                            "ended", conn.id, conn.peer)
+                conn.transport.abort()
 
     def collect(self) -> None:
         """Take the engine's outcome and act on it."""

@@ -99,3 +99,9 @@ class SealOrderError(StoreError):
     earlier sealed transaction is still in flight, or ``seal_checkpoint()``
     while a sealed transaction is not done.
     """
+
+
+class FencedError(StoreError, OSError):
+    """This server may no longer write the store: its HA lease ended or a newer leader
+    took the store over (its epoch is on disk). Nothing is written after it is raised;
+    an OSError so the paths that stop on an I/O failure stop on it too."""

@@ -238,13 +238,17 @@ def verify(block: bytes, kind: BlockKind, addr: int, store_id: int | None) -> in
 #      240    8 creation time (unix nanoseconds)
 #      248    8 last open time (unix nanoseconds)
 #      256    8 first block of the client grant table (0 = empty; grants.py)
+#      264    8 HA epoch: the election epoch of the leader that last took the store
+#               over (0 = never run in HA mode); journal transactions written
+#               under an older epoch are ignored at replay (docs/reliability.md)
 #
 # Stores made before the grant table have zeros at 256 (unused payload bytes are
-# always zero), which reads as an empty table.
+# always zero), which reads as an empty table; likewise zeros at 264 read as
+# "never taken over", so neither field needs a feature bit.
 
-SUPER = struct.Struct("<8sIIIIIII I16sQQQ QI I Q Q I I Q Q Q Q I I Q Q Q Q Q Q Q Q Q")
+SUPER = struct.Struct("<8sIIIIIII I16sQQQ QI I Q Q I I Q Q Q Q I I Q Q Q Q Q Q Q Q Q Q")
 SUPER_OFFSET = HEADER_SIZE
-assert SUPER.size == 232, SUPER.size
+assert SUPER.size == 240, SUPER.size
 #: Byte offset of the store UUID inside a superblock block (72 in the table above).
 SUPER_UUID_OFFSET = SUPER_OFFSET + struct.calcsize("<8sIIIIIII I")
 assert SUPER_UUID_OFFSET == 72
@@ -288,6 +292,7 @@ class SuperFields:
     created_ns: int
     opened_ns: int
     grants_root: int = 0
+    ha_epoch: int = 0
 
     @property
     def store_id(self) -> int:
@@ -299,7 +304,7 @@ _SUPER_ORDER = (
     "store_chunks origin_bytes origin_chunks snaptab_start snaptab_blocks cbitmap_blocks "
     "cbitmap_start mbitmap_start mbitmap_blocks journal_blocks journal_start data_start_chunk "
     "generation journal_seq journal_tail depth root free_chunks alloc_cursor meta_chunk "
-    "exceptions delete_cursor created_ns opened_ns grants_root"
+    "exceptions delete_cursor created_ns opened_ns grants_root ha_epoch"
 ).split()
 
 

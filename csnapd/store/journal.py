@@ -129,6 +129,7 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
     corrected: int = 0  # damaged blocks of replayed transactions, mended or not needed
     torn: int | None = None  # journal position of a torn transaction that was dropped
+    fenced: int | None = None  # journal position of a fenced leader's transaction, dropped
 
     @property
     def epochs(self) -> list[int]:
@@ -196,7 +197,7 @@ class Journal:
         self.tail_seq = self.seq = seq
         self.used = 0
         self.commits = 0
-        #: Written into every commit record; a later HA feature fences old leaders with it.
+        #: Written into every commit record: the store's HA epoch (replay drops older ones).
         self.epoch = 0
         self.version = version
         self.max_images = max_images(nblocks, block_size, version)
@@ -267,8 +268,13 @@ def max_images(nblocks: int, block_size: int, version: int = COMPACT) -> int:
 
 
 def scan(dev: Device, start: int, nblocks: int, block_size: int, store_id: int,
-         tail: int, seq: int, version: int = COMPACT) -> ScanResult:
-    """Find the committed transactions after the checkpoint, in order, mending single faults."""
+         tail: int, seq: int, version: int = COMPACT, min_epoch: int = 0) -> ScanResult:
+    """Find the committed transactions after the checkpoint, in order, mending single faults.
+
+    A transaction written under an epoch below ``min_epoch`` (the superblock's HA
+    epoch) ends the journal: it is a fenced old leader's late write, never
+    acknowledged, and neither it nor anything after it is replayed.
+    """
     reader = _Reader(dev, start, nblocks, block_size, store_id)
     found: list[Transaction] = []
     result = ScanResult(found, tail, seq, 0)
@@ -286,11 +292,19 @@ def scan(dev: Device, start: int, nblocks: int, block_size: int, store_id: int,
             got, torn = _read_redundant(reader, pos, expected, room, window, kind)
         if got is None:
             break
+        if got.epoch < min_epoch:
+            result.notes.append(
+                f"transaction {expected} at journal block {pos} was written under epoch "
+                f"{got.epoch}, older than the store's {min_epoch}: a fenced leader's late "
+                "write, never acknowledged; dropped")
+            result.fenced = pos
+            torn = False
+            break
         found.append(got)
         _note_damage(result, got, nblocks)
         pos, used, expected = (pos + got.span) % nblocks, used + got.span, expected + 1
     later = (_later_v1(reader, expected, pos) if version == SINGLE_CRC
-             else _later_redundant(reader, expected, pos, kind))
+             else _later_redundant(reader, expected, pos, kind, min_epoch))
     if later is not None:
         raise CorruptionError(
             start + pos, kind.name if version != SINGLE_CRC else "COMMIT",
@@ -401,7 +415,7 @@ def _redundant(m: txn.Mended, pos: int, start: int) -> Transaction:
 
 
 def _later_redundant(reader: _Reader, expected: int, stop: int,
-                     kind: fmt.BlockKind) -> tuple[int, int] | None:
+                     kind: fmt.BlockKind, min_epoch: int = 0) -> tuple[int, int] | None:
     """Invariant 6: (seq, position) of a transaction past the stopping point that verifies."""
     start, nb, sid = reader.start, reader.nblocks, reader.store_id
     for pos, raw in reader.sweep():
@@ -411,6 +425,8 @@ def _later_redundant(reader: _Reader, expected: int, stop: int,
         rec = txn.decode_record(raw, start + pos, sid, kind)
         if rec is None or rec.seq < expected or (rec.seq == expected and rec.first == stop):
             continue
+        if rec.epoch < min_epoch:
+            continue  # a fenced leader's late write: never acknowledged
         if txn.role(rec, pos, nb) is None or rec.span > nb:
             continue
         if txn.mend(rec, reader.run(rec.first, rec.span), start, nb, sid) is not None:

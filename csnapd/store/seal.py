@@ -23,6 +23,7 @@ data copied and flushed before the transaction that points at it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import format as fmt
@@ -85,11 +86,12 @@ class Sealed:
 
     def __init__(self, frozen: Frozen, ring: Ring, pos: int, seq: int,
                  images: list[tuple[int, bytes]], stream: bytes, dev: Device, origin: Device,
-                 chunk_size: int) -> None:
+                 chunk_size: int, fence: Callable[[], None] | None = None) -> None:
         self.frozen, self.ring, self.pos, self.seq = frozen, ring, pos, seq
         self.ticket = frozen.ticket
         self.images, self.stream = images, stream
         self.dev, self.origin, self.chunk_size = dev, origin, chunk_size
+        self.fence = fence  # raises FencedError when this server may no longer write
         self.void = False
         self.flushes = 0  # done by write(), counted by the owning thread afterwards
         self.bytes_copied = 0
@@ -105,8 +107,12 @@ class Sealed:
         if self.void:
             raise ReadOnlyError("this sealed transaction was voided by an earlier failure")
         if self.frozen.runs:
+            if self.fence is not None:
+                self.fence()
             self._copy_out()
             self._flush()
+        if self.fence is not None:
+            self.fence()
         self._write_journal()
         self._flush()
 
@@ -147,6 +153,7 @@ class Checkpoint:
     released: set[int]
     flushes: int = 0
     home_bytes: int = field(default=0)
+    fence: Callable[[], None] | None = None  # as Sealed.fence
 
     @property
     def head(self) -> int:
@@ -162,8 +169,12 @@ class Checkpoint:
 
     def write(self) -> None:
         """Home writes, flush, superblock slot, flush.  Raises OSError on I/O failure."""
+        if self.fence is not None:
+            self.fence()
         self._write_home()
         self._flush()
+        if self.fence is not None:
+            self.fence()
         sbk.write_slot(self.dev, self.fields)
         self._flush()
 

@@ -55,7 +55,7 @@ from collections import deque
 from . import format as fmt
 from . import journal as jnl
 from . import superblock as sbk
-from .errors import ReadOnlyError, SealOrderError
+from .errors import FencedError, ReadOnlyError, SealOrderError
 from .seal import Checkpoint, Frozen, Sealed
 from .usage import SpaceCounts
 
@@ -219,7 +219,7 @@ class Sealing:
                 frozen.fields, generation=self.sb.generation))))
         pos, seq = j.reserve(len(images), len(stream))
         sealed = Sealed(frozen, j.ring(), pos, seq, images, stream, self.dev, self.origin,
-                        self.chunk_size)
+                        self.chunk_size, self.fence)
         self._outstanding.append(sealed)
         return sealed
 
@@ -244,6 +244,9 @@ class Sealing:
 
     def sealed_failed(self, sealed: Sealed, exc: BaseException) -> None:
         """``sealed.write()`` raised: nothing in it (or sealed after it) is durable."""
+        if isinstance(exc, FencedError):  # another server leads: write nothing more
+            self.detach(str(exc))
+            return
         self._fail(f"I/O error during commit: {exc}")
 
     # ------------------------------------------------------------------
@@ -262,7 +265,7 @@ class Sealing:
         f.generation = self.sb.generation + 1
         f.journal_tail, f.journal_seq = self.journal.head, self.journal.seq
         ck = Checkpoint(self.dev, self.block_size, images, f, self.journal.used,
-                        self.alloc.capture_release())
+                        self.alloc.capture_release(), fence=self.fence)
         self._checkpoint_out = ck
         return ck
 
@@ -288,6 +291,9 @@ class Sealing:
         for addr, image in ck.images.items():  # still the newest committed images
             self.cache.pending_home.setdefault(addr, image)
         self.cache.homed()
+        if isinstance(exc, FencedError):
+            self.detach(str(exc))
+            return
         self._fail(f"I/O error during checkpoint: {exc}")
 
     # ------------------------------------------------------------------
@@ -343,6 +349,8 @@ class Sealing:
     def _write_flag(self, flag: int) -> None:
         """Record ``flag`` in a superblock slot, best effort (synchronous, rare)."""
         try:
+            if self.fence is not None:
+                self.fence()  # FencedError is an OSError: a fenced server writes nothing
             f = dataclasses.replace(self.committed_super)
             f.flags |= flag
             f.generation = self.sb.generation + 1

@@ -43,6 +43,7 @@ from .copier import Copier
 from .device import Device
 from .errors import (
     CorruptionError,
+    FencedError,
     FormatError,
     GeometryError,
     LimitError,
@@ -84,8 +85,13 @@ class Recovery:
     journal_notes: list[str] = dataclasses.field(default_factory=list)
     journal_corrected: int = 0  # damaged journal blocks of replayed transactions
     journal_dropped: int = 0  # torn transactions dropped at the end of the journal
+    journal_fenced: int = 0  # a fenced old leader's late transaction dropped (HA)
     epochs: list[int] = dataclasses.field(default_factory=list)
     upgraded: bool = False  # this open switched the journal to the compact format
+
+
+#: How far a takeover moves the journal's sequence numbers ahead (Store.take_over).
+TAKEOVER_SEQ_JUMP = 1 << 32
 
 
 class Store(Sealing):
@@ -119,6 +125,9 @@ class Store(Sealing):
         self.snaps: Snapshots  # set by _load_tables
         self.grants: Grants  # set by _load_tables
         self.failed: str = ""
+        #: Called on the writing thread right before every write to the store (HA:
+        #: raises FencedError once this server may no longer write); None = always may.
+        self.fence: Callable[[], None] | None = None
         self.stats = {"commits": 0, "checkpoints": 0, "copyouts": 0, "bytes_copied": 0,
                       "flushes": 0, "ops_committed": 0, "journal_corrected": 0,
                       "journal_bytes": 0, "home_bytes": 0}
@@ -164,7 +173,8 @@ class Store(Sealing):
         f = self.sb
         self.recovery.unclean = bool(f.flags & fmt.FLAG_BUSY)
         scan = jnl.scan(self.dev, f.journal_start, f.journal_blocks, f.block_size,
-                        f.store_id, f.journal_tail, f.journal_seq, self.journal.version)
+                        f.store_id, f.journal_tail, f.journal_seq, self.journal.version,
+                        min_epoch=f.ha_epoch)
         replay = Replay(f.block_size, f.store_id, self.cache.decoders, f.journal_start)
         for txn in scan.transactions:
             replay.transaction(txn)
@@ -187,8 +197,10 @@ class Store(Sealing):
         r.journal_dropped = int(scan.torn is not None)
         r.epochs = scan.epochs
         self.stats["journal_corrected"] = scan.corrected
+        r.journal_fenced = int(scan.fenced is not None)
         self.journal.head, self.journal.seq, self.journal.used = (
             scan.head, scan.next_seq, scan.blocks_used)
+        self.journal.epoch = self.sb.ha_epoch
         self.committed_super = self.sbs.snapshot()
         self._last_super = self._super_now()
 
@@ -200,6 +212,7 @@ class Store(Sealing):
         # written when the store was marked corrupt): never lose or lower them
         f.flags |= self.sb.flags & (fmt.FLAG_CORRUPT | fmt.FLAG_NEEDS_CHECK)
         f.generation = max(f.generation, self.sb.generation)
+        f.ha_epoch = max(f.ha_epoch, self.sb.ha_epoch)
         self.sbs.f = f
 
     def _load_tables(self) -> None:
@@ -238,6 +251,64 @@ class Store(Sealing):
         self._checkpoint()
         self.journal.use_format(jnl.COMPACT)
         self.recovery.upgraded = True
+
+    def take_over(self, epoch: int) -> None:
+        """Lead the store under HA epoch ``epoch``: durable before anything is served.
+
+        Called right after open, before anything is served; it empties the journal. The
+        epoch goes into both superblock slots, so a fenced old leader that re-reads the
+        superblock sees it and replay ignores whatever it still writes. The empty
+        journal also moves half a ring away with its sequence numbers far ahead, so a
+        late write of the old leader, aimed where its journal ended, can neither land
+        on this leader's first transactions nor pass for one of them; and the data
+        allocation cursor moves half the data area away. These two only narrow the
+        window of a leader stalled between its fence check and its write (see
+        docs/reliability.md); the fence itself is what stops it.
+        """
+        if epoch <= self.sb.ha_epoch:
+            raise FencedError(f"election epoch {epoch} is not newer than the store's HA "
+                              f"epoch {self.sb.ha_epoch}: a newer leader has taken it over")
+        if self.in_flight:
+            raise SealOrderError("take_over() while sealed work is in flight")
+        self.commit()
+        if self.journal.used:
+            self._checkpoint()
+        j, f = self.journal, self.sb
+        j.head = j.tail = (j.head + j.nblocks // 2) % j.nblocks
+        j.seq = j.tail_seq = j.seq + TAKEOVER_SEQ_JUMP
+        # Copy-outs start half the data area away from where the old leader allocated,
+        # so its late copy-outs (into chunks it allocated but never committed) do not
+        # land in chunks this leader hands out soon.
+        first, span = f.data_start_chunk, f.store_chunks - f.data_start_chunk
+        if span > 0:
+            f.alloc_cursor = first + (max(f.alloc_cursor, first) - first + span // 2) % span
+        f.ha_epoch = j.epoch = epoch
+        self.sbs.touch()
+        self.committed_super = self.sbs.snapshot()
+        self._checkpoint()
+        self._checkpoint()
+
+    def disk_epoch(self) -> int:
+        """The HA epoch on disk now (the larger of the valid superblock slots).
+
+        Read before every write of an HA leader: a larger value than its own means a
+        newer leader took the store over while this one was not looking (stalled).
+        """
+        bs = self.block_size
+        head = self.dev.pread(0, 2 * bs)
+        epochs = [0]
+        for slot in (0, 1):
+            try:
+                epochs.append(fmt.decode_super(head[slot * bs:(slot + 1) * bs], slot).ha_epoch)
+            except CorruptionError:
+                pass  # a torn slot: the other one decides
+        return max(epochs)
+
+    def abandon(self, why: str = "no longer the leader of this store") -> None:
+        """Close the devices without writing anything (this node no longer leads)."""
+        self.detach(why)
+        self.dev.close()
+        self.origin.close()
 
     def close(self) -> None:
         """Commit, checkpoint and mark the store clean (nothing may be in flight)."""
