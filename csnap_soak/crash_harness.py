@@ -153,7 +153,7 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
     origin = [_new_chunk(rng, cs) for _ in range(nchunks)]
     origin_dev.pwrite(0, b"".join(origin))
     rec = RecordingDevice(inner)
-    store = Store.open(rec, origin_dev)
+    store = _open(rec, origin_dev, meta)
     snaps: dict[str, list[bytes]] = {}
     info: dict[str, tuple[int, int]] = {}  # name -> (priority, holds)
     models = [Model(tuple(origin), {})]
@@ -261,13 +261,24 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
             commit_and_ack(op)
         elif kind == "reopen":
             store.close()
-            store = Store.open(rec, origin_dev)
+            store = _open(rec, origin_dev, meta)
             rec.mark(("ack", k))
         ops.append(op)
         models.append(Model(tuple(origin), {n: tuple(v) for n, v in snaps.items()},
                             dict(info)))
     store.close()
     return Run(seed, geo, base, list(rec.log), ops, models)
+
+
+def _open(dev: Device, origin: Device, meta: bool) -> Store:
+    """Open the workload's store; ``meta`` workloads also count its space at once, as a
+    server does in the background, so that clean closes write the counts to the table
+    (format 8.1) and recovered states check them."""
+    store = Store.open(dev, origin)
+    if meta:
+        while store.count_step(64):
+            pass
+    return store
 
 
 def _write_ranges(rng: random.Random, nchunks: int, max_write: int) -> list[tuple[int, int]]:

@@ -8,6 +8,10 @@ A snapshot's use count is the number of holds on it (ddsnap's use count): a
 held snapshot is refused to delete and never squashed.  Holds, renames and
 priority changes are entry changes like any other: the table block goes into
 the next transaction, so each is all or nothing across a crash.
+
+A clean close also writes each entry's space counts (usage.py), valid while the
+superblock's AUTOCLEAR_SPACE_COUNTS bit says so: the next open takes them as they
+are instead of counting the tree again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .errors import (
     TooManySnapshots,
 )
 from .superblock import SuperState
+from .usage import SpaceCounts
 
 MAX_TAG = 2**32 - 1
 
@@ -168,6 +173,27 @@ class Snapshots:
             raise SnapshotHeld(f"cannot {doing} snapshot {entry.name!r}: it is held "
                                f"({n} hold{'s' if n != 1 else ''}; 'csnapctl release "
                                f"{entry.name}' takes one away)")
+
+    def save_counts(self, counts: SpaceCounts) -> None:
+        """Write complete space counts into every non-free entry (at a clean close)."""
+        for e in self.entries:
+            if e.state == fmt.SNAP_FREE:
+                continue
+            u = counts.of(e.slot)
+            if (e.exclusive, e.shared) != (u["unique"], u["shared"]):
+                e.exclusive, e.shared = u["unique"], u["shared"]
+                self._save(e)
+
+    def load_counts(self, counts: SpaceCounts) -> None:
+        """Take the counts a clean close wrote as complete (no scan needed)."""
+        for e in self.entries:
+            if e.state == fmt.SNAP_FREE:
+                continue
+            if e.exclusive:
+                counts.unique[e.slot] = e.exclusive
+            if e.shared:
+                counts.shared[e.slot] = e.shared
+        counts.complete = True
 
     def make_live(self, entry: fmt.SnapEntry) -> None:
         """A snapshot in CREATING has all its copy-outs: it exists from now on."""

@@ -218,6 +218,8 @@ class Store(Sealing):
     def _load_tables(self) -> None:
         self.snaps = Snapshots(self.cache, self.sbs)
         self.grants = Grants(self.cache, self.alloc, self.sbs)
+        if self.sb.autoclear & fmt.AUTOCLEAR_SPACE_COUNTS and not self.recovery.unclean:
+            self.snaps.load_counts(self.exmap.counts)
         if not self.readonly:
             for e in self.snaps.abandon_creating():
                 self.recovery.info.append(
@@ -227,7 +229,8 @@ class Store(Sealing):
         f = self.sb
         f.flags |= fmt.FLAG_BUSY
         f.incompat |= fmt.INCOMPAT_GRANTS | fmt.INCOMPAT_HOLDS
-        f.autoclear &= fmt.AUTOCLEAR_KNOWN
+        # the table's space counts go stale with the first change from now on
+        f.autoclear &= fmt.AUTOCLEAR_KNOWN & ~fmt.AUTOCLEAR_SPACE_COUNTS
         f.opened_ns = time.time_ns()
         self.sbs.touch()
         self.committed_super = self.sbs.snapshot()
@@ -311,13 +314,22 @@ class Store(Sealing):
         self.origin.close()
 
     def close(self) -> None:
-        """Commit, checkpoint and mark the store clean (nothing may be in flight)."""
+        """Commit, checkpoint and mark the store clean (nothing may be in flight).
+
+        Complete space counts are written into the snapshot table first, so the next
+        open need not count the tree (AUTOCLEAR_SPACE_COUNTS).
+        """
         if not self.readonly and not self.failed:
             if self.in_flight:
                 raise SealOrderError("close() while a sealed transaction or checkpoint is "
                                      "in flight")
+            counted = self.exmap.counts.complete
+            if counted:
+                self.snaps.save_counts(self.exmap.counts)
             self.commit()
             self.sb.flags &= ~fmt.FLAG_BUSY
+            if counted:
+                self.sb.autoclear |= fmt.AUTOCLEAR_SPACE_COUNTS
             self.sbs.touch()
             self.committed_super = self.sbs.snapshot()
             self._checkpoint()

@@ -11,7 +11,9 @@ to ``note`` with the sharemap an exception had and has, and applied at once
 when its chunk lies below the scan cursor (already counted).  A change above
 the cursor is left to the scan, which will count the chunk as it is then.
 Both run on the store's thread, so the counts are exact once ``complete``,
-and stay exact without any further walk.
+and stay exact without any further walk.  A clean close writes complete counts
+into the snapshot table (snapshots.py ``save_counts``, format 8.6), and an open
+of a cleanly closed store takes them from there instead of scanning.
 
 Must not import the store facade or anything asyncio.
 """

@@ -93,6 +93,28 @@ def test_mutant_holds_kept_only_in_memory_are_caught(monkeypatch):
     assert "hold(s); the model says" in tally.examples[0]
 
 
+def test_mutant_space_counts_written_wrong_at_close_are_caught(monkeypatch):
+    """A clean close writes the space counts into the snapshot table (format 8.1); a
+    close that wrote them wrong is caught in the crash states that open the store
+    clean and take them as they are."""
+    from csnapd.store.snapshots import Snapshots
+
+    real = Snapshots.save_counts
+
+    def save_counts(self, counts):
+        real(self, counts)
+        for e in self.entries:
+            if e.state:
+                e.exclusive += 1
+                self._save(e)
+
+    monkeypatch.setattr(Snapshots, "save_counts", save_counts)
+    tally = run_seed(LIFECYCLE_SEEDS[0], 40, double_rate=0.0, continue_rate=0.0,
+                     stop_on_failure=True, meta=True)
+    assert tally.failures > 0
+    assert "space counts of snapshot slot" in tally.examples[0]
+
+
 # ---------------------------------------------------------------------------
 # the recording layer and the enumeration themselves
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 
+from csnapd.store import format as fmt
 from csnapd.store.check import check_store, repair
+from csnapd.store.superblock import load
 from csnapd.store.walk import snapshot_usage
 
 from .conftest import make_store, open_store
@@ -74,7 +76,7 @@ def test_counting_after_an_open_goes_on_while_the_map_changes():
                     pass
                 s.commit()
         assert s.space_usage() == (_walked(s), 1.0)
-        s.close()
+        s.commit()  # and stop without a clean close: the next open counts again
     assert slices > 20
 
 
@@ -94,3 +96,45 @@ def test_check_finds_counts_that_drifted_and_repair_recounts():
     assert "counted the per-snapshot space again" in repair(s, report)
     assert check_store(s).clean and s.space_usage() == ({a.slot: {"unique": 10, "shared": 0}},
                                                        1.0)
+
+
+def test_a_clean_close_keeps_the_counts_for_the_next_open():
+    dev, origin = make_store(origin_chunks=256, store_bytes=8 << 20)
+    s = open_store(dev, origin)
+    s.count_step(1)
+    rng, names, serial = random.Random(11), [], [0]
+    for _ in range(120):
+        _random_op(s, rng, names, serial)
+    want = _walked(s)
+    s.close()
+    assert load(dev)[0].autoclear & fmt.AUTOCLEAR_SPACE_COUNTS
+    ro = open_store(dev, origin, readonly=True)
+    assert ro.space_usage() == (want, 1.0)  # taken from the table, no scan
+    assert check_store(ro).clean  # ... and the checker compares them with its walk
+    s = open_store(dev, origin)
+    assert s.space_usage() == (want, 1.0)
+    # from this open on, the table's counts are stale: the bit is gone from the disk
+    assert not load(dev)[0].autoclear & fmt.AUTOCLEAR_SPACE_COUNTS
+    _random_op(s, rng, names, serial)
+    s.commit()  # a crash now: the next open counts the tree again
+    s = open_store(dev, origin)
+    assert s.space_usage()[1] == 0.0
+    while s.count_step(8):
+        pass
+    assert s.space_usage() == (_walked(s), 1.0)
+    s.close()
+
+
+def test_check_finds_table_counts_that_do_not_match_the_tree():
+    dev, origin = make_store()
+    s = open_store(dev, origin)
+    s.count_step(1)
+    a = s.create_snapshot("a")
+    s.origin_write([(0, 10)])
+    s.commit()
+    s.close()
+    s = open_store(dev, origin, readonly=True)
+    s.snaps.entries[a.slot].exclusive = 0  # as if the close had written the wrong number
+    s.exmap.counts = type(s.exmap.counts)()
+    s.snaps.load_counts(s.exmap.counts)
+    assert any("10 and 0 in the tree" in p.message for p in check_store(s).problems)
