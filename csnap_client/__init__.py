@@ -22,7 +22,7 @@ from typing import Any
 _EXPORTS = {
     "RunSet": "cache", "StoreMap": "cache",
     "AuthenticationError": "client", "Client": "client", "ClientClosedError": "client", "ConnectionLostError": "client",
-    "ReconnectFailedError": "client", "SessionInfo": "client", "StoreChangedError": "client",
+    "NoLeaderError": "client", "ReconnectFailedError": "client", "SessionInfo": "client", "StoreChangedError": "client",
     "ControlClient": "control", "open_control": "control",
     "DeviceCheck": "devices", "WrongDeviceError": "protocol",
     "ProtocolError": "protocol", "RemoteError": "protocol", "SnapshotDeletedError": "protocol",

@@ -3,7 +3,8 @@
 Owns: the socket (an :class:`asyncio.Protocol` with one streaming :class:`Framer` that
 accepts server frames up to ``MAX_SERVER_FRAME``), request ids, the table of requests in
 flight, reply matching, ERROR -> exception mapping, the IDENTIFY handshake, reconnection
-with exponential backoff, heartbeat and the client-side lease.
+with exponential backoff, failover between the addresses of a server list, heartbeat and
+the client-side lease.
 
 It does *not* know about bytes, devices or caches: :mod:`csnap_client.volume` builds on it
 and plugs in hooks: ``advice_sync`` (called synchronously the moment an ADVICE is decoded,
@@ -22,6 +23,14 @@ Invariants:
     DETACH are bound to one connection and fail with :class:`ConnectionLostError` instead;
   * read locks do not survive a lost connection (the server drops them): a FINISH resent
     after a reconnect is answered UNKNOWN_LOCK, and the volume reads those chunks again;
+  * failover (several csnapd nodes, one elected leader): connecting tries the addresses in
+    turn, the last leader first, follows a NOT_LEADER reply's ``leader`` hint at once and
+    backs off only after a whole round failed. A NOT_LEADER reply on an established
+    session (the leader was demoted) is never the caller's error: the connection is
+    dropped and handled like any lost connection (same resend rules, same cache reset,
+    a new epoch is a restart). Such bounces are not "quick losses" (a NOT_LEADER is the
+    server saying why, not a request it hangs up on); instead the reconnect deadline runs
+    from the first bounce until some request is answered again;
   * every IDENTIFY says ``clean``: a new client holds nothing, and a reconnecting one has
     voided its caches (``on_reset``) and waited for its transfers (``before_identify``);
   * the lease is counted from when a request was **sent**, never from when its reply was
@@ -44,10 +53,11 @@ import logging
 import os
 import ssl as ssl_module
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .addresses import Address, format_address, parse_address, unique_addresses
 from .protocol import (
     MAX_CHUNKS_PER_REQUEST,
     MAX_INFLIGHT,
@@ -56,6 +66,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     BusyError,
     Message,
+    NotLeaderError,
     RemoteError,
     RemoteProtocolError,
     ShuttingDownError,
@@ -98,6 +109,29 @@ class AuthenticationError(ConnectionError):
 
 class StoreChangedError(ConnectionError):
     """After a reconnect the server reports a different store: cached knowledge is void."""
+
+
+class NoLeaderError(ConnectionError):
+    """No address of the server list gave a session: each one refused, timed out or
+    answered NOT_LEADER. ``errors`` pairs each address tried with what it did, in order."""
+
+    def __init__(self, errors: list[tuple[Address, BaseException]]) -> None:
+        self.errors = errors
+        super().__init__("no csnapd leader found: " + "; ".join(
+            f"{format_address(a)}: {describe_error(e)}" for a, e in errors))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short text for why one address failed (a NOT_LEADER's own text, an OSError's)."""
+    if isinstance(exc, NotLeaderError):
+        return f"not the leader ({exc.message})"
+    if isinstance(exc, RemoteError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "no answer (timed out)"
+    if isinstance(exc, ConnectionRefusedError) or "Connect call failed" in str(exc):
+        return "connection refused"
+    return str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,9 +256,15 @@ class Client:
     Create with the address and volume, then ``await client.connect()``. ``request`` sends a
     message built by a protocol builder and returns the success reply (or raises the
     ``RemoteError`` subclass of an ERROR reply).
+
+    ``servers`` lists further addresses (``"host:port"``, ``"[v6]:port"`` or tuples) of
+    csnapd nodes serving the same store, for failover: ``host:port`` comes first, then
+    these, duplicates dropped; NOT_LEADER hints add addresses not yet known. ``address``
+    is the node of the current session (while reconnecting: the last leader).
     """
 
     def __init__(self, host: str, port: int, volume: str | int = "origin", *,
+                 servers: Iterable[str | Address] | None = None,
                  client_id: int | None = None, timeout: float = 10.0,
                  reconnect: bool = True, reconnect_delay: float = 0.05,
                  reconnect_max_delay: float = 2.0, reconnect_timeout: float | None = 60.0,
@@ -232,6 +272,13 @@ class Client:
                  ssl: ssl_module.SSLContext | bool | None = None,
                  read_only: bool = False) -> None:
         self.host, self.port, self.volume = host, port, volume
+        #: every address known, in the order given; a round of connection attempts
+        #: starts at the current one and goes on in this order
+        self.servers: list[Address] = unique_addresses([(host, port), *(servers or ())])
+        self._hint: Address | None = None  # the leader a NOT_LEADER reply named, to try first
+        self.failovers = 0  # sessions opened on another address than the previous one
+        self._bounces = 0  # NOT_LEADER losses in a row, with no request answered since
+        self._outage_since: float | None = None  # first of those bounces (the deadline)
         self.read_only = read_only
         self.secret = secret
         self.ssl = ssl
@@ -275,6 +322,12 @@ class Client:
     # ------------------------------------------------------------------ public API
 
     @property
+    def address(self) -> str:
+        """``"host:port"`` of the node of the current session (while reconnecting: of the
+        last one that served it)."""
+        return format_address((self.host, self.port))
+
+    @property
     def connected(self) -> bool:
         """True while identified on a live connection."""
         return self._identified and self._wire is not None
@@ -306,8 +359,13 @@ class Client:
         self._notify()
 
     async def connect(self) -> SessionInfo:
-        """Open the connection and IDENTIFY; raises OSError or the IDENTIFY's RemoteError."""
-        await self._open_session(first=True)
+        """Open the connection and IDENTIFY; raises OSError or the IDENTIFY's RemoteError.
+
+        With several addresses each is tried once (following NOT_LEADER hints); if none
+        gives a session, :class:`NoLeaderError` says what each one did. With one address
+        its own error is raised, as it always was.
+        """
+        await self._connect_round(first=True)
         interval = self.heartbeat if self.heartbeat is not None else self.lease_s / 3
         self._heartbeat_task = self._spawn(self._heartbeat_loop(max(interval, 0.01)))
         assert self.info is not None
@@ -336,7 +394,7 @@ class Client:
                 self._send(msg)
             elif not resend:
                 self._pending.pop(rid)
-                raise ConnectionLostError(f"not connected to {self.host}:{self.port}")
+                raise ConnectionLostError(f"not connected to {self.address}")
             try:
                 return await fut
             finally:
@@ -468,11 +526,19 @@ class Client:
                 wire.transport.abort()
             return
         p = self._pending.get(ev.id)
+        if isinstance(ev, Failed) and isinstance(ev.error, NotLeaderError) \
+                and self._identified and (p is None or p.counted):
+            # demoted under us: not this request's fault; it is resent (or fails as
+            # unresendable) like any request on a lost connection
+            self._bounce(wire, ev.error)
+            return
         if p is None:
             if isinstance(ev, Reply):
                 self._on_orphan(ev.msg)
             return
         self._answered(p.sent_at)
+        if self._bounces and p.counted:
+            self._bounces, self._outage_since = 0, None  # a leader answers again
         if p.fut.done():
             return
         if isinstance(ev, Failed):
@@ -508,9 +574,38 @@ class Client:
             self._spawn(aw)
         elif msg["op"] == "ERROR":
             exc = error_from_reply(msg)
+            if isinstance(exc, NotLeaderError) and self._wire is not None and self._identified:
+                self._bounce(self._wire, exc)  # "I stopped leading", before it hangs up
+                return
             log.warning("server notice: %s", exc)
         else:
             log.warning("unexpected unsolicited %s ignored", msg["op"])
+
+    def _bounce(self, wire: _Wire, exc: NotLeaderError) -> None:
+        """The node of this session says it does not lead (any more): note the leader it
+        names, drop the connection at once and reconnect (there first)."""
+        hint = self._learn_hint(exc)
+        log.warning("csnapd at %s no longer leads (%s); reconnecting%s", self.address,
+                    exc.message, f", to {format_address(hint)} first" if hint else "")
+        if wire.transport is not None:
+            wire.transport.abort()
+        self._on_lost(wire, exc)  # now: nothing more is read from this connection
+
+    def _learn_hint(self, exc: NotLeaderError) -> Address | None:
+        """The leader a NOT_LEADER names (added to the known addresses), or None."""
+        if not exc.leader:
+            return None
+        try:
+            hint = parse_address(exc.leader, "leader")
+        except ValueError:
+            log.warning("ignoring the leader address %r in a NOT_LEADER reply", exc.leader)
+            return None
+        if hint not in self.servers:
+            log.info("learned csnapd address %s from a NOT_LEADER reply",
+                     format_address(hint))
+            self.servers.append(hint)
+        self._hint = hint
+        return hint
 
     def _on_lost(self, wire: _Wire, exc: Exception | None) -> None:
         """The TCP connection ended: fail unresendable requests, then reconnect."""
@@ -519,27 +614,33 @@ class Client:
         self._wire = None
         was_identified = self._identified
         self._identified = False
-        if was_identified and time.monotonic() - self._identified_at < QUICK_LOSS_S:
+        bounced = isinstance(exc, NotLeaderError)
+        if bounced:  # not a quick loss: the deadline below bounds a run of these
+            self._bounces += 1
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+        elif was_identified and time.monotonic() - self._identified_at < QUICK_LOSS_S:
             self._quick_losses += 1
         elif was_identified:
             self._quick_losses = 0
-        self._fail_pending(ConnectionLostError(f"connection to {self.host}:{self.port} lost"))
+        self._fail_pending(ConnectionLostError(f"connection to {self.address} lost"))
         if self._quick_losses >= QUICK_LOSS_LIMIT:
             # the same resent request may be what the server keeps hanging up on: fail it
             # rather than resend it forever
             self._fail_pending(ConnectionLostError(
-                f"connection to {self.host}:{self.port} lost {self._quick_losses} times in a "
+                f"connection to {self.address} lost {self._quick_losses} times in a "
                 f"row right after reconnecting; not resending"), everything=True)
         self._reset("disconnected")
         if self._closed:
             return
         if was_identified and self.reconnect:
-            log.warning("connection to %s:%s lost (%s); reconnecting", self.host, self.port,
-                        exc or "closed by server")
+            if not bounced:
+                log.warning("connection to %s lost (%s); reconnecting", self.address,
+                            exc or "closed by server")
             if self._reconnect_task is None or self._reconnect_task.done():
                 self._reconnect_task = self._spawn(self._reconnect_loop())
         elif was_identified:
-            self._fatal(ConnectionLostError(f"connection to {self.host}:{self.port} lost"))
+            self._fatal(ConnectionLostError(f"connection to {self.address} lost"))
         self._notify()
 
     # ------------------------------------------------------------------ internals: state
@@ -573,14 +674,74 @@ class Client:
 
     # ------------------------------------------------------------------ handshake, reconnect
 
-    async def _open_session(self, first: bool) -> None:
-        """Connect, IDENTIFY (clean), resend pending requests."""
+    def _round_order(self) -> list[Address]:
+        """Where a round of attempts goes: the hinted leader, the current (last) leader,
+        then the other known addresses in list order from there."""
+        cur = (self.host, self.port)
+        i = self.servers.index(cur) if cur in self.servers else 0
+        order = self.servers[i:] + self.servers[:i]
+        if self._hint is not None:
+            order = [self._hint] + [a for a in order if a != self._hint]
+        return order
+
+    async def _connect_round(self, first: bool) -> None:
+        """Try each known address once, following NOT_LEADER hints at once.
+
+        An address that refuses, times out, is busy, shutting down or not the leader is
+        passed over; any other error (the volume refused, another store, a protocol
+        error) is raised at once. If no address gave a session, raises that address's
+        own error when only one was tried, else :class:`NoLeaderError`.
+        """
+        queue = self._round_order()
+        tried: list[Address] = []
+        errors: list[tuple[Address, BaseException]] = []
+        while queue:
+            addr = queue.pop(0)
+            if addr in tried:
+                continue
+            tried.append(addr)
+            try:
+                await self._open_session(first, addr)
+            except NotLeaderError as exc:
+                errors.append((addr, exc))
+                hint = self._learn_hint(exc)
+                log.info("csnapd at %s is not the leader (%s)", format_address(addr),
+                         exc.message)
+                if hint is not None and hint not in tried:
+                    queue.insert(0, hint)
+                continue
+            except StoreChangedError:
+                raise
+            except (OSError, TimeoutError, ShuttingDownError, BusyError) as exc:
+                errors.append((addr, exc))
+                if len(self.servers) > 1:
+                    log.info("csnapd at %s: %s", format_address(addr), describe_error(exc))
+                continue
+            old = (self.host, self.port)
+            self.host, self.port = addr
+            self._hint = None
+            if addr != old:
+                self.failovers += 1
+                if first:
+                    log.info("connected to the csnapd leader at %s (%s was not it)",
+                             self.address, format_address(old))
+                else:
+                    log.warning("failover: session moved from csnapd at %s to %s",
+                                format_address(old), self.address)
+            return
+        if len(errors) == 1:
+            raise errors[0][1]
+        raise NoLeaderError(errors)
+
+    async def _open_session(self, first: bool, address: Address) -> None:
+        """Connect to ``address``, IDENTIFY (clean), resend pending requests."""
         if not first and self.before_identify is not None:
             await self.before_identify()
         loop = asyncio.get_running_loop()
         self._challenge = loop.create_future() if self.secret is not None else None
+        host, port = address
         _, wire = await asyncio.wait_for(
-            loop.create_connection(lambda: _Wire(self), self.host, self.port, ssl=self.ssl),
+            loop.create_connection(lambda: _Wire(self), host, port, ssl=self.ssl),
             self.timeout)
         self._wire = wire
         try:
@@ -592,13 +753,15 @@ class Client:
             if check is not None and not auth.verify(check, reply.get("auth")):
                 raise AuthenticationError("the server could not prove it knows the secret")
             info = SessionInfo.from_reply(reply)
-            old, self.info = self.info, info
+            old = self.info
             if old is not None and old.store_uuid != info.store_uuid:
+                # self.info keeps the old store: a later attempt must not pass this check
                 raise StoreChangedError(f"store changed from {old.store_uuid} to "
                                         f"{info.store_uuid}")
+            self.info = info
             if old is not None and old.server_epoch != info.server_epoch:
-                log.info("server restarted (epoch %s -> %s)", old.server_epoch,
-                         info.server_epoch)
+                log.info("server restarted or failed over (epoch %s -> %s)",
+                         old.server_epoch, info.server_epoch)
                 self._reset("server restarted")
             if self.device_check is not None:
                 await self.device_check(reply, lambda build, *args: asyncio.wait_for(
@@ -637,31 +800,60 @@ class Client:
                 auth.server_proof(self.secret, nonce, cnonce, self.client_id))
 
     async def _reconnect_loop(self) -> None:
-        """Retry the handshake with exponential backoff until it works or time runs out."""
+        """Retry rounds of attempts (every address once) with exponential backoff between
+        rounds, until one works or ``reconnect_timeout`` has passed.
+
+        The time counts from now, or, during a run of NOT_LEADER bounces, from the first
+        of them: sessions that are opened and at once refused again do not reset it.
+        """
         delay = self.reconnect_delay
-        start = time.monotonic()
+        start = self._outage_since if self._outage_since is not None else time.monotonic()
         if self._quick_losses:  # reconnecting worked, the connection did not: back off
             await asyncio.sleep(min(self.reconnect_delay * 2 ** self._quick_losses,
                                     self.reconnect_max_delay))
+        elif self._bounces > 1:  # the last failover did not hold: back off (not the first)
+            await asyncio.sleep(min(self.reconnect_delay * 2 ** (self._bounces - 1),
+                                    self.reconnect_max_delay))
+        last: BaseException | None = None
         while not self._closed and self._failed is None:
-            try:
-                await self._open_session(first=False)
-                self.reconnects += 1
-                log.info("reconnected to %s:%s", self.host, self.port)
+            if self._bounces and self._past(start):
+                self._fatal(self._deadline_error(last))
                 return
-            except (OSError, TimeoutError, ConnectionLostError, ShuttingDownError,
-                    BusyError) as exc:
-                log.debug("reconnect attempt failed: %s", exc)
-            except (RemoteError, StoreChangedError, RemoteProtocolError) as exc:
+            try:
+                await self._connect_round(first=False)
+                self.reconnects += 1
+                log.info("reconnected to %s", self.address)
+                return
+            except StoreChangedError as exc:  # an OSError too: caught before the others
                 self._fatal(exc)
                 return
-            if (self.reconnect_timeout is not None
-                    and time.monotonic() - start > self.reconnect_timeout):
-                self._fatal(ReconnectFailedError(
-                    f"{self.host}:{self.port} unreachable for {self.reconnect_timeout} s"))
+            except (OSError, TimeoutError, ConnectionLostError, ShuttingDownError,
+                    BusyError, NotLeaderError) as exc:
+                last = exc
+                log.debug("reconnect round failed: %s", exc)
+            except (RemoteError, RemoteProtocolError) as exc:
+                self._fatal(exc)
+                return
+            if self._past(start):
+                self._fatal(self._deadline_error(last))
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.reconnect_max_delay)
+
+    def _past(self, start: float) -> bool:
+        """True once ``reconnect_timeout`` has passed since ``start``."""
+        return (self.reconnect_timeout is not None
+                and time.monotonic() - start > self.reconnect_timeout)
+
+    def _deadline_error(self, last: BaseException | None) -> ReconnectFailedError:
+        """The error that ends a session whose server stayed out of reach too long."""
+        why = f" (last: {describe_error(last)})" if last is not None else ""
+        if len(self.servers) == 1:
+            return ReconnectFailedError(
+                f"{self.address} unreachable for {self.reconnect_timeout} s{why}")
+        return ReconnectFailedError(
+            f"no csnapd leader reachable for {self.reconnect_timeout} s at "
+            f"{', '.join(format_address(a) for a in self.servers)}{why}")
 
     # ------------------------------------------------------------------ heartbeat, lease
 

@@ -45,10 +45,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
+from .addresses import Address
 from .cache import DEFAULT_MAX_RUNS, RunSet, StoreMap
 from .client import Client, SessionInfo, Slots
 from .devices import DeviceCheck
@@ -249,7 +251,7 @@ class Volume:
 
     def __repr__(self) -> str:
         return (f"<Volume {self.name!r} size={self.size} chunk_size={self.chunk_size} "
-                f"server={self.client.host}:{self.client.port}>")
+                f"server={self.client.address}>")
 
     # ------------------------------------------------------------------ checks and helpers
 
@@ -471,22 +473,28 @@ class Volume:
 
 async def connect(host: str, port: int, volume: str | int = ORIGIN, *,
                   origin: str | os.PathLike[str], store: str | os.PathLike[str] | None = None,
+                  servers: Iterable[str | Address] | None = None,
                   client_id: int | None = None, timeout: float = 10.0,
                   io_threads: int = 4, cache_runs: int = DEFAULT_MAX_RUNS,
                   **client_options: Any) -> Volume:
     """Connect to csnapd at ``host:port`` and open ``volume`` ("origin", a snapshot name or
     an int tag) with the shared ``origin`` and ``store`` device paths.
 
-    Extra keyword options go to :class:`~csnap_client.client.Client` (``reconnect``,
-    ``reconnect_delay``, ``reconnect_max_delay``, ``reconnect_timeout``, ``heartbeat``).
-    Raises OSError if the server is unreachable and the IDENTIFY's RemoteError (e.g.
+    ``servers`` (``["h1:p1", "[::1]:p2", ...]``) names the other csnapd nodes of a
+    high-availability set serving the same store: the session goes to whichever leads,
+    on connect and after every failover (docs/protocol.md, "Failover");
+    ``volume.client.address`` is the node in use. Extra keyword options go to
+    :class:`~csnap_client.client.Client` (``reconnect``, ``reconnect_delay``,
+    ``reconnect_max_delay``, ``reconnect_timeout``, ``heartbeat``).
+    Raises OSError if the server is unreachable (:class:`~csnap_client.client.NoLeaderError`
+    when no address of several gave a session) and the IDENTIFY's RemoteError (e.g.
     UnknownSnapshotError) if it refuses the volume. Before any data I/O (and again after
     every reconnect) the devices opened are checked against the server's
     (:mod:`csnap_client.devices`): a device that is not the server's raises
     :class:`~csnap_client.protocol.WrongDeviceError` naming its path.
     """
-    client = Client(host, port, volume, client_id=client_id, timeout=timeout,
-                    **client_options)
+    client = Client(host, port, volume, servers=servers, client_id=client_id,
+                    timeout=timeout, **client_options)
     check = client.device_check = DeviceCheck(origin, None if volume == ORIGIN else store)
     try:
         await client.connect()

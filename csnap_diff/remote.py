@@ -14,6 +14,7 @@ import ssl
 from typing import Any
 
 import csnap_client
+from csnap_client.addresses import Address, parse_address_list
 from csnap_client.control import ControlClient
 from csnap_client.protocol import messages as m
 from csnap_client.protocol.auth import read_secret
@@ -32,8 +33,9 @@ def add_connection_options(p: argparse.ArgumentParser, control: bool = False) ->
     """Add the csnap-io connection options (and ``--control`` when ``control``)."""
     g = p.add_argument_group("csnapd connection (as csnap-io)")
     g.add_argument("--server", default=os.environ.get("CSNAP_SERVER", DEFAULT_SERVER),
-                   metavar="HOST:PORT", help="csnapd data address (env CSNAP_SERVER, default "
-                   "%(default)s)")
+                   metavar="HOST:PORT[,HOST:PORT...]",
+                   help="csnapd data address, or a comma list of the nodes of a "
+                        "high-availability set (env CSNAP_SERVER, default %(default)s)")
     g.add_argument("--origin", default=os.environ.get("CSNAP_ORIGIN"),
                    help="origin device or file (env CSNAP_ORIGIN)")
     g.add_argument("--store", default=os.environ.get("CSNAP_STORE"),
@@ -51,11 +53,13 @@ def add_connection_options(p: argparse.ArgumentParser, control: bool = False) ->
 
 
 def parse_server(text: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port); ValueError if malformed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"--server must be HOST:PORT, not {text!r}")
-    return host.strip("[]"), int(port)
+    """``host:port`` (the first of a comma list) -> (host, port); ValueError if malformed."""
+    return parse_servers(text)[0]
+
+
+def parse_servers(text: str) -> list[Address]:
+    """``--server``: one ``host:port`` or a comma list of them; ValueError if malformed."""
+    return parse_address_list(text, "--server")
 
 
 def volume_ref(text: str) -> str | int:
@@ -80,18 +84,18 @@ async def open_volume(args: argparse.Namespace, volume: str | int, read_only: bo
         raise ValueError("--origin (or $CSNAP_ORIGIN) is required")
     if volume != m.ORIGIN and not args.store:
         raise ValueError("--store (or $CSNAP_STORE) is required for a snapshot")
-    host, port = parse_server(args.server)
+    (host, port), *others = parse_servers(args.server)
     secret = read_secret(args.secret_file) if args.secret_file else None
     tls = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
     return await csnap_client.connect(host, port, volume=volume, origin=args.origin,
-                                      store=args.store, timeout=args.timeout,
+                                      store=args.store, servers=others, timeout=args.timeout,
                                       reconnect_timeout=60.0, secret=secret, ssl=tls,
                                       read_only=read_only)
 
 
 async def snapshots(volume: Any) -> list[dict[str, Any]]:
     """The server's live snapshots ({name, tag, created, squashed}), oldest first."""
-    reply = await volume.client.request(m.list_volumes)
+    reply = await volume.client.request(m.list_volumes, resend=True)  # read-only
     return [s for s in reply["snapshots"] if not s.get("squashed")]
 
 

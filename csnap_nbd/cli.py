@@ -7,7 +7,10 @@ Example::
     qemu-img info nbd://127.0.0.1:10809/monday
 
 Export names: ``origin`` (also the default, empty name) and every live snapshot by name
-or by tag. Snapshots created later appear without a restart. See docs/nbd.md.
+or by tag. Snapshots created later appear without a restart. ``--server`` may list the
+csnapd nodes of a high-availability set (``--server h1:4270,h2:4270``): every session
+follows the elected leader, and NBD clients see a pause, not an error, while the lead
+moves. See docs/nbd.md.
 Exit codes: 0 clean stop (SIGTERM/SIGINT), 2 usage, 3 cannot reach csnapd or listen,
 4 wrong device (--origin or --store is not the server's).
 """
@@ -22,6 +25,7 @@ import signal
 import ssl
 import sys
 
+from csnap_client.addresses import Address, parse_address_list
 from csnap_client.protocol import WrongDeviceError
 from csnap_client.protocol.auth import read_secret
 from csnap_client.version import add_version_option
@@ -48,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                "--store is not the server's). See docs/nbd.md.")
     add_version_option(p)
     p.add_argument("--server", default=os.environ.get("CSNAP_SERVER", DEFAULT_SERVER),
-                   metavar="HOST:PORT", help="csnapd data address (default %(default)s)")
+                   metavar="HOST:PORT[,HOST:PORT...]",
+                   help="csnapd data address, or a comma list of the nodes of a "
+                        "high-availability set (the leader is found and followed); "
+                        "IPv6 as [ADDR]:PORT (default %(default)s)")
     p.add_argument("--origin", default=os.environ.get("CSNAP_ORIGIN"), required=False,
                    metavar="PATH", help="origin device or file (default $CSNAP_ORIGIN)")
     p.add_argument("--store", default=os.environ.get("CSNAP_STORE"), required=False,
@@ -80,10 +87,17 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def parse_servers(text: str) -> list[Address]:
+    """``--server``: one ``host:port`` or a comma list of them; ValueError if malformed."""
+    return parse_address_list(text, "--server")
+
+
 async def serve(args: argparse.Namespace) -> int:
     """Connect to csnapd, listen, and serve until SIGTERM/SIGINT."""
-    host, port = parse_hostport(args.server, "--server")
+    (host, port), *others = parse_servers(args.server)
     options: dict = {}
+    if others:
+        options["servers"] = others
     if args.secret_file:
         options["secret"] = read_secret(args.secret_file)
     if args.tls_ca:
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        parse_hostport(args.server, "--server")
+        parse_servers(args.server)
         if args.listen:
             parse_hostport(args.listen, "--listen")
     except ValueError as exc:

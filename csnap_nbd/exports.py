@@ -35,11 +35,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from csnap_client.client import Client
+from csnap_client.client import Client, NoLeaderError
 from csnap_client.devices import DeviceCheck
+from csnap_client.protocol import NotLeaderError
 from csnap_client.protocol import messages as m
 from csnap_client.volume import Volume, connect
 
@@ -159,7 +161,8 @@ class Gateway:
     async def snapshots(self) -> list[dict[str, Any]]:
         """Live (not squashed) snapshots, oldest first, fresh from csnapd."""
         assert self.catalogue is not None
-        reply = await self.catalogue.request(m.list_volumes)
+        # read-only, so safe to resend: a failover is a pause for NBD clients, not an error
+        reply = await self.catalogue.request(m.list_volumes, resend=True)
         snaps = reply["snapshots"]
         if not isinstance(snaps, list):
             return []
@@ -210,10 +213,8 @@ class Gateway:
             fut: asyncio.Future[Volume] = asyncio.get_running_loop().create_future()
             shared = self._shared[export.key] = _Shared(export, fut)
             try:
-                volume = await connect(
-                    self.host, self.port, export.name if export.snapshot is None
-                    else export.snapshot["name"], origin=self.origin, store=self.store,
-                    io_threads=self.io_threads, **self.client_options)
+                volume = await self._open_volume(export.name if export.snapshot is None
+                                                 else export.snapshot["name"])
             except BaseException as exc:
                 self._shared.pop(export.key, None)
                 fut.set_exception(ExportError(f"cannot open {export.name!r}: {exc}"))
@@ -227,6 +228,31 @@ class Gateway:
         except BaseException:
             shared.refs -= 1
             raise
+
+    async def _open_volume(self, name: str) -> Volume:
+        """Connect a session for volume ``name``.
+
+        During a failover (some csnapd node answers, none leads yet) it waits for the
+        leader, as the open sessions do, up to the reconnect timeout: an export opened
+        then is a pause for the NBD client, not a refusal. Unreachable nodes and every
+        other error fail at once.
+        """
+        limit = self.client_options.get("reconnect_timeout", 60.0) or 60.0
+        deadline = time.monotonic() + limit
+        delay = self.client_options.get("reconnect_delay", 0.05)
+        while True:
+            try:
+                return await connect(self.host, self.port, name, origin=self.origin,
+                                     store=self.store, io_threads=self.io_threads,
+                                     **self.client_options)
+            except (NotLeaderError, NoLeaderError) as exc:
+                electing = isinstance(exc, NotLeaderError) or any(
+                    isinstance(e, NotLeaderError) for _, e in exc.errors)
+                if not electing or time.monotonic() + delay > deadline:
+                    raise
+                log.info("opening %s: no csnapd leader yet (%s); waiting", name, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.client_options.get("reconnect_max_delay", 2.0))
 
     async def release(self, volume: Volume) -> None:
         """Drop one reference; the last one closes the volume (flushing it first)."""
@@ -296,7 +322,8 @@ class Gateway:
         first = offset // cs
         last = min((end - 1) // cs, first + self.max_chunks - 1)
         stop = min(end, (last + 1) * cs)
-        reply = await volume.client.request(m.query_map, [[first, last - first + 1]])
+        reply = await volume.client.request(m.query_map, [[first, last - first + 1]],
+                                            resend=True)  # read-only: rides a failover
         extents: list[tuple[int, int]] = []
         pos = offset
         for chunk, count, _store in reply["store"]:

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from csnap_soak.daemon import Daemon
+from csnap_soak.hapair import HAPair
 
 BIN = Path(sys.executable).parent
 BLOCK = 1024
@@ -101,9 +102,11 @@ def decode_blocks(data: bytes, block0: int) -> list[tuple[int, int] | str]:
 
 async def _connect(cfg: dict[str, Any], volume: str) -> Any:
     import csnap_client
+    extra = {"servers": cfg["servers"]} if cfg.get("servers") else {}
     return await csnap_client.connect("127.0.0.1", cfg["port"], volume=volume,
                                       origin=cfg["origin"], store=cfg["store"],
-                                      reconnect_timeout=120.0, reconnect_max_delay=0.2)
+                                      reconnect_timeout=120.0, reconnect_max_delay=0.2,
+                                      **extra)
 
 
 async def _retrying(op: Any, stop: asyncio.Event | None = None) -> bool:
@@ -134,7 +137,8 @@ async def _origin_main(cfg: dict[str, Any], cmds: Any, results: Any) -> None:
     vol = await _connect(cfg, "origin")
     stop = asyncio.Event()
     ledger: list[list[Any]] = []
-    region = NBLOCKS // ORIGIN_WRITERS
+    writers = cfg.get("writers", ORIGIN_WRITERS)
+    region = (NBLOCKS - cfg.get("reserved", 0)) // writers
 
     async def writer(wid: int) -> None:
         lo, seq = (wid - 1) * region, 0
@@ -149,7 +153,7 @@ async def _origin_main(cfg: dict[str, Any], cmds: Any, results: Any) -> None:
             ledger.append([wid, seq, b0, n, t0, time.monotonic() if ok else INF])
             await asyncio.sleep(r.random() * 0.004)
 
-    tasks = [asyncio.create_task(writer(w)) for w in range(1, ORIGIN_WRITERS + 1)]
+    tasks = [asyncio.create_task(writer(w)) for w in range(1, writers + 1)]
     results.put(("ready", "origin"))
     loop = asyncio.get_running_loop()
     while (await loop.run_in_executor(None, cmds.get))[0] != "stop":
@@ -311,8 +315,9 @@ def verify_bytes(model: Model, name: str | None, data: bytes) -> tuple[int, list
 # ----------------------------------------------------------------------------- controller
 
 
-async def _read_volume(d: Daemon, name: str | None) -> bytes:
-    cfg = {"port": d.port, "origin": str(d.origin), "store": str(d.store)}
+async def _read_volume(d: Daemon | HAPair, name: str | None) -> bytes:
+    cfg = {"port": d.port, "origin": str(d.origin), "store": str(d.store),
+           "servers": getattr(d, "servers", None)}
     if name is None:
         return d.origin.read_bytes()
     vol = await _connect(cfg, name)
@@ -337,22 +342,41 @@ class Result:
     writes_verified: int = 0
     blocks_checked: int = 0
     reconnects: int = 0
+    #: HA: seconds from each SIGKILL of the leader to the first acknowledged write of a
+    #: fresh client started at the kill (so approved by the new leader, never a cache)
+    takeover_s: list[float] = field(default_factory=list)
 
     def figure(self) -> str:
-        return (f"kill cycles: {self.cycles}, acknowledged ops verified: {self.ops}, "
+        text = (f"kill cycles: {self.cycles}, acknowledged ops verified: {self.ops}, "
                 f"lost: {self.lost}")
+        if self.takeover_s:
+            t = sorted(self.takeover_s)
+            text += (f"; leader killed {len(t)} times, kill to first acknowledged write: "
+                     f"p50 {t[len(t) // 2]:.2f} s, p99 {t[min(len(t) - 1, len(t) * 99 // 100)]:.2f}"
+                     f" s, max {t[-1]:.2f} s")
+        return text
 
 
 def run(tmp: Path, cycles: int, seed: int = 1, max_live: int = 6,
-        kill_min: float = 0.3, kill_max: float = 1.5, log: Any = print) -> Result:
-    """The whole soak in ``tmp``; returns the figures (see the module docstring)."""
+        kill_min: float = 0.3, kill_max: float = 1.5, log: Any = print, ha: bool = False,
+        writers: int = ORIGIN_WRITERS, ha_lease: float = 1.0) -> Result:
+    """The whole soak in ``tmp``; returns the figures (see the module docstring).
+
+    With ``ha`` the server is an HA pair (csnap_soak/hapair.py) and each cycle SIGKILLs
+    the leader: the standby takes over, the killed node comes back as the standby, and
+    the clients follow the leader through their ``servers`` list.
+    """
     rng = random.Random(seed)
-    d = Daemon(tmp, ("--lease", "5"))
+    d: Daemon | HAPair = (HAPair(tmp, ("--lease", "5"), lease=ha_lease) if ha
+                          else Daemon(tmp, ("--lease", "5")))
     d.init(b"".join(stamp_block(0, 0, b) for b in range(NBLOCKS)), STORE_BYTES, CHUNK)
     res = Result()
+    kills: list[float] = []
     res.restart_s.append(d.start())
     cfg = {"port": d.port, "origin": str(d.origin), "store": str(d.store), "dir": str(tmp),
-           "seed": seed}
+           "seed": seed, "writers": writers, "servers": getattr(d, "servers", None),
+           "reserved": PROBE_CHUNKS * CHUNK // BLOCK if ha else 0}
+    probes: list[list[Any]] = []
     ctx = mp.get_context("spawn")
     oq, sq, rq = ctx.Queue(), ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=origin_worker, args=(cfg, oq, rq), daemon=True),
@@ -387,8 +411,12 @@ def run(tmp: Path, cycles: int, seed: int = 1, max_live: int = 6,
                 creator = threading.Thread(target=create, daemon=True)
                 creator.start()
             time.sleep(run_for)
+            kills.append(time.monotonic())
             d.kill()
+            probe = _probe_thread(cfg, cycle, probes) if ha else None
             res.restart_s.append(d.start())
+            if probe is not None:
+                probe.join(120)
             t_ready = time.monotonic()
             res.cycles = cycle
             if creator is not None:
@@ -423,7 +451,8 @@ def run(tmp: Path, cycles: int, seed: int = 1, max_live: int = 6,
             res.reconnects += msg[3]
         for p in procs:
             p.join(30)
-        res.ops, res.lost = _verify(d, res, windows, live, deleted)
+        res.ops, res.lost = _verify(d, res, windows, live, deleted, probes)
+        res.takeover_s = [e[5] - k for e, k in zip(probes, kills, strict=False) if e[5] != INF]
         code = d.stop()
         if code != 0:
             res.problems.append(f"csnapd exited {code} on SIGTERM")
@@ -437,14 +466,54 @@ def run(tmp: Path, cycles: int, seed: int = 1, max_live: int = 6,
         for p in procs:
             if p.is_alive():
                 p.kill()
-        d.kill()
+        if isinstance(d, HAPair):
+            d.close()
+        else:
+            d.kill()
     return res
 
 
-def _verify(d: Daemon, res: Result, windows: dict[str, tuple[float, float]],
-            live: list[str], deleted: list[str]) -> tuple[int, int]:
+#: HA: origin blocks at the end kept for the takeover probe (one 4 KiB chunk each).
+PROBE_WRITER = 99
+PROBE_CHUNKS = 16
+
+
+async def _probe(cfg: dict[str, Any], seq: int, ledger: list[list[Any]]) -> None:
+    """A fresh client (no cache: the write must be approved by the leader) writes one
+    probe chunk, retrying until a leader acknowledges; logged like any origin write."""
+    per = CHUNK // BLOCK
+    b0 = NBLOCKS - PROBE_CHUNKS * per + (seq % PROBE_CHUNKS) * per
+    data = stamp_range(PROBE_WRITER, seq, b0, per)
+    t0 = time.monotonic()
+    vol = None
+    for _ in range(600):
+        try:
+            vol = await _connect(cfg, "origin")
+            break
+        except (ConnectionError, OSError, TimeoutError):
+            await asyncio.sleep(0.02)
+    if vol is None:
+        ledger.append([PROBE_WRITER, seq, b0, per, t0, INF])
+        return
+    try:
+        ok = await _retrying(lambda: vol.write(b0 * BLOCK, data))
+        ledger.append([PROBE_WRITER, seq, b0, per, t0, time.monotonic() if ok else INF])
+    finally:
+        await vol.close()
+
+
+def _probe_thread(cfg: dict[str, Any], seq: int, ledger: list[list[Any]]) -> threading.Thread:
+    _quiet()
+    t = threading.Thread(target=lambda: asyncio.run(_probe(cfg, seq, ledger)), daemon=True)
+    t.start()
+    return t
+
+
+def _verify(d: Daemon | HAPair, res: Result, windows: dict[str, tuple[float, float]],
+            live: list[str], deleted: list[str],
+            probes: list[list[Any]] | None = None) -> tuple[int, int]:
     tmp = d.tmp
-    origin_ledger = json.loads((tmp / "ledger-origin.json").read_text())
+    origin_ledger = json.loads((tmp / "ledger-origin.json").read_text()) + (probes or [])
     snap = json.loads((tmp / "ledger-snap.json").read_text())
     model = Model(snaps=windows)
     model.load(origin_ledger, snap["writes"])
@@ -503,12 +572,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-live", type=int, default=6, help="snapshots kept alive (default 6)")
     p.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--ha", action="store_true",
+                   help="an HA pair over a real etcd: each cycle SIGKILLs the leader and "
+                        "the standby takes over (failover soak)")
+    p.add_argument("--ha-lease", type=float, default=1.0, metavar="SECONDS",
+                   help="with --ha: the nodes' --ha-lease (default 1)")
+    p.add_argument("--writers", type=int, default=ORIGIN_WRITERS,
+                   help=f"origin writer tasks (default {ORIGIN_WRITERS})")
     args = p.parse_args(argv)
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="csnap-soak-"))
     tmp.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     try:
-        res = run(tmp, args.cycles, args.seed, args.max_live)
+        res = run(tmp, args.cycles, args.seed, args.max_live, ha=args.ha,
+                  writers=args.writers, ha_lease=args.ha_lease)
     finally:
         if not args.keep and args.dir is None:
             shutil.rmtree(tmp, ignore_errors=True)

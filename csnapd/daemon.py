@@ -88,6 +88,23 @@ async def serve(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def check_ha_options(args: argparse.Namespace) -> None:
+    """ValueError naming the option for a malformed --etcd, --ha-lease or --advertise."""
+    from csnapd.ha.etcd import EtcdClient
+    urls = [u.strip() for u in args.etcd.split(",") if u.strip()]
+    try:
+        EtcdClient(urls)
+    except ValueError as exc:
+        raise ValueError(f"--etcd: {exc}") from None
+    if not 1 <= args.ha_lease <= 3600:
+        raise ValueError(f"--ha-lease wants 1 to 3600 seconds, not {args.ha_lease:g}")
+    if args.advertise:
+        try:
+            parse_listen(args.advertise)
+        except ValueError:
+            raise ValueError(f"--advertise wants HOST:PORT, not {args.advertise!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = apply_config(build_parser(), argv)  # --config file; flags override it
     setup_logging(args.log_level, args.log_format)
@@ -102,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.secret_file:
             read_secret(args.secret_file)
         tls_context(args)
+        if args.etcd:
+            check_ha_options(args)
+        elif args.node or args.advertise:
+            raise ValueError("--node and --advertise belong to HA mode: give --etcd URL too")
     except (ValueError, OSError, ssl.SSLError) as exc:
         print(f"csnapd: {exc}", file=sys.stderr)
         return 2

@@ -3,21 +3,22 @@
 #   qemu-utils (qemu-img, qemu-io, qemu-nbd), libnbd-bin (nbdinfo, nbdcopy, nbdsh), fio:
 #     real NBD clients for the csnap-nbd gateway tests and benchmark;
 #   ceph-common: `rbd merge-diff` (offline, on files) checks csnap's rbd diffs;
-#   etcd-server, etcd-client: a real etcd for the high-availability (leader election) tests.
+#   etcd-server, etcd-client: a real etcd for the high-availability (leader election) tests;
+#   strace: counts, from outside, what a fenced old leader writes in the split-brain test.
 # csnapd, the tools and the library need none of them: only Python.
 # Idempotent; does nothing when the tools are already there. Needs root (apt-get); without
 # it, or with CSNAP_SKIP_SYSTEM_DEPS=1, prints what to install and exits 0 so setup can go
 # on (the tests that need them are then skipped).
 set -euo pipefail
 have_all() {
-  for tool in qemu-img qemu-io qemu-nbd nbdinfo nbdcopy rbd etcd etcdctl; do
+  for tool in qemu-img qemu-io qemu-nbd nbdinfo nbdcopy rbd etcd etcdctl strace; do
     command -v "$tool" >/dev/null || return 1
   done
 }
 if have_all; then
   exit 0
 fi
-PKGS="qemu-utils libnbd-bin ceph-common etcd-server etcd-client"
+PKGS="qemu-utils libnbd-bin ceph-common etcd-server etcd-client strace"
 WHY="for the NBD gateway, rbd diff and etcd failover tests, which drive the real programs"
 if [ "${CSNAP_SKIP_SYSTEM_DEPS:-}" = 1 ]; then
   echo "install-system-deps: CSNAP_SKIP_SYSTEM_DEPS=1: not installing $PKGS ($WHY);" \

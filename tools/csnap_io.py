@@ -23,6 +23,8 @@ import ssl
 import sys
 
 import csnap_client
+from csnap_client.addresses import Address, parse_address_list
+from csnap_client.client import NoLeaderError
 from csnap_client.protocol import (
     ProtocolError,
     RemoteError,
@@ -52,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                "host), 4 wrong device (the origin or store is not the server's).")
     add_version_option(p)
     p.add_argument("--server", default=os.environ.get("CSNAP_SERVER", DEFAULT_SERVER),
-                   metavar="HOST:PORT", help="csnapd data address (default %(default)s)")
+                   metavar="HOST:PORT[,HOST:PORT...]",
+                   help="csnapd data address, or a comma list of the nodes of a "
+                        "high-availability set (the leader is found and followed); IPv6 "
+                        "as [ADDR]:PORT (default %(default)s)")
     p.add_argument("--volume", required=True,
                    help='"origin", a snapshot name, or a snapshot tag (digits)')
     p.add_argument("--origin", default=os.environ.get("CSNAP_ORIGIN"), metavar="PATH",
@@ -85,11 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_server(text: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port); ValueError if malformed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"--server must be HOST:PORT (port 1..65535), not {text!r}")
-    return host.strip("[]"), int(port)
+    """``host:port`` (the first of a comma list) -> (host, port); ValueError if malformed."""
+    return parse_servers(text)[0]
+
+
+def parse_servers(text: str) -> list[Address]:
+    """``--server``: one ``host:port`` or a comma list of them; ValueError if malformed."""
+    return parse_address_list(text, "--server")
 
 
 def volume_ref(text: str) -> str | int:
@@ -109,15 +116,18 @@ class ConnectFailed(Exception):
         self.cause = cause
 
 
-async def run(args: argparse.Namespace, host: str, port: int) -> int:
-    """Do the transfer; returns the number of bytes moved."""
+async def run(args: argparse.Namespace, host: str, port: int,
+              others: list[Address] | None = None) -> int:
+    """Do the transfer; returns the number of bytes moved. ``others``: further csnapd
+    nodes (high availability), tried when ``host:port`` does not lead."""
     offset = parse_size(args.offset)
     secret = read_secret(args.secret_file) if args.secret_file else None
     tls = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
     try:
         volume = await csnap_client.connect(host, port, volume=volume_ref(args.volume),
                                             origin=args.origin, store=args.store,
-                                            timeout=args.timeout, reconnect_timeout=30.0,
+                                            servers=others, timeout=args.timeout,
+                                            reconnect_timeout=30.0,
                                             secret=secret, ssl=tls)
     except (OSError, TimeoutError) as exc:
         if isinstance(exc, OSError) and exc.filename:  # a device, not the network
@@ -172,6 +182,9 @@ def connect_problem(server: str, host: str, exc: BaseException,
     ``servers`` are the csnapd processes visible here (looked up when None and the
     address is local), so the message can name the address csnapd really listens on.
     """
+    if isinstance(exc, NoLeaderError):  # several addresses: what each one did
+        return (f"cannot connect to csnapd at {server}: {exc} (is a csnapd node of that "
+                "list running and elected leader?)")
     if isinstance(exc, socket.gaierror):
         return (f"cannot connect to csnapd at {server}: cannot resolve host {host!r} "
                 f"({exc.strerror or exc}); give its address with --server or CSNAP_SERVER")
@@ -225,7 +238,7 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        host, port = parse_server(args.server)
+        (host, port), *others = parse_servers(args.server)
         if not args.origin:
             raise ValueError("--origin (or $CSNAP_ORIGIN) is required: the origin device "
                              "csnapd serves")
@@ -242,7 +255,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"csnap-io: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        asyncio.run(run(args, host, port))
+        asyncio.run(run(args, host, port, others))
     except StdoutClosed:
         raise  # run_main ends quietly: the reader has seen enough
     except ValueError as exc:  # range outside the volume

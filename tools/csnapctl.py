@@ -23,6 +23,7 @@ from typing import Any
 
 from csnap_client.control import ControlClient
 from csnap_client.protocol import (
+    ErrorCode,
     PermissionDeniedError,
     ProtocolError,
     RemoteError,
@@ -162,10 +163,14 @@ def _cell(v: Any) -> str:
 def summarize_status(st: dict[str, Any]) -> str:
     """Human view of STATUS: a summary of the well-known parts, then everything else.
 
-    Known parts (csnapd's current keys): store use and journal, per-snapshot unique/shared
-    chunks, clients, read locks, operations in progress. Unknown keys are still shown.
+    Known parts (csnapd's current keys): HA role, store use and journal, fill and time to
+    full, per-snapshot exclusive/shared chunks and holds, clients, read locks, operations
+    in progress. Unknown keys are still shown.
     """
     lines: list[str] = []
+    ha = st.get("ha") if isinstance(st.get("ha"), dict) else None
+    if ha is not None:
+        lines.append(ha_line(ha))
     store = st.get("store") if isinstance(st.get("store"), dict) else {}
     cs = store.get("chunk_size")
     total, used = store.get("store_chunks"), store.get("used_chunks")
@@ -192,7 +197,7 @@ def summarize_status(st: dict[str, Any]) -> str:
         counted = st.get("usage_counted", 1.0)
         if isinstance(counted, int | float) and counted < 1.0:
             lines.append(f"  (chunk counts cover {100 * counted:.0f}% of the store so far: "
-                         "they are counted once after csnapd starts)")
+                         "after a crash they are counted once, in the background)")
         rows = [{"tag": s.get("tag"), "name": s.get("name"), "created": _when(s.get("created")),
                  "exclusive": s.get("exclusive", s.get("unique")), "shared": s.get("shared"),
                  "priority": s.get("priority"), "holds": s.get("holds"),
@@ -205,7 +210,7 @@ def summarize_status(st: dict[str, Any]) -> str:
             lines.append(format_status({key: st[key]}))
     rest = {k: v for k, v in st.items() if k not in ("snapshots", "clients", "locks",
                                                       "operations", "unproven_clients",
-                                                      "fill", "usage_counted")}
+                                                      "role", "fill", "usage_counted")}
     if isinstance(rest.get("store"), dict) and not rest["store"].get("failed"):
         # shown above as FAILED when set; an empty "failed:" line only puzzles
         rest["store"] = {k: v for k, v in rest["store"].items() if k != "failed"}
@@ -224,6 +229,23 @@ def _duration(seconds: float) -> str:
     if seconds < 3 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.0f} days"
+
+
+def ha_line(ha: dict[str, Any]) -> str:
+    """One line on this node's part in an HA pair: its role, who leads, the lease."""
+    node = ha.get("node", "?")
+    if ha.get("role") == "leader":
+        text = (f"ha:         this node ({node}) LEADS under epoch {ha.get('epoch')}, lease "
+                f"{ha.get('lease_left_s', 0):.1f}s left, {ha.get('takeovers', 0)} takeover(s)")
+    elif ha.get("leader"):
+        text = (f"ha:         this node ({node}) is a STANDBY; the leader is {ha['leader']} at "
+                f"{ha.get('leader_address')} (epoch {ha.get('leader_epoch')}): run changes "
+                "on that node")
+    else:
+        text = f"ha:         this node ({node}) is a STANDBY; no leader is elected yet"
+    if ha.get("etcd_reachable") is False:
+        text += "; etcd is NOT reachable"
+    return text
 
 
 def format_status(st: Any, indent: int = 0) -> str:
@@ -350,6 +372,8 @@ def remote_hint(exc: RemoteError) -> str:
         return "; choose another name (or --tag), or delete the old one first"
     if isinstance(exc, PermissionDeniedError):
         return "; only root and the user csnapd runs as may change snapshots or stop it"
+    if getattr(exc, "code", None) == ErrorCode.NOT_LEADER:
+        return "; run csnapctl on the leader's host (its control socket), which leads now"
     return ""
 
 

@@ -74,6 +74,7 @@ class Election:
         self._expiry: asyncio.TimerHandle | None = None
         self._stopping = False
         self._leader_gone_at: float | None = None
+        self._takeover: asyncio.Future[None] | None = None
 
     # -- queries -----------------------------------------------------------
     def lease_valid(self) -> bool:
@@ -138,12 +139,18 @@ class Election:
                     f", {self.clock() - gone:.2f}s after the old leader's key went"
                     if gone is not None else "")
         self.takeovers += 1
+        # The takeover (recovery of the store) runs beside the renewals: a long replay
+        # must not let the lease run out.
+        self._takeover = asyncio.ensure_future(self._take_over(self.epoch, gone))
+
+    async def _take_over(self, epoch: int, gone: float | None) -> None:
         started = self.clock()
         try:
-            await self.on_elected(self.epoch)
+            await self.on_elected(epoch)
         except Exception as exc:  # noqa: BLE001 - cannot lead: give the key up
             log.error("could not take over: %s; standing down", exc)
-            await self._step_down(f"takeover failed: {exc}", revoke=True)
+            if self.epoch == epoch:
+                await self._step_down(f"takeover failed: {exc}", revoke=True)
             return
         self.last_takeover_s = round(self.clock() - started + (
             started - gone if gone is not None else 0.0), 3)

@@ -6,6 +6,15 @@ origin/store files so byte-level results can be checked. Test knobs: per-op repl
 (to force out-of-order replies), injected errors, a log of received messages, pausing all
 replies (to starve a client's lease), and ``restart()`` (drop every connection, new epoch,
 locks forgotten).
+
+High availability: ``add_node()`` opens another listener on the same state, a standby;
+``set_leader(port)`` makes the node on ``port`` the leader (``None``: none is). A node that
+does not lead answers every request, IDENTIFY included, with NOT_LEADER naming the
+leader's address (``hint`` overrides it), as csnapd's standby does; the demoted leader's
+open sessions get that too (or are closed, or get a NOT_LEADER notice first). A new
+leader has a new epoch and knows no read locks. ``bounce = n``: the leader answers the
+next ``n`` requests after IDENTIFY with NOT_LEADER naming itself (a leader that keeps
+losing and winning its lease).
 """
 
 from __future__ import annotations
@@ -17,6 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from csnap_client import protocol as P
+
+AUTO = object()  # FakeServer.hint: name the real leader
+
+
+class _NotLeader(Exception):
+    """Answer this NOT_LEADER instead of handling the request."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        self.reply = reply
 
 
 @dataclass
@@ -30,6 +48,7 @@ class Snap:
 @dataclass
 class Conn:
     writer: asyncio.StreamWriter
+    port: int = 0  # the node (listener) this connection came in on
     volume: str | None = None  # "origin" or a snapshot name once identified
     client_id: int = 0
     locks: dict[int, set[int]] = field(default_factory=dict)
@@ -54,6 +73,7 @@ class FakeServer:
         self.uuid = "fake-store-uuid"
         self.conns: list[Conn] = []
         self.received: list[dict[str, Any]] = []
+        self.arrivals: list[tuple[float, int, str]] = []  # (monotonic time, node port, op)
         self.delay: dict[str, float] = {}
         self.inject: dict[str, int] = {}  # op -> error code for the next such request
         self.hangup: set[str] = set()  # ops the server hangs up on (a poison request)
@@ -64,6 +84,11 @@ class FakeServer:
         self.server: asyncio.AbstractServer | None = None
         self.ctl_server: asyncio.AbstractServer | None = None
         self.port = 0
+        self.nodes: dict[int, asyncio.AbstractServer] = {}  # further nodes (standbys)
+        self.leader_port: int | None = None  # the leading node; the first one when None
+        self.leader_chosen = False
+        self.hint: Any = AUTO  # the leader address standbys name (AUTO: the real one)
+        self.bounce = 0
         self.fd_origin = os.open(origin, os.O_RDWR)
         self.fd_store = os.open(store, os.O_RDWR)
         self.next_tag = 1
@@ -73,6 +98,8 @@ class FakeServer:
     async def start(self, port: int = 0, control: str | None = None) -> FakeServer:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         self.port = self.server.sockets[0].getsockname()[1]
+        if not self.leader_chosen:
+            self.leader_port = self.port
         if control is not None and self.ctl_server is None:
             self.ctl_server = await asyncio.start_unix_server(self._serve_control, control)
         return self
@@ -97,7 +124,58 @@ class FakeServer:
         await asyncio.sleep(downtime)
         await self.start(self.port)
 
+    async def add_node(self) -> int:
+        """Start another node on the same state (a standby until ``set_leader``)."""
+        node = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = node.sockets[0].getsockname()[1]
+        self.nodes[port] = node
+        return port
+
+    async def stop_node(self, port: int) -> None:
+        """Stop the listener of an added node (its address refuses connections)."""
+        node = self.nodes.pop(port)
+        node.close()
+        await node.wait_closed()
+
+    def set_leader(self, port: int | None, *, close: bool = False,
+                   notice: bool = False) -> None:
+        """Make the node on ``port`` lead (None: no node leads): a new epoch, no read
+        locks. Sessions on other nodes get NOT_LEADER from now on; ``close`` closes them,
+        ``notice`` sends them an unsolicited NOT_LEADER first and then closes them."""
+        self.leader_chosen = True
+        if port != self.leader_port and port is not None:
+            self.epoch += 1
+            self.written_since_start = set()
+        self.leader_port = port
+        for c in list(self.conns):
+            if c.port == port:
+                continue
+            c.locks.clear()
+            c.broken.clear()
+            for fut in c.acks.values():
+                if not fut.done():
+                    fut.set_result(None)
+            if notice:
+                self._send(c, self._not_leader(0))
+            if close or notice:
+                c.writer.close()
+                self.conns.remove(c)
+
+    def leader_address(self) -> str | None:
+        """What a NOT_LEADER reply names as the leader."""
+        if self.hint is not AUTO:
+            return self.hint
+        return None if self.leader_port is None else f"127.0.0.1:{self.leader_port}"
+
+    def _not_leader(self, rid: int, leader: str | None | object = AUTO) -> dict[str, Any]:
+        address = self.leader_address() if leader is AUTO else leader
+        text = (f"this node is a standby; the leader is at {address}" if address
+                else "this node is a standby and no leader is elected yet")
+        return P.reply_error(rid, P.ErrorCode.NOT_LEADER, text, address)  # type: ignore[arg-type]
+
     async def close(self) -> None:
+        for port in list(self.nodes):
+            await self.stop_node(port)
         await self.stop_listening()
         self.drop_all()
         if self.ctl_server is not None:
@@ -113,13 +191,14 @@ class FakeServer:
             conn.writer.write(P.encode(msg, P.MAX_SERVER_FRAME))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Conn(writer)
+        conn = Conn(writer, port=writer.get_extra_info("sockname")[1])
         self.conns.append(conn)
         framer = P.Framer()
         try:
             while data := await reader.read(65536):
                 for msg in framer.feed_many(data):
                     self.received.append(msg)
+                    self.arrivals.append((time.monotonic(), conn.port, str(msg.get("op"))))
                     if msg.get("op") in self.hangup:
                         writer.close()
                         return
@@ -141,11 +220,18 @@ class FakeServer:
             if op in self.delay:
                 await asyncio.sleep(self.delay[op])
             await self.paused.wait()
+            if conn.port != self.leader_port:
+                raise _NotLeader(self._not_leader(msg["id"]))
+            if self.bounce and op != "IDENTIFY":
+                self.bounce -= 1
+                raise _NotLeader(self._not_leader(msg["id"], f"127.0.0.1:{conn.port}"))
             if op in self.inject:
                 raise P.BadRequest(self.inject.pop(op), "injected", msg["id"])
             reply = await getattr(self, "op_" + op.lower())(conn, msg)
         except P.BadRequest as exc:
             reply = P.reply_error(exc.request_id, exc.code, exc.reason)
+        except _NotLeader as exc:
+            reply = exc.reply
         await self.paused.wait()
         if conn in self.conns:
             self._send(conn, reply)
@@ -266,6 +352,10 @@ class FakeServer:
         valid = lock not in conn.broken
         conn.broken.discard(lock)
         return P.finish_ok(msg["id"], valid)
+
+    async def op_list_volumes(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
+        return P.volumes(msg["id"], [{"name": s.name, "tag": s.tag, "created": s.created,
+                                      "squashed": False} for s in self.snaps.values()])
 
     async def op_detach(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
         return P.detach_ok(msg["id"])

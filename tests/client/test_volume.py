@@ -185,6 +185,18 @@ async def test_reconnect_after_restart(fake, open_volume):
     assert count(fake, "QUERY_WRITE") == n + 1
 
 
+async def test_a_restart_on_another_store_ends_the_session(fake, open_volume):
+    """A second attempt must not accept the other store because the first one noted it."""
+    vol = await open_volume()
+    await vol.write(0, b"one")
+    fake.uuid = "another-store"
+    await fake.restart()
+    with pytest.raises(csnap_client.StoreChangedError):
+        await asyncio.wait_for(vol.write(CS, b"two"), 10)
+    assert vol.client.info.store_uuid == "fake-store-uuid"
+    assert count(fake, "IDENTIFY") == 2  # no further attempt after the refusal
+
+
 async def test_inflight_request_resent_after_reconnect(fake, open_volume):
     vol = await open_volume()
     fake.delay["QUERY_WRITE"] = 0.2

@@ -55,3 +55,85 @@ def test_the_standby_takes_over_when_the_leader_is_killed(pair):
     check = run_tool("csnap-check", "--store", str(pair.store), "--origin", str(pair.origin),
                      check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_etcd_down_stops_changes_within_the_lease_and_service_resumes(pair, etcd):
+    """Safety over availability: with etcd unreachable the leader cannot know whether
+    its lease still holds, so it stops changes once the lease (counted from the last
+    renewal sent) ends; when etcd is back a leader is elected and serves again."""
+    pair.start()
+    leader = pair.wait_leader()
+    assert pair.nodes[leader].ctl(m.create_snapshot(1, "a"))["op"] != "ERROR"
+    etcd.stop(signal.SIGSTOP)
+    down = time.monotonic()
+    try:
+        deadline = down + 10
+        while pair.role(leader) == "leader" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stood_down = time.monotonic() - down
+        assert pair.role(leader) == "standby"
+        assert stood_down < 2 * 1.0 + 1, stood_down  # the 1 s lease, with slack for polling
+        reply = pair.nodes[leader].ctl(m.create_snapshot(1, "b"))
+        assert reply["op"] == "ERROR" and reply["code"] == ErrorCode.NOT_LEADER
+        st = pair.status(leader)["result"]["ha"]
+        assert st["etcd_reachable"] is False or st["leader"] is not None
+    finally:
+        etcd.proc.send_signal(signal.SIGCONT)
+    back = pair.wait_leader(timeout=30)
+    assert pair.nodes[back].ctl(m.create_snapshot(1, "b"))["op"] != "ERROR"
+    names = [s["name"] for s in pair.status(back)["result"]["snapshots"]]
+    assert names == ["a", "b"]
+    assert "could not be renewed" in pair.nodes[leader].log_text()
+
+
+def test_csnapctl_on_either_node_says_which_one_leads(pair):
+    pair.start()
+    leader = pair.wait_leader()
+    standby = pair.other(leader)
+    out = run_tool("csnapctl", "--control", str(pair.nodes[standby].control), "status")
+    assert f"STANDBY; the leader is {leader} at {pair.address(leader)}" in out.stdout
+    out = run_tool("csnapctl", "--control", str(pair.nodes[leader].control), "status")
+    assert f"this node ({leader}) LEADS under epoch" in out.stdout
+    refused = run_tool("csnapctl", "--control", str(pair.nodes[standby].control), "create",
+                       "x", check=False)
+    assert refused.returncode != 0
+    assert leader in refused.stderr and "leader" in refused.stderr
+
+
+def test_bad_ha_options_are_refused_in_words(tmp_path):
+    base = ["--store", str(tmp_path / "s"), "--origin", str(tmp_path / "o"), "--control",
+            str(tmp_path / "c.sock")]
+    for extra, words in ((["--etcd", "https://x:1"], "--etcd"),
+                         (["--etcd", "http://127.0.0.1:1", "--ha-lease", "0.2"], "--ha-lease"),
+                         (["--etcd", "http://127.0.0.1:1", "--advertise", "nope"],
+                          "--advertise"),
+                         (["--node", "a"], "--etcd")):
+        proc = run_tool("csnapd", *base, *extra, check=False)
+        assert proc.returncode == 2, (extra, proc.stderr)
+        assert words in proc.stderr, proc.stderr
+
+
+def test_ha_metrics_say_which_node_leads(tmp_path, etcd):
+    import urllib.request
+
+    from tests.integration.conftest import free_port
+
+    from .conftest import HAPair
+    pair = HAPair(tmp_path, etcd)
+    ports = {}
+    for name, h in pair.nodes.items():
+        ports[name] = free_port()
+        h.extra = (*h.extra, "--metrics", f"127.0.0.1:{ports[name]}")
+    try:
+        pair.start()
+        leader = pair.wait_leader()
+        values = {}
+        for name, port in ports.items():
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                          timeout=10).read().decode()
+            line = next(x for x in text.splitlines() if x.startswith("csnap_ha_leader "))
+            values[name] = float(line.split()[1])
+            assert "csnap_ha_etcd_reachable 1.0" in text
+        assert values == {leader: 1.0, pair.other(leader): 0.0}
+    finally:
+        pair.stop_all()
