@@ -75,6 +75,8 @@ class Election:
         self._stopping = False
         self._leader_gone_at: float | None = None
         self._takeover: asyncio.Future[None] | None = None
+        self._failures = 0  # takeovers in a row that failed (the store could not be opened)
+        self._retry_at = 0.0
 
     # -- queries -----------------------------------------------------------
     def lease_valid(self) -> bool:
@@ -120,6 +122,8 @@ class Election:
             return
         if self.leader is not None and self._leader_gone_at is None:
             self._leader_gone_at = self.clock()
+        if self.clock() < self._retry_at:
+            return  # our last takeover failed: give the other nodes the first chance
         sent = self.clock()
         lease, granted = await self.etcd.grant(self.ttl)
         value = json.dumps({"node": self.node, "address": self.address}).encode()
@@ -148,10 +152,15 @@ class Election:
         try:
             await self.on_elected(epoch)
         except Exception as exc:  # noqa: BLE001 - cannot lead: give the key up
-            log.error("could not take over: %s; standing down", exc)
+            self._failures += 1
+            wait = min(30.0, self.ttl * 2 ** self._failures)
+            self._retry_at = self.clock() + wait
+            log.error("could not take over: %s; standing down (campaigning again in %.0fs "
+                      "at the earliest)", exc, wait)
             if self.epoch == epoch:
                 await self._step_down(f"takeover failed: {exc}", revoke=True)
             return
+        self._failures = 0
         self.last_takeover_s = round(self.clock() - started + (
             started - gone if gone is not None else 0.0), 3)
 

@@ -1,8 +1,9 @@
 """Real etcd and real csnapd HA nodes on loopback, for the failover tests.
 
-etcd runs with a 50 ms heartbeat and a 500 ms election timeout so that it grants
-1-second leases (its minimum lease is 1.5 election timeouts); the nodes use
-``--ha-lease 1`` so a takeover takes about a second.
+etcd (csnap_soak/hapair.py's, shared with the failover soak) runs with a 50 ms
+heartbeat and a 500 ms election timeout so that it grants 1-second leases (its minimum
+lease is 1.5 election timeouts); the nodes use ``--ha-lease 1`` so a takeover takes
+about a second.
 """
 
 from __future__ import annotations
@@ -10,59 +11,19 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
-import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from csnap_client.protocol import messages as m
+from csnap_soak.hapair import Etcd
 from tests.integration.conftest import STARTED, ServerHandle, free_port, make_server
 
 ETCD = shutil.which("etcd")
 needs_etcd = pytest.mark.skipif(ETCD is None, reason="etcd is not installed "
                                 "(scripts/install-system-deps.sh installs etcd-server)")
 LEASE = 1.0
-
-
-@dataclass
-class Etcd:
-    """One etcd member on loopback, in its own data directory."""
-
-    tmp: Path
-    port: int = field(default_factory=free_port)
-    peer: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = open(self.tmp / "etcd.log", "a")  # noqa: SIM115 - owned by the process
-        peer = f"http://127.0.0.1:{self.peer}"
-        self.proc = subprocess.Popen(
-            [ETCD, "--name", "t", "--data-dir", str(self.tmp / "etcd-data"),
-             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"t={peer}", "--heartbeat-interval", "50",
-             "--election-timeout", "500", "--log-level", "warn"], stdout=log, stderr=log)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("etcd did not start: " + (self.tmp / "etcd.log").read_text())
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            if sig != signal.SIGSTOP:
-                self.proc.wait(20)
 
 
 @pytest.fixture

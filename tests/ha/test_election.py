@@ -64,7 +64,7 @@ def test_etcd_down_stops_changes_within_the_lease_and_service_resumes(pair, etcd
     pair.start()
     leader = pair.wait_leader()
     assert pair.nodes[leader].ctl(m.create_snapshot(1, "a"))["op"] != "ERROR"
-    etcd.stop(signal.SIGSTOP)
+    etcd.proc.send_signal(signal.SIGSTOP)
     down = time.monotonic()
     try:
         deadline = down + 10
@@ -135,5 +135,26 @@ def test_ha_metrics_say_which_node_leads(tmp_path, etcd):
             values[name] = float(line.split()[1])
             assert "csnap_ha_etcd_reachable 1.0" in text
         assert values == {leader: 1.0, pair.other(leader): 0.0}
+    finally:
+        pair.stop_all()
+
+
+def test_a_store_that_cannot_be_served_is_not_taken_over_in_a_loop(tmp_path, etcd):
+    """A store marked corrupt: the elected node says why, gives the key up and backs
+    off, so the nodes do not churn through elections; neither serves it."""
+    from csnapd.store.paths import open_store
+
+    from .conftest import HAPair
+    pair = HAPair(tmp_path, etcd)
+    s = open_store(str(pair.store), str(pair.origin))
+    s.mark_corrupt("test: damaged on purpose")
+    s.abandon()
+    try:
+        pair.start()
+        time.sleep(3)
+        assert {pair.role(n) for n in pair.nodes} == {"standby"}
+        logs = "".join(h.log_text() for h in pair.nodes.values())
+        assert "could not take over" in logs and "csnap-check" in logs
+        assert logs.count("elected leader") <= 4, logs.count("elected leader")
     finally:
         pair.stop_all()
