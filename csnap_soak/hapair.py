@@ -35,25 +35,31 @@ class Etcd:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Start etcd and wait until its client port answers (new ports if taken)."""
         etcd = shutil.which("etcd")
         if etcd is None:
             raise RuntimeError("etcd is not installed (scripts/install-system-deps.sh "
                                "installs the etcd-server package)")
-        peer = f"http://127.0.0.1:{self.peer}"
-        with open(self.tmp / "etcd.log", "a") as out:
-            self.proc = subprocess.Popen(
-                [etcd, "--name", "soak", "--data-dir", str(self.tmp / "etcd-data"),
-                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", f"soak={peer}", "--log-level", "warn", *ETCD_FLAGS],
-                stdout=out, stderr=out)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
+        for _ in range(3):
+            peer = f"http://127.0.0.1:{self.peer}"
+            with open(self.tmp / "etcd.log", "a") as out:
+                self.proc = subprocess.Popen(
+                    [etcd, "--name", "soak", "--data-dir", str(self.tmp / "etcd-data"),
+                     "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                     "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                     "--initial-cluster", f"soak={peer}", "--log-level", "warn",
+                     *ETCD_FLAGS], stdout=out, stderr=out)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                    return
+                except OSError:
+                    time.sleep(0.05)
+            if self.proc.poll() is None:
+                break
+            self.port, self.peer = free_port(), free_port()  # a port was taken meanwhile
+        self.stop()
         raise RuntimeError("etcd did not start: " + (self.tmp / "etcd.log").read_text())
 
     def stop(self) -> None:

@@ -48,10 +48,12 @@ def test_an_nbd_copy_pauses_across_a_failover_and_lands_whole(tmp_path, etcd):
         source = tmp_path / "source.img"
         source.write_bytes(os.urandom(SIZE))
         uri = f"nbd+unix:///origin?socket={sock}"
-        copy = subprocess.Popen(["nbdcopy", "--connections", "1", "--requests", "4",
-                                 str(source), uri], stdout=subprocess.PIPE,
+        # one 64 KiB request at a time, each a copy-out the leader must commit: slow
+        # enough that the kill lands in the middle
+        copy = subprocess.Popen(["nbdcopy", "--connections", "1", "--requests", "1",
+                                 "--request-size", "65536", str(source), uri], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-        time.sleep(0.3)
+        time.sleep(0.15)
         assert copy.poll() is None, "the copy ended before the kill; make it bigger"
         pair.nodes[leader].stop(signal.SIGKILL)
         out, _ = copy.communicate(timeout=120)
