@@ -599,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"restart to serving: p50 {rs[len(rs) // 2] * 1000:.0f} ms, "
           f"max {rs[-1] * 1000:.0f} ms; wall time {time.monotonic() - start:.0f} s")
     print(f"csnap-check exit: {res.check_rc}")
+    if res.takeover_s:
+        slow = sorted(enumerate(res.takeover_s, 1), key=lambda e: -e[1])[:5]
+        print("slowest takeovers (cycle: seconds): " +
+              ", ".join(f"{c}: {t:.2f}" for c, t in slow))
     print(res.figure())
     return 0 if res.lost == 0 and res.check_rc == 0 else 1
 
