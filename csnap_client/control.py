@@ -1,7 +1,8 @@
 """Control-socket client: administer csnapd over its unix socket.
 
 Owns: the administrative requests of docs/protocol.md section 5 (CREATE_SNAPSHOT,
-DELETE_SNAPSHOT, LIST_SNAPSHOTS, STATUS, SHUTDOWN). Same framing as the data connection,
+DELETE_SNAPSHOT, LIST_SNAPSHOTS, STATUS, SHUTDOWN, FORGET_CLIENT, HOLD_SNAPSHOT,
+RELEASE_SNAPSHOT, SET_SNAPSHOT). Same framing as the data connection,
 no IDENTIFY. Every call returns the OK reply's ``result`` or raises the ERROR as a
 :class:`~csnap_client.protocol.RemoteError` subclass.
 
@@ -32,7 +33,10 @@ from .protocol import (
     encode,
     error_from_reply,
     forget_client,
+    hold_snapshot,
     list_snapshots,
+    release_snapshot,
+    set_snapshot,
     shutdown,
     status,
     validate,
@@ -114,6 +118,22 @@ class ControlClient:
         copying out, at each snapshot create, what it may still write.
         """
         return await self.call(forget_client, client_id)
+
+    async def hold(self, name_or_tag: str | int) -> dict[str, Any]:
+        """Add a hold: the snapshot is refused to delete and never squashed until released.
+
+        Returns the snapshot as listed (``holds`` is its new count).
+        """
+        return await self.call(hold_snapshot, name_or_tag)
+
+    async def release(self, name_or_tag: str | int) -> dict[str, Any]:
+        """Take one hold away; refused (LIMIT_EXCEEDED) when the snapshot has none."""
+        return await self.call(release_snapshot, name_or_tag)
+
+    async def set(self, name_or_tag: str | int, name: str | None = None,
+                  priority: int | None = None) -> dict[str, Any]:
+        """Rename a snapshot and/or change its priority (both or neither happen)."""
+        return await self.call(set_snapshot, name_or_tag, name, priority)
 
     async def call(self, build: Any, *args: Any) -> Any:
         """Send ``build(id, *args)``; return the OK ``result`` or raise the RemoteError."""

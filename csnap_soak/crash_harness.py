@@ -41,7 +41,11 @@ Client model (what an acknowledgement promises):
   * the op in flight at the crash (started, not acked) is all or nothing: a
     created snapshot exists with correct content or not at all; a deleted
     one is either still fully readable or gone.  In-flight origin and
-    snapshot writes are invisible either way (no client data was written yet).
+    snapshot writes are invisible either way (no client data was written yet);
+  * with ``meta`` workloads, holds, releases, priority changes and renames
+    too: every snapshot has the priority and hold count the model says (the
+    one in flight: before or after), a renamed one exactly one of its two
+    names, and a held snapshot is never deleted (delete refuses it).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from csnapd.store import format as fmt
 from csnapd.store import superblock as sbk
 from csnapd.store.check import check_store
 from csnapd.store.device import Device, MemoryDevice
-from csnapd.store.errors import CorruptionError, StoreError, TooManySnapshots
+from csnapd.store.errors import CorruptionError, SnapshotHeld, StoreError, TooManySnapshots
 from csnapd.store.store import Store
 
 from .recording import SECTOR, ImageDevice, RecordingDevice, replay, torn
@@ -96,13 +100,15 @@ class Model:
 
     origin: tuple[bytes, ...]
     snaps: dict[str, tuple[bytes, ...]]
+    meta: dict[str, tuple[int, int]] = field(default_factory=dict)  # (priority, holds)
 
 
 @dataclass
 class Op:
     index: int
-    kind: str  # create, delete, owrite, swrite, step, reopen
+    kind: str  # create, delete, owrite, swrite, step, reopen; hold, release, prio, rename
     name: str = ""
+    new_name: str = ""  # rename
     # swrite: chunk -> (old bytes, new bytes)
     data: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
 
@@ -125,8 +131,16 @@ def _new_chunk(rng: random.Random, size: int) -> bytes:
     return rng.randbytes(size)
 
 
-def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None) -> Run:
-    """Run a seeded random workload, recording every store write and barrier."""
+META_KINDS = ("hold", "release", "prio", "rename")
+
+
+def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
+                 meta: bool = False) -> Run:
+    """Run a seeded random workload, recording every store write and barrier.
+
+    ``meta`` adds holds, releases, priority changes and renames (a fifth of the
+    ops); without it a seed's workload is the same as before they existed.
+    """
     geo = geo or Geometry()
     rng = random.Random(seed)
     inner = MemoryDevice(geo.store_bytes)
@@ -139,8 +153,9 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None) -> Run:
     origin = [_new_chunk(rng, cs) for _ in range(nchunks)]
     origin_dev.pwrite(0, b"".join(origin))
     rec = RecordingDevice(inner)
-    store = Store.open(rec, origin_dev)
+    store = _open(rec, origin_dev, meta)
     snaps: dict[str, list[bytes]] = {}
+    info: dict[str, tuple[int, int]] = {}  # name -> (priority, holds)
     models = [Model(tuple(origin), {})]
     ops: list[Op] = []
     serial = 0
@@ -156,9 +171,15 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None) -> Run:
             choices += ["step"] * 3
         choices += ["reopen"]
         kind = rng.choice(choices)
+        if meta and rng.random() < 0.2:
+            kind = rng.choice(META_KINDS)
         if kind == "create" and len(live) >= geo.max_live:
             kind = "owrite"
-        if kind in ("delete", "swrite") and not live:
+        if kind == "delete" and live and all(info[n][1] for n in live):
+            kind = "release"
+        if kind == "release" and not any(info[n][1] for n in live):
+            kind = "hold"
+        if kind in ("delete", "swrite", *META_KINDS) and not live:
             kind = "create"
         op = Op(k, kind)
         rec.mark(("start", k))
@@ -171,11 +192,43 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None) -> Run:
                 op.kind = kind = "step"  # all slots still being deleted: nothing changes
             else:
                 snaps[op.name] = list(origin)
+                info[op.name] = (0, 0)
             commit_and_ack(op)
         elif kind == "delete":
-            op.name = rng.choice(live)
+            op.name = rng.choice([n for n in live if not info[n][1]])
             store.delete_snapshot(op.name)
-            del snaps[op.name]
+            del snaps[op.name], info[op.name]
+            commit_and_ack(op)
+        elif kind == "hold":
+            op.name = rng.choice(live)
+            store.hold_snapshot(op.name)
+            info[op.name] = (info[op.name][0], info[op.name][1] + 1)
+            if rng.random() < 0.5:  # a held snapshot refuses to go; nothing changes
+                try:
+                    store.delete_snapshot(op.name)
+                except SnapshotHeld:
+                    pass
+                else:
+                    raise AssertionError(f"held snapshot {op.name} was deleted")
+            commit_and_ack(op)
+        elif kind == "release":
+            op.name = rng.choice([n for n in live if info[n][1]])
+            store.release_snapshot(op.name)
+            info[op.name] = (info[op.name][0], info[op.name][1] - 1)
+            commit_and_ack(op)
+        elif kind == "prio":
+            op.name = rng.choice(live)
+            priority = rng.randint(-128, 127)
+            store.set_snapshot(op.name, priority=priority)
+            info[op.name] = (priority, info[op.name][1])
+            commit_and_ack(op)
+        elif kind == "rename":
+            op.name = rng.choice(live)
+            serial += 1
+            op.new_name = f"r{seed}-{serial}"
+            store.set_snapshot(op.name, name=op.new_name)
+            snaps[op.new_name] = snaps.pop(op.name)
+            info[op.new_name] = info.pop(op.name)
             commit_and_ack(op)
         elif kind == "owrite":
             ranges = _write_ranges(rng, nchunks, geo.max_write)
@@ -208,12 +261,24 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None) -> Run:
             commit_and_ack(op)
         elif kind == "reopen":
             store.close()
-            store = Store.open(rec, origin_dev)
+            store = _open(rec, origin_dev, meta)
             rec.mark(("ack", k))
         ops.append(op)
-        models.append(Model(tuple(origin), {n: tuple(v) for n, v in snaps.items()}))
+        models.append(Model(tuple(origin), {n: tuple(v) for n, v in snaps.items()},
+                            dict(info)))
     store.close()
     return Run(seed, geo, base, list(rec.log), ops, models)
+
+
+def _open(dev: Device, origin: Device, meta: bool) -> Store:
+    """Open the workload's store; ``meta`` workloads also count its space at once, as a
+    server does in the background, so that clean closes write the counts to the table
+    (format 8.1) and recovered states check them."""
+    store = Store.open(dev, origin)
+    if meta:
+        while store.count_step(64):
+            pass
+    return store
 
 
 def _write_ranges(rng: random.Random, nchunks: int, max_write: int) -> list[tuple[int, int]]:
@@ -409,8 +474,16 @@ def verify_model(store: Store, run: Run, exp: Expectation) -> list[str]:
     after = run.models[exp.acked + 1] if exp.inflight is not None else None
     failures = []
     visible = {e.name: e for e in store.snaps.visible()}
-    maybe_new = exp.inflight.name if exp.inflight and exp.inflight.kind == "create" else None
-    maybe_gone = exp.inflight.name if exp.inflight and exp.inflight.kind == "delete" else None
+    flight = exp.inflight
+    maybe_new = maybe_gone = None
+    if flight is not None and flight.kind in ("create", "delete"):
+        maybe_new, maybe_gone = (flight.name, None) if flight.kind == "create" \
+            else (None, flight.name)
+    elif flight is not None and flight.kind == "rename":
+        maybe_new, maybe_gone = flight.new_name, flight.name
+        if (flight.name in visible) == (flight.new_name in visible):
+            failures.append(f"rename of {flight.name} to {flight.new_name} in flight: "
+                            "the snapshot must have exactly one of the two names")
     for name in model.snaps:
         if name not in visible and name != maybe_gone:
             failures.append(f"acked snapshot {name} is missing")
@@ -428,6 +501,7 @@ def verify_model(store: Store, run: Run, exp: Expectation) -> list[str]:
             want = after.snaps[name]
         else:
             continue
+        failures += _meta_problems(entry, model, after, flight)
         pending = exp.pending_data if exp.pending_data and exp.pending_data.name == name else None
         for chunk, store_chunk in store.snapshot_map(entry.slot, [(0, n)]):
             if store_chunk is None:
@@ -442,6 +516,26 @@ def verify_model(store: Store, run: Run, exp: Expectation) -> list[str]:
             failures.append(f"snapshot {name} chunk {chunk} ({where}) holds wrong data")
             break
     return failures
+
+
+def _meta_problems(entry: fmt.SnapEntry, model: Model, after: Model | None,
+                   flight: Op | None) -> list[str]:
+    """Priority and holds of a visible snapshot as the model says (either side of the
+    op in flight when that op is on this snapshot)."""
+    name = entry.name
+    allowed = set()
+    if name in model.meta:
+        allowed.add(model.meta[name])
+    if after is not None and flight is not None and name in (flight.name, flight.new_name) \
+            and name in after.meta:
+        allowed.add(after.meta[name])
+    if not allowed:  # a workload without meta ops (models before they existed)
+        return []
+    got = (entry.priority, entry.use_count)
+    if got in allowed:
+        return []
+    return [f"snapshot {name} has priority {got[0]} and {got[1]} hold(s); the model says "
+            f"{' or '.join(f'{p} and {h}' for p, h in sorted(allowed))}"]
 
 
 def _problems(store: Store) -> list[str]:
@@ -588,9 +682,10 @@ def _continue(store: Store, run: Run, exp: Expectation, rng: random.Random) -> l
     """Use a recovered store: new snapshot, origin writes, a delete pass; verify again."""
     cs, n = store.chunk_size, store.origin_chunks
     try:
+        store.count_step(2)  # the space count a server starts after recovery, partly done
         for e in list(store.snaps.visible()):
-            if e.name not in run.models[exp.acked].snaps:
-                store.delete_snapshot(e.name)  # an in-flight create that made it
+            if e.name not in run.models[exp.acked].snaps and not e.use_count:
+                store.delete_snapshot(e.name)  # an in-flight create (or rename) that made it
         store.commit()
         names = [e.name for e in store.snaps.visible()]
         if len(store.snaps.visible()) < run.geometry.max_live and any(
@@ -613,7 +708,9 @@ def _continue(store: Store, run: Run, exp: Expectation, rng: random.Random) -> l
         while store.deleting:
             store.delete_step(8)
             store.commit()
-        problems = _problems(store)
+        while store.count_step(64):
+            pass
+        problems = _problems(store)  # the kept space counts included
         for name in names:
             slot = store.snaps.find(name).slot
             for c, sc in store.snapshot_map(slot, [(0, n)]):
@@ -628,9 +725,10 @@ def _continue(store: Store, run: Run, exp: Expectation, rng: random.Random) -> l
 
 def run_seed(seed: int, nops: int = 40, max_states: int | None = None,
              geo: Geometry | None = None, double_rate: float = 0.1,
-             continue_rate: float = 0.05, stop_on_failure: bool = False) -> Tally:
+             continue_rate: float = 0.05, stop_on_failure: bool = False,
+             meta: bool = False) -> Tally:
     """Record one workload and check its crash states (all, or the first max_states)."""
-    run = run_workload(seed, nops, geo)
+    run = run_workload(seed, nops, geo, meta)
     exps = expectations(run)
     rng = random.Random(seed * 7919 + 1)
     tally = Tally()

@@ -164,6 +164,7 @@ class EngineCollector(Collector):
         yield _counter("csnap_cutoff_copies", "Chunks copied at snapshot create because a "
                        "client that did not acknowledge may still write them",
                        counters.get("cutoff_copies", 0))
+        yield from self._space(engine)
         yield _gauge("csnap_unproven_clients", "Disconnected clients whose grants still stand "
                      "(fence them, then csnapctl forget-client)",
                      len(_retry(engine.unproven_clients)))
@@ -179,6 +180,40 @@ class EngineCollector(Collector):
         yield clients
         yield _gauge("csnap_connections", "Open connections (data and control, identified or "
                      "not)", len(conns))
+
+    @staticmethod
+    def _space(engine: Engine) -> Iterator[Metric]:
+        """Per-snapshot exclusive / shared chunks, store fill and the time to full."""
+        store = engine.store
+        usage, counted = _retry(store.space_usage)
+        snaps = _retry(store.snaps.visible)
+        exclusive = GaugeMetricFamily(
+            "csnap_snapshot_exclusive_chunks", "Chunks only this snapshot uses: what "
+            "deleting it frees", labels=["snapshot", "tag"])
+        shared = GaugeMetricFamily("csnap_snapshot_shared_chunks", "Copied chunks this "
+                                   "snapshot shares with other snapshots",
+                                   labels=["snapshot", "tag"])
+        holds = GaugeMetricFamily("csnap_snapshot_holds", "Holds on the snapshot (never "
+                                  "deleted nor squashed while above 0)",
+                                  labels=["snapshot", "tag"])
+        for e in snaps:
+            u = usage.get(e.slot, {"unique": 0, "shared": 0})
+            exclusive.add_metric([e.name, str(e.tag)], u["unique"])
+            shared.add_metric([e.name, str(e.tag)], u["shared"])
+            holds.add_metric([e.name, str(e.tag)], e.use_count)
+        yield from (exclusive, shared, holds)
+        yield _gauge("csnap_snapshot_usage_counted_ratio", "How much of the exception map "
+                     "the per-snapshot counts cover (1 = exact; they are counted once after "
+                     "the server starts)", counted)
+        fill = _retry(engine.report.fill)
+        yield _gauge("csnap_store_fill_ratio", "Fraction of the store's chunks in use",
+                     fill["fill_ratio"])
+        yield _gauge("csnap_store_copyout_rate", "Chunks copied out per second over the "
+                     "last 10 minutes", fill["copyout_rate"])
+        ttf = fill["time_to_full_s"]
+        yield _gauge("csnap_store_time_to_full_seconds", "Projected seconds until the store "
+                     "is full at the recent copy-out rate (+Inf while nothing is copied out)",
+                     float("inf") if ttf is None else ttf)
 
     @staticmethod
     def _ha(st: dict[str, Any]) -> Iterator[Metric]:

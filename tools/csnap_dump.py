@@ -29,7 +29,7 @@ SECTIONS = ("superblock", "snapshots", "tree", "journal", "bitmap", "grants")
 #: What each section shows, for --help.
 SECTION_HELP = {
     "superblock": "both superblock slots, the current one, and what recovery did",
-    "snapshots": "every snapshot: slot, name, tag, state, priority, unique/shared chunks",
+    "snapshots": "every snapshot: slot, name, tag, state, priority, holds, unique/shared chunks",
     "tree": "the exception B-tree, block by block (index nodes and leaves)",
     "journal": "pending journal transactions, with both commit record copies and CRCs",
     "bitmap": "allocated chunk ranges and metadata block ranges",
@@ -128,7 +128,7 @@ def dump_snapshots(store) -> list[dict[str, Any]]:  # noqa: ANN001
             continue
         u = usage.get(e.slot, {"unique": 0, "shared": 0})
         out.append({"slot": e.slot, "name": e.name, "tag": e.tag, "state": states[e.state],
-                    "squashed": e.squashed, "priority": e.priority,
+                    "squashed": e.squashed, "priority": e.priority, "holds": e.use_count,
                     "created_ns": e.created_ns, **u})
     return out
 

@@ -1,6 +1,6 @@
 """csnapctl: administer a running csnapd through its control socket.
 
-Commands: create, delete, list, status, shutdown, forget-client. Human-readable output
+Commands: create, delete, list, status, set, hold, release, shutdown, forget-client. Human-readable output
 by default, ``--json`` for scripts. Exit codes: 0 ok, 1 the server refused (error message
 on stderr) or did not answer in time, 2 usage error, 3 cannot connect to the control
 socket (the message says whether csnapd is running, and with which socket).
@@ -28,6 +28,7 @@ from csnap_client.protocol import (
     ProtocolError,
     RemoteError,
     SnapshotExistsError,
+    SnapshotHeldError,
     UnknownSnapshotError,
 )
 from csnap_client.units import format_size
@@ -82,7 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the snapshot's name, or its tag (digits) as 'csnapctl list' shows; "
                         "digits that are only a snapshot's name mean that snapshot")
     d.add_argument("--json", action="store_true", help="print the result as JSON")
-    for name, text in (("list", "list snapshots (tag, name, time created, priority)"),
+    st = sub.add_parser("set", help="rename a snapshot or change its priority",
+                        description="Rename a snapshot (its tag stays) and/or change its "
+                                    "priority, both in one step: if either is refused, "
+                                    "neither happens. Clients already using the snapshot "
+                                    "keep it; new ones need the new name or the tag.")
+    st.add_argument("snapshot", metavar="NAME|TAG", help="the snapshot, as for delete")
+    st.add_argument("--name", dest="new_name", default=None, metavar="NEW",
+                    help="its new name (not all digits; not another snapshot's)")
+    st.add_argument("--priority", type=int, default=None, metavar="P",
+                    help="-128..127; lower priorities are squashed first when the store "
+                         "fills")
+    st.add_argument("--json", action="store_true", help="print the result as JSON")
+    for name, text in (
+            ("hold", "hold a snapshot: it cannot be deleted and is never squashed to free "
+                     "space until released (holds count: each hold needs a release)"),
+            ("release", "take one hold off a snapshot")):
+        h = sub.add_parser(name, help=text.split(" (")[0],
+                           description=text[0].upper() + text[1:] + ". Holds survive "
+                           "restarts and crashes; 'csnapctl list' shows them (HOLDS).")
+        h.add_argument("snapshot", metavar="NAME|TAG", help="the snapshot, as for delete")
+        h.add_argument("--json", action="store_true", help="print the result as JSON")
+    for name, text in (("list", "list snapshots (tag, name, time created, priority, holds)"),
                        ("status", "show store use, snapshots, clients, locks, operations")):
         s = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         s.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -141,8 +163,9 @@ def _cell(v: Any) -> str:
 def summarize_status(st: dict[str, Any]) -> str:
     """Human view of STATUS: a summary of the well-known parts, then everything else.
 
-    Known parts (csnapd's current keys): store use and journal, per-snapshot unique/shared
-    chunks, clients, read locks, operations in progress. Unknown keys are still shown.
+    Known parts (csnapd's current keys): HA role, store use and journal, fill and time to
+    full, per-snapshot exclusive/shared chunks and holds, clients, read locks, operations
+    in progress. Unknown keys are still shown.
     """
     lines: list[str] = []
     ha = st.get("ha") if isinstance(st.get("ha"), dict) else None
@@ -159,14 +182,26 @@ def summarize_status(st: dict[str, Any]) -> str:
         lines.append(f"journal:    {store['journal_used']}/{store.get('journal_blocks', '?')} "
                      f"blocks, seq {store.get('journal_seq', '?')}, "
                      f"{store.get('commits', '?')} commits")
+    fill = st.get("fill") if isinstance(st.get("fill"), dict) else {}
+    if fill:
+        ttf = fill.get("time_to_full_s")
+        when = ("not filling (no copy-outs lately)" if ttf is None
+                else f"full in {_duration(ttf)} at {fill.get('copyout_rate')} copy-outs/s "
+                     f"(the last {_duration(fill.get('rate_window_s') or 0)})")
+        lines.append(f"fill:       {100 * fill.get('fill_ratio', 0):.1f}%, {when}")
     if store.get("failed"):
         lines.append(f"FAILED:     {store['failed']}")
     snaps = st.get("snapshots")
     if isinstance(snaps, list):
         lines.append("snapshots:" + ("" if snaps else " (none)"))
+        counted = st.get("usage_counted", 1.0)
+        if isinstance(counted, int | float) and counted < 1.0:
+            lines.append(f"  (chunk counts cover {100 * counted:.0f}% of the store so far: "
+                         "after a crash they are counted once, in the background)")
         rows = [{"tag": s.get("tag"), "name": s.get("name"), "created": _when(s.get("created")),
-                 "unique": s.get("unique"), "shared": s.get("shared"),
-                 "priority": s.get("priority"), "squashed": s.get("squashed")}
+                 "exclusive": s.get("exclusive", s.get("unique")), "shared": s.get("shared"),
+                 "priority": s.get("priority"), "holds": s.get("holds"),
+                 "squashed": s.get("squashed")}
                 for s in snaps if isinstance(s, dict)]
         if rows:
             lines.extend("  " + line for line in _table(rows).splitlines())
@@ -175,7 +210,7 @@ def summarize_status(st: dict[str, Any]) -> str:
             lines.append(format_status({key: st[key]}))
     rest = {k: v for k, v in st.items() if k not in ("snapshots", "clients", "locks",
                                                       "operations", "unproven_clients",
-                                                      "role")}
+                                                      "role", "fill", "usage_counted")}
     if isinstance(rest.get("store"), dict) and not rest["store"].get("failed"):
         # shown above as FAILED when set; an empty "failed:" line only puzzles
         rest["store"] = {k: v for k, v in rest["store"].items() if k != "failed"}
@@ -183,6 +218,17 @@ def summarize_status(st: dict[str, Any]) -> str:
         lines.append("details:")
         lines.append(format_status(rest, 1))
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a human reads a span of time: 45 s, 12 min, 3.5 h, 9 days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
 
 
 def ha_line(ha: dict[str, Any]) -> str:
@@ -252,6 +298,13 @@ async def run(args: argparse.Namespace) -> Any:
             return await ctl.status()
         if args.command == "forget-client":
             return await ctl.forget_client(args.client_id)
+        if args.command in ("hold", "release", "set"):
+            args.ref = await resolve(ctl, args.snapshot)
+            if args.command == "hold":
+                return await ctl.hold(args.ref)
+            if args.command == "release":
+                return await ctl.release(args.ref)
+            return await ctl.set(args.ref, args.new_name, args.priority)
         return await ctl.shutdown()
 
 
@@ -293,6 +346,15 @@ def render(args: argparse.Namespace, result: Any) -> str:
         return format_list(result or [])
     if args.command == "status":
         return summarize_status(result) if isinstance(result, dict) else format_status(result)
+    if args.command in ("hold", "release"):
+        n = result.get("holds", 0)
+        return (f"snapshot {result.get('name')!r} (tag {result.get('tag')}) "
+                f"{'held' if args.command == 'hold' else 'released'}: {n} hold"
+                f"{'' if n == 1 else 's'} now"
+                + (" (it can be deleted and squashed again)" if not n else ""))
+    if args.command == "set":
+        return (f"snapshot tag {result.get('tag')}: name {result.get('name')!r}, "
+                f"priority {result.get('priority')}")
     if args.command == "forget-client":
         if result.get("forgotten"):
             return f"released the grants of client {args.client_id}"
@@ -304,6 +366,8 @@ def remote_hint(exc: RemoteError) -> str:
     """What to do about a refusal, appended to the server's message (or "")."""
     if isinstance(exc, UnknownSnapshotError):
         return "; 'csnapctl list' shows the snapshots"
+    if isinstance(exc, SnapshotHeldError):
+        return "; 'csnapctl list' shows the holds (HOLDS)"
     if isinstance(exc, SnapshotExistsError):
         return "; choose another name (or --tag), or delete the old one first"
     if isinstance(exc, PermissionDeniedError):
@@ -369,9 +433,12 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.control is None:
         args.control = default_control()
-    if args.command == "create" and args.priority is not None \
+    if args.command in ("create", "set") and args.priority is not None \
             and not -128 <= args.priority <= 127:
         print("csnapctl: --priority must be within -128..127", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "set" and args.new_name is None and args.priority is None:
+        print("csnapctl: set needs --name NEW and/or --priority P", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "create" and args.name.isdigit():
         print(f"csnapctl: note: {args.name!r} is all digits: csnapctl delete finds it by "
@@ -380,7 +447,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         result = asyncio.run(run(args))
     except AmbiguousSnapshot as exc:
-        print(f"csnapctl: delete refused: {exc}", file=sys.stderr)
+        print(f"csnapctl: {args.command} refused: {exc}", file=sys.stderr)
         return EXIT_SERVER
     except RemoteError as exc:
         print(f"csnapctl: {args.command} failed: {exc}{remote_hint(exc)}", file=sys.stderr)

@@ -45,6 +45,7 @@ ERROR_TABLE: tuple[tuple[int, str, str, bool], ...] = (
     (201, "SNAPSHOT_DELETED", "snapshot has been deleted", False),
     (202, "SNAPSHOT_SQUASHED", "snapshot was squashed to free store space", False),
     (203, "SNAPSHOT_EXISTS", "a snapshot with that name or tag already exists", False),
+    (204, "SNAPSHOT_HELD", "snapshot is held: release it first", False),
     # 3xx: the devices (snapshot store, origin)
     (300, "STORE_FULL", "snapshot store is full", False),
     (301, "STORE_CORRUPT", "snapshot store metadata is corrupt", False),
@@ -220,6 +221,12 @@ class SnapshotSquashedError(RemoteError):
 
 class SnapshotExistsError(RemoteError):
     code = ErrorCode.SNAPSHOT_EXISTS
+
+
+class SnapshotHeldError(RemoteError):
+    """Delete refused: the snapshot has holds (``csnapctl release`` takes them away)."""
+
+    code = ErrorCode.SNAPSHOT_HELD
 
 
 class StoreFullError(RemoteError):

@@ -82,6 +82,9 @@ class Op(enum.StrEnum):
     STATUS = "STATUS"
     SHUTDOWN = "SHUTDOWN"
     FORGET_CLIENT = "FORGET_CLIENT"
+    HOLD_SNAPSHOT = "HOLD_SNAPSHOT"
+    RELEASE_SNAPSHOT = "RELEASE_SNAPSHOT"
+    SET_SNAPSHOT = "SET_SNAPSHOT"
     OK = "OK"
 
 
@@ -427,6 +430,10 @@ _SPECS = (
     _spec(Op.STATUS, _CTL, {}, replies=(Op.OK, _E)),
     _spec(Op.SHUTDOWN, _CTL, {}, replies=(Op.OK, _E)),
     _spec(Op.FORGET_CLIENT, _CTL, {"client_id": UINT64}, replies=(Op.OK, _E)),
+    _spec(Op.HOLD_SNAPSHOT, _CTL, {"snapshot": SNAPSHOT_REF}, replies=(Op.OK, _E)),
+    _spec(Op.RELEASE_SNAPSHOT, _CTL, {"snapshot": SNAPSHOT_REF}, replies=(Op.OK, _E)),
+    _spec(Op.SET_SNAPSHOT, _CTL, {"snapshot": SNAPSHOT_REF}, {"name": NAME, "priority": INT8},
+          replies=(Op.OK, _E)),
     _spec(Op.OK, _CTLR, {"result": ANY}),
 )
 
@@ -727,6 +734,27 @@ def forget_client(id: int, client_id: int) -> Message:
     """FORGET_CLIENT (control): the operator vouches that a disconnected client can
     write no more (its host is down or fenced); its grants are dropped."""
     return {"op": "FORGET_CLIENT", "id": id, "client_id": client_id}
+
+
+def hold_snapshot(id: int, snapshot: str | int) -> Message:
+    """HOLD_SNAPSHOT (control): add a hold; a held snapshot is never deleted nor squashed."""
+    return {"op": "HOLD_SNAPSHOT", "id": id, "snapshot": snapshot}
+
+
+def release_snapshot(id: int, snapshot: str | int) -> Message:
+    """RELEASE_SNAPSHOT (control): take one hold away."""
+    return {"op": "RELEASE_SNAPSHOT", "id": id, "snapshot": snapshot}
+
+
+def set_snapshot(id: int, snapshot: str | int, name: str | None = None,
+                 priority: int | None = None) -> Message:
+    """SET_SNAPSHOT (control): rename a snapshot and/or change its priority."""
+    msg: Message = {"op": "SET_SNAPSHOT", "id": id, "snapshot": snapshot}
+    if name is not None:
+        msg["name"] = name
+    if priority is not None:
+        msg["priority"] = priority
+    return msg
 
 
 def ok(id: int, result: Any = None) -> Message:

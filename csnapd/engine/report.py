@@ -1,20 +1,22 @@
-"""What the server tells operators: snapshot lists, status, per-snapshot usage.
+"""What the server tells operators: snapshot lists, status, per-snapshot usage, fill.
 
-Usage (exclusive and shared chunks per snapshot) is counted on the spot for small
-stores and, above ``SYNC_USAGE_LIMIT`` exceptions, by a background scan a few leaves
-at a time (``scan_step``), so a status request never holds the server for a full walk;
-the answer says how old the counts are.
+Usage (exclusive and shared chunks per snapshot) is kept exact by the store as the
+exception map changes (store/usage.py); after an open it is counted once, a few leaves
+per background slice, or on the spot at the first status of a store with up to
+``SYNC_USAGE_LIMIT`` exceptions. Until then status says how far the count has come
+(``usage_counted``). The projected time to full divides the free chunks by the copy-out
+rate of the last ``RATE_WINDOW`` seconds, sampled at ticks.
 
-Reads the store and the engine's tables; changes nothing.
+Reads the store and the engine's tables; changes nothing but its own samples.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol
 
 from csnapd.store import format as fmt
 from csnapd.store.store import Store
-from csnapd.store.walk import snapshot_usage
 
 from .advice import AdviceFlow
 from .conns import Conns
@@ -31,15 +33,18 @@ class EngineState(Protocol):
     counters: dict[str, int]
     now: float
 
-#: Up to this many exceptions, status counts usage on the spot; above, in the background.
+#: Up to this many exceptions, status finishes counting usage on the spot.
 SYNC_USAGE_LIMIT = 100_000
-USAGE_MAX_AGE = 30.0
+#: The copy-out rate behind the time-to-full projection is taken over this many seconds,
+#: from samples at least SAMPLE_EVERY seconds apart.
+RATE_WINDOW = 600.0
+SAMPLE_EVERY = 5.0
 
 
 def snap_dict(e: fmt.SnapEntry) -> dict[str, Any]:
     """One snapshot as the control protocol lists it."""
     return {"name": e.name, "tag": e.tag, "slot": e.slot, "created": e.created_ns / 1e9,
-            "priority": e.priority, "squashed": e.squashed}
+            "priority": e.priority, "squashed": e.squashed, "holds": e.use_count}
 
 
 class Reporter:
@@ -47,9 +52,7 @@ class Reporter:
 
     def __init__(self, engine: EngineState) -> None:
         self.engine = engine
-        self.usage: dict[int, dict[str, int]] = {}
-        self.usage_at: float | None = None
-        self.scan: tuple[int, dict[int, dict[str, int]]] | None = None
+        self.samples: deque[tuple[float, int]] = deque()  # (time, copy-outs so far)
 
     def list_snapshots(self) -> list[dict[str, Any]]:
         return [snap_dict(e) for e in self.engine.store.snaps.visible()]
@@ -62,8 +65,11 @@ class Reporter:
     def status(self) -> dict[str, Any]:
         eng = self.engine
         usage, usage_info = self._usage_now()
-        snaps = [{**d, **usage.get(d["slot"], {"unique": 0, "shared": 0})}
-                 for d in self.list_snapshots()]
+        snaps = []
+        for d in self.list_snapshots():
+            u = usage.get(d["slot"], {"unique": 0, "shared": 0})
+            snaps.append({**d, "exclusive": u["unique"], "unique": u["unique"],
+                          "shared": u["shared"]})
         stats = eng.locks.stats()
         clients = [{"client_id": c.client_id, "volume": c.volume, "peer": c.peer}
                    for c in eng.conns.identified()]
@@ -74,7 +80,7 @@ class Reporter:
                       "broken": eng.counters.get("locks_broken", 0)},
             "unproven_clients": self.unproven_clients(),
             "operations": self._operations(), "requests": dict(eng.counters),
-            **usage_info,
+            "fill": self.fill(), **usage_info,
             **({"ha": eng.ha_status(), "role": "leader"} if eng.ha_status else {}),
         }
 
@@ -109,29 +115,40 @@ class Reporter:
             ops.append({"operation": "delete", "progress": round(progress["fraction"], 4)})
         return ops
 
-    # -- usage ---------------------------------------------------------------
+    # -- usage and fill ----------------------------------------------------------
     def _usage_now(self) -> tuple[dict[int, dict[str, int]], dict[str, Any]]:
-        eng = self.engine
-        if eng.store.sb.exceptions <= SYNC_USAGE_LIMIT:
-            return snapshot_usage(eng.store), {"usage_age_s": 0.0}
-        stale = self.usage_at is None or eng.now - self.usage_at > USAGE_MAX_AGE
-        if stale and self.scan is None:
-            self.scan = (0, {})
-        info: dict[str, Any] = {"usage_age_s": (None if self.usage_at is None
-                                                 else round(eng.now - self.usage_at, 1))}
-        if self.scan is not None:
-            info["usage_scan_cursor"] = self.scan[0]
-        return self.usage, info
-
-    def scan_step(self, leaves: int) -> bool:
-        """Count usage a few leaves further; True while the scan goes on."""
-        if self.scan is None:
-            return False
         store = self.engine.store
-        cursor, acc = self.scan
-        cursor, done = store.usage_step(cursor, leaves, acc)
-        if done:
-            self.usage, self.usage_at, self.scan = acc, self.engine.now, None
-            return False
-        self.scan = (cursor, acc)
-        return True
+        usage, counted = store.space_usage()
+        if counted < 1.0 and store.sb.exceptions <= SYNC_USAGE_LIMIT:
+            while store.count_step(256):
+                pass
+            usage, counted = store.space_usage()
+        return usage, {"usage_counted": round(counted, 4)}
+
+    def sample(self, now: float) -> None:
+        """Remember the copy-out count now and then, for the fill rate (called at ticks)."""
+        samples = self.samples
+        if samples and now - samples[-1][0] < SAMPLE_EVERY:
+            return
+        samples.append((now, self.engine.store.stats["copyouts"]))
+        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
+            samples.popleft()
+
+    def fill(self) -> dict[str, Any]:
+        """Store fill, the recent copy-out rate and the time to full it projects.
+
+        ``time_to_full_s`` is None while nothing was copied out in the window (or
+        too little time has been sampled): at that rate the store never fills.
+        """
+        store = self.engine.store
+        f = store.sb
+        samples = list(self.samples)
+        rate = 0.0
+        if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
+            (t0, c0), (t1, c1) = samples[0], samples[-1]
+            rate = max(0, c1 - c0) / (t1 - t0)
+        free = f.free_chunks
+        return {"fill_ratio": round((f.store_chunks - free) / max(1, f.store_chunks), 6),
+                "free_chunks": free, "copyout_rate": round(rate, 3),
+                "rate_window_s": round(samples[-1][0] - samples[0][0], 1) if samples else 0.0,
+                "time_to_full_s": round(free / rate, 1) if rate > 0 else None}

@@ -51,6 +51,7 @@ _STORE_ERRORS: dict[type[Exception], int] = {
     se.StoreFullError: ErrorCode.STORE_FULL,
     se.NoSuchSnapshot: ErrorCode.UNKNOWN_SNAPSHOT,
     se.SnapshotExists: ErrorCode.SNAPSHOT_EXISTS,
+    se.SnapshotHeld: ErrorCode.SNAPSHOT_HELD,
     se.TooManySnapshots: ErrorCode.LIMIT_EXCEEDED,
     se.LimitError: ErrorCode.LIMIT_EXCEEDED,
     se.ReadOnlyError: ErrorCode.STORE_CORRUPT,
@@ -132,9 +133,12 @@ class Engine:
             "LIST_SNAPSHOTS": self._list_snapshots, "STATUS": self._status,
             "SHUTDOWN": self._shutdown, "CREATE_SNAPSHOT": self._advise,
             "DELETE_SNAPSHOT": self._advise, "FORGET_CLIENT": self._forget_client,
+            "HOLD_SNAPSHOT": self._hold, "RELEASE_SNAPSHOT": self._hold,
+            "SET_SNAPSHOT": self._set_snapshot,
         }
         self._privileged = frozenset({"SHUTDOWN", "CREATE_SNAPSHOT", "DELETE_SNAPSHOT",
-                                      "FORGET_CLIENT"})
+                                      "FORGET_CLIENT", "HOLD_SNAPSHOT", "RELEASE_SNAPSHOT",
+                                      "SET_SNAPSHOT"})
 
     # ================================================================== input
     def open_conn(self, conn_id: int, control: bool = False, peer: str = "",
@@ -216,6 +220,7 @@ class Engine:
         if reason:
             self.stop_serving(reason)
         self._events(self.locks.expire(now))
+        self.report.sample(now)
         late = self.advice.overdue(now)
         if late:
             adv = self.advice.current
@@ -226,13 +231,14 @@ class Engine:
             self._advance(now)
 
     def background(self, budget_leaves: int = 4) -> bool:
-        """A slice of background work (deletion, usage scan); True while more remains.
+        """A slice of background work (deletion, the space count after an open); True while
+        more remains.
 
         Changes it makes are sealed and committed by the I/O layer like any others.
         """
         if self.stopped:
             return False
-        more = self.report.scan_step(4 * budget_leaves)
+        more = self.store.count_step(4 * budget_leaves)
         if self.revoked and self.store.deleting and self.now >= self.revoke_until:
             more = self.store.delete_step(budget_leaves) or more
             if self.space.waiters:
@@ -582,6 +588,41 @@ class Engine:
             log.warning("operator released every grant of client %d (from %s): its cached "
                         "approvals are now void", client, self.conns.peers.get(client, "unknown"))
         self._durable.append((conn.id, m.ok(req.id, {"client_id": client, "forgotten": found})))
+
+    def _hold(self, conn: Conn, req: Request, now: float) -> None:
+        """HOLD_SNAPSHOT / RELEASE_SNAPSHOT: the answer is durable with the new use count."""
+        ident = req.msg["snapshot"]
+        entry = self._find_snapshot(ident)
+        if entry is None:
+            raise se.NoSuchSnapshot(f"no snapshot {ident!r}")
+        if req.op == "HOLD_SNAPSHOT":
+            self.store.hold_snapshot(entry.name)
+        else:
+            self.store.release_snapshot(entry.name)
+        log.info("snapshot %s: %s, %d hold(s) now", entry.name,
+                 "held" if req.op == "HOLD_SNAPSHOT" else "released", entry.use_count)
+        self._durable.append((conn.id, m.ok(req.id, snap_dict(entry))))
+
+    def _set_snapshot(self, conn: Conn, req: Request, now: float) -> None:
+        """SET_SNAPSHOT: rename and/or change the priority, in one transaction.
+
+        Connections already identified to the snapshot keep it (they are bound to
+        its slot; ``_snapshot_gone`` compares the name to spot a reused slot, so theirs
+        is updated); new ones must use the new name, or the unchanged tag.
+        """
+        ident = req.msg["snapshot"]
+        entry = self._find_snapshot(ident)
+        if entry is None:
+            raise se.NoSuchSnapshot(f"no snapshot {ident!r}")
+        old = entry.name
+        self.store.set_snapshot(entry.name, req.msg.get("name"), req.msg.get("priority"))
+        for conn_id in self.conns.of_slot(entry.slot):
+            held = self.conns.get(conn_id)
+            if held is not None:
+                held.snap_name = entry.name  # the same snapshot: not "gone"
+        log.info("snapshot %s (tag %d): name %s, priority %d", old, entry.tag, entry.name,
+                 entry.priority)
+        self._durable.append((conn.id, m.ok(req.id, snap_dict(entry))))
 
     # -- the advice flow --------------------------------------------------------
     def _advise(self, conn: Conn, req: Request, now: float) -> None:

@@ -1,7 +1,7 @@
 """Store full: which snapshot to squash, and origin writes waiting for space.
 
 ``--on-full squash`` sacrifices the snapshot that needs the copy with the lowest
-priority, then the oldest, but only when no space is coming back already: while a
+priority, then the oldest (never a held one: ``csnapctl hold``), but only when no space is coming back already: while a
 delete pass (of a deleted or an earlier squashed snapshot) is still freeing chunks,
 or a squashed snapshot's writers were cut off so recently that they may still let go
 of its chunks, a write that needs a copy-out is parked here and retried as space
@@ -38,10 +38,20 @@ class SpacePolicy:
         return bool(self.store.held_deleting) and now < self._held_until
 
     def victim(self, exc: StoreFullError) -> fmt.SnapEntry | None:
-        """The snapshot to squash for this full copy-out, or None (refuse the write)."""
+        """The snapshot to squash for this full copy-out, or None (refuse the write).
+
+        Held snapshots are never squashed; when only held ones need the copy, the
+        refusal's message says so (the write fails with STORE_FULL).
+        """
         if self.on_full != "squash" or exc.chunk is None:
             return None
-        victims = self.store.snapshots_needing(exc.chunk)
+        needing = self.store.snapshots_needing(exc.chunk)
+        victims = [e for e in needing if not e.use_count]
+        if needing and not victims:
+            names = ", ".join(repr(e.name) for e in needing[:4])
+            exc.args = (f"{exc}; held snapshots are never squashed and only held ones "
+                        f"({names}) need this copy: release one, delete one, or grow "
+                        "the store",)
         return min(victims, key=lambda e: (e.priority, e.created_ns)) if victims else None
 
     def squashed(self, now: float) -> None:

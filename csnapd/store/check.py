@@ -4,7 +4,9 @@ Verified: both superblock slots; every tree block's checksum, kind, self
 address and structure; key order and key ranges along every path; uniform
 depth; every exception's store chunk is a data chunk inside the store,
 allocated, and referenced exactly once; sharemaps name only existing
-snapshots and never give one snapshot two copies of a chunk; no allocated
+snapshots and never give one snapshot two copies of a chunk; only live,
+unsquashed snapshots have holds (a use count); the per-snapshot space counts
+a serving store keeps (exclusive and shared copies) match the walk; no allocated
 chunk or metadata block is unreferenced (a leak); the free count and the
 exception count match what the walk found.  The journal between the
 checkpoint (tail) and the head is verified block by block in its format:
@@ -24,6 +26,8 @@ from typing import Any
 from . import format as fmt
 from . import journal as jnl
 from .errors import CorruptionError
+from .exmap import add_usage
+from .usage import SpaceCounts
 from .walk import Visit, bitmap_int, set_bits, walk_tree
 
 Progress = Callable[[int, int], None]
@@ -78,6 +82,7 @@ class _Checker:
         self.known_slots = {e.slot: e for e in store.snaps.entries if e.state != fmt.SNAP_FREE}
         self.known_mask = sum(1 << s for s in self.known_slots)
         self.bad_bitmaps: set[int] = set()
+        self.usage: dict[int, dict[str, int]] = {}
 
     def error(self, exc: CorruptionError) -> None:
         self.report.add("error", str(exc), exc.block, exc.path)
@@ -105,6 +110,7 @@ class _Checker:
         self._tree()
         self._grants()
         self._space()
+        self._counts()
         self._flags()
         self.report.stats.update(exceptions=self.exceptions, leaves=self.leaves,
                                  nodes=self.nodes, depth=self.f.depth,
@@ -160,6 +166,11 @@ class _Checker:
             if e.tag in tags:
                 self.report.add("error", f"snapshot tag {e.tag} used twice")
             tags.add(e.tag)
+            if e.use_count and (e.state != fmt.SNAP_LIVE or e.squashed):
+                what = "squashed" if e.squashed else "being deleted or created"
+                self.report.add("error", f"snapshot {e.name!r} (slot {e.slot}) has "
+                                f"{e.use_count} hold(s) but is {what}: a held snapshot "
+                                "is never deleted nor squashed")
 
     def _grants(self) -> None:
         """The grant table's blocks are metadata in use; its records name real things."""
@@ -214,6 +225,7 @@ class _Checker:
         f = self.f
         if v.nbytes > fmt.leaf_capacity(f.block_size):
             self.report.add("error", "leaf overfull", v.addr, v.path)
+        add_usage(self.usage, [excs for _, excs in v.entries])
         for chunk, excs in v.entries:
             if not v.lo <= chunk < v.hi:
                 self.report.add("error", f"chunk {chunk} outside the leaf's range "
@@ -246,6 +258,22 @@ class _Checker:
         if unknown or sharemap >> f.max_snapshots:
             self.report.add("error", f"{where}: sharemap names snapshot slots that do not exist "
                             f"(0x{unknown:x})", v.addr, v.path)
+
+    def _counts(self) -> None:
+        """The per-snapshot space counts the store keeps up to date (usage.py), when they
+        are complete, are what the walk found."""
+        counts = self.store.exmap.counts
+        if not counts.complete:
+            return
+        kept = counts.as_usage()
+        found = {s: u for s, u in self.usage.items() if u["unique"] or u["shared"]}
+        for slot in sorted(set(kept) | set(found)):
+            want = found.get(slot, {"unique": 0, "shared": 0})
+            got = kept.get(slot, {"unique": 0, "shared": 0})
+            if got != want:
+                self.report.add("count", f"space counts of snapshot slot {slot}: "
+                                f"{got['unique']} exclusive and {got['shared']} shared kept, "
+                                f"{want['unique']} and {want['shared']} in the tree")
 
     def _space(self) -> None:
         f, k = self.f, self.k
@@ -310,6 +338,11 @@ def repair(store, report: Report) -> list[str]:  # noqa: ANN001
     if free != f.free_chunks:
         done.append(f"free chunk count {f.free_chunks} -> {free}")
         f.free_chunks = free
+    if any(p.message.startswith("space counts of") for p in report.problems):
+        store.exmap.counts = SpaceCounts()
+        while store.count_step(256):
+            pass
+        done.append("counted the per-snapshot space again")
     flags = fmt.FLAG_CORRUPT | fmt.FLAG_NEEDS_CHECK
     if f.flags & flags:
         f.flags &= ~flags

@@ -71,6 +71,11 @@ class SnapshotExists(SnapshotError):
     """Name or tag already in use."""
 
 
+class SnapshotHeld(SnapshotError):
+    """The snapshot is held (its use count is not zero): it may not be deleted or squashed
+    until every hold is released."""
+
+
 class TooManySnapshots(SnapshotError):
     """Every sharemap slot is in use (live or still being deleted)."""
 

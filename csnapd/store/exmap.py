@@ -7,7 +7,8 @@ this module; none of them touches a leaf's keys, lists or byte count.
 * :class:`ExceptionMap` answers lookups (one chunk, or a range, for a slot),
   hands out a :class:`LeafSpan` for changes, walks the whole tree (the cursor
   for check, dump and status) and counts per-snapshot usage a few leaves at a
-  time.
+  time.  It keeps ``counts`` (usage.py), the exact per-snapshot exclusive and
+  shared copies: every sharemap change a span makes is passed to it.
 * :class:`LeafSpan` is the part of the map one leaf holds, ``[lo, hi)``.  A
   caller batches its per-chunk work inside one span (so the tree is descended
   once per leaf, not once per chunk), then calls ``finish()``, which marks the
@@ -36,6 +37,7 @@ from .btree import KEY_LIMIT, BTree, Path
 from .cache import BlockCache
 from .errors import CorruptionError, LimitError
 from .format import Exc
+from .usage import SpaceCounts
 
 ErrorHook = Callable[[CorruptionError], None]
 Usage = dict[int, dict[str, int]]
@@ -182,6 +184,7 @@ class LeafSpan:
         excs.append(Exc(store, sharemap))
         self._leaf.nbytes += grow
         self._note(chunk)
+        self._map.counts.note(chunk, 0, sharemap)
         return store
 
     def unshare(self, chunk: int, slot: int, alloc: Alloc) -> tuple[int, int | None]:
@@ -195,9 +198,11 @@ class LeafSpan:
         store = self.add(chunk, bit, alloc)
         if shared is None:
             return store, None
-        old = fmt.sharemap_size(shared.sharemap)
+        before = shared.sharemap
+        old = fmt.sharemap_size(before)
         shared.sharemap &= ~bit
         self._leaf.nbytes += fmt.sharemap_size(shared.sharemap) - old
+        self._map.counts.note(chunk, before, shared.sharemap)
         return store, shared.store
 
     def clear_bits(self, mask: int) -> list[int]:
@@ -210,13 +215,16 @@ class LeafSpan:
         freed: list[int] = []
         changed = False
         keep_keys, keep_vals = [], []
+        note = self._map.counts.note
         for chunk, excs in zip(leaf.keys, leaf.vals, strict=True):
             kept = []
             for e in excs:
                 if e.sharemap & mask:
                     changed = True
                     self._note(chunk)
+                    before = e.sharemap
                     e.sharemap &= ~mask
+                    note(chunk, before, e.sharemap)
                     if not e.sharemap:
                         freed.append(e.store)
                         continue
@@ -276,6 +284,17 @@ class ExceptionMap:
     def __init__(self, tree: BTree, cache: BlockCache) -> None:
         self.tree, self.cache = tree, cache
         self.block_size = tree.sbs.f.block_size
+        self.counts = SpaceCounts()
+
+    def count_step(self, leaves: int) -> bool:
+        """Build ``counts`` up to ``leaves`` leaves further; True while leaves remain."""
+        counts = self.counts
+        for _ in range(leaves):
+            if counts.complete:
+                return False
+            _path, leaf, lo, hi = self.tree.find(counts.cursor)
+            counts.add_entries(zip(leaf.keys, leaf.vals, strict=True), lo, hi)
+        return not counts.complete
 
     def span(self, chunk: int) -> LeafSpan:
         """The span of the leaf covering ``chunk``."""

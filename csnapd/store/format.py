@@ -77,9 +77,23 @@ INCOMPAT_JOURNAL_V2 = 1 << 1
 #: "Journal commit record, compact format" below).  Set together with
 #: INCOMPAT_JOURNAL_V2, whose envelope it keeps.
 INCOMPAT_COMPACT_JOURNAL = 1 << 2
-INCOMPAT_KNOWN = INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
+#:
+#: INCOMPAT_HOLDS: a snapshot table entry's use count is the number of holds on the
+#: snapshot (``csnapctl hold``), and a held snapshot is never deleted or squashed.  A
+#: csnap that ignored it would delete or squash a snapshot an operator is relying on.
+#: Set at every read-write open by a csnap that knows it (as INCOMPAT_GRANTS is).
+INCOMPAT_HOLDS = 1 << 3
+INCOMPAT_KNOWN = (INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
+                  | INCOMPAT_HOLDS)
 COMPAT_KNOWN = 0
-AUTOCLEAR_KNOWN = 0
+#:
+#: AUTOCLEAR_SPACE_COUNTS: every non-free snapshot table entry's exclusive and shared
+#: counts (offsets 20 and 26) are exactly those of the exception tree.  Set by a clean
+#: close that knew them, cleared by every read-write open (and, being autoclear, by any
+#: writer that does not know it); while it is set a reader may take the counts as they
+#: are instead of counting the tree.
+AUTOCLEAR_SPACE_COUNTS = 1 << 0
+AUTOCLEAR_KNOWN = AUTOCLEAR_SPACE_COUNTS
 
 #: Superblock flags.
 FLAG_BUSY = 1 << 0  # a server or tool has the store open read-write
@@ -937,11 +951,14 @@ def bitmap_bits_per_block(block_size: int) -> int:
 #        3    1 name length in bytes (1..96)
 #        4    4 user tag (uint32)
 #        8    8 creation time (unix nanoseconds)
-#       16    4 use count
-#       20   12 reserved, zero
+#       16    4 use count: holds on the snapshot (INCOMPAT_HOLDS); while it is not
+#               zero the snapshot is neither deleted nor squashed
+#       20    6 exclusive copies (u48): exceptions whose sharemap is this slot alone
+#       26    6 shared copies (u48): exceptions this slot shares with others; both
+#               meaningful only while AUTOCLEAR_SPACE_COUNTS is set (else stale or 0)
 #       32   96 name, UTF-8, zero padded
 
-SNAP_ENTRY = struct.Struct("<BBbBIQI12s96s")
+SNAP_ENTRY = struct.Struct("<BBbBIQI6s6s96s")
 SNAP_ENTRY_SIZE = 128
 assert SNAP_ENTRY.size == SNAP_ENTRY_SIZE
 MAX_NAME_BYTES = 96
@@ -949,6 +966,7 @@ MAX_NAME_BYTES = 96
 SNAP_FREE, SNAP_LIVE, SNAP_DELETING, SNAP_IN_PASS, SNAP_CREATING = 0, 1, 2, 3, 4
 SNAP_FLAG_SQUASHED = 1
 SNAP_FLAG_CLEARED = 2
+MAX_HOLDS = 2**32 - 1
 
 
 def snap_entries_per_block(block_size: int) -> int:
@@ -967,6 +985,8 @@ class SnapEntry:
     created_ns: int = 0
     use_count: int = 0
     name: str = ""
+    exclusive: int = 0  # space counts as of the last clean close (AUTOCLEAR_SPACE_COUNTS)
+    shared: int = 0
 
     @property
     def live(self) -> bool:
@@ -980,11 +1000,12 @@ class SnapEntry:
 def encode_snap_entry(e: SnapEntry) -> bytes:
     raw = e.name.encode("utf-8")
     return SNAP_ENTRY.pack(e.state, e.flags, e.priority, len(raw), e.tag, e.created_ns,
-                           e.use_count, b"", raw)
+                           e.use_count, e.exclusive.to_bytes(6, "little"),
+                           e.shared.to_bytes(6, "little"), raw)
 
 
 def decode_snap_entry(raw: bytes, slot: int, addr: int) -> SnapEntry:
-    state, flags, prio, nlen, tag, created, use, _, name = SNAP_ENTRY.unpack(raw)
+    state, flags, prio, nlen, tag, created, use, excl, shared, name = SNAP_ENTRY.unpack(raw)
     if state == SNAP_FREE:
         return SnapEntry(slot)
     if state > SNAP_CREATING or not 1 <= nlen <= MAX_NAME_BYTES:
@@ -993,7 +1014,8 @@ def decode_snap_entry(raw: bytes, slot: int, addr: int) -> SnapEntry:
         text = name[:nlen].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CorruptionError(addr, "SNAPTAB", f"name of slot {slot} is not UTF-8") from exc
-    return SnapEntry(slot, state, flags, prio, tag, created, use, text)
+    return SnapEntry(slot, state, flags, prio, tag, created, use, text,
+                     int.from_bytes(excl, "little"), int.from_bytes(shared, "little"))
 
 
 # ---------------------------------------------------------------------------

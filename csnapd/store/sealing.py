@@ -57,6 +57,7 @@ from . import journal as jnl
 from . import superblock as sbk
 from .errors import FencedError, ReadOnlyError, SealOrderError
 from .seal import Checkpoint, Frozen, Sealed
+from .usage import SpaceCounts
 
 
 class Sealing:
@@ -343,6 +344,7 @@ class Sealing:
         self.cache.drop_all()
         self.copier.pending = []
         self.alloc.abandon()
+        self.exmap.counts = SpaceCounts()  # counted changes were dropped: count again
 
     def _write_flag(self, flag: int) -> None:
         """Record ``flag`` in a superblock slot, best effort (synchronous, rare)."""

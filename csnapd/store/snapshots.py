@@ -1,8 +1,17 @@
-"""The snapshot table: names, tags and sharemap slots of every snapshot.
+"""The snapshot table: names, tags, priorities, holds and sharemap slots of every snapshot.
 
 Slot i of the table is sharemap bit i.  A slot stays taken while its snapshot
 is being deleted (its bit may still be set in sharemaps) and becomes free only
 when the delete pass that clears the bit has finished.
+
+A snapshot's use count is the number of holds on it (ddsnap's use count): a
+held snapshot is refused to delete and never squashed.  Holds, renames and
+priority changes are entry changes like any other: the table block goes into
+the next transaction, so each is all or nothing across a crash.
+
+A clean close also writes each entry's space counts (usage.py), valid while the
+superblock's AUTOCLEAR_SPACE_COUNTS bit says so: the next open takes them as they
+are instead of counting the tree again.
 """
 
 from __future__ import annotations
@@ -12,8 +21,15 @@ import time
 from . import format as fmt
 from .blocks import SnapTable
 from .cache import BlockCache
-from .errors import LimitError, NoSuchSnapshot, SnapshotExists, TooManySnapshots
+from .errors import (
+    LimitError,
+    NoSuchSnapshot,
+    SnapshotExists,
+    SnapshotHeld,
+    TooManySnapshots,
+)
 from .superblock import SuperState
+from .usage import SpaceCounts
 
 MAX_TAG = 2**32 - 1
 
@@ -85,16 +101,9 @@ class Snapshots:
     def create(self, name: str, tag: int | None = None, priority: int = 0,
                creating: bool = False) -> fmt.SnapEntry:
         """Take a free slot for a new snapshot; ``creating``: not live until ``make_live``."""
-        raw = name.encode("utf-8")
-        if not 1 <= len(raw) <= fmt.MAX_NAME_BYTES or name.isdigit():
-            raise LimitError(f"snapshot name must be 1..{fmt.MAX_NAME_BYTES} UTF-8 bytes "
-                             "and not all digits (digits name a tag)")
-        if not -128 <= priority <= 127:
-            raise LimitError("priority must be between -128 and 127")
+        self.check_name(name)
+        self.check_priority(priority)
         taken_tags = {e.tag for e in self.entries if e.state != fmt.SNAP_FREE}
-        for e in self.entries:
-            if self._shown(e) and e.name == name:
-                raise SnapshotExists(f"a snapshot named {name!r} exists")
         if tag is None:
             tag = next(t for t in range(1, len(self.entries) + 2) if t not in taken_tags)
         elif not 0 <= tag <= MAX_TAG:
@@ -110,6 +119,82 @@ class Snapshots:
         self._save(entry)
         return entry
 
+    def check_name(self, name: str, slot: int | None = None) -> None:
+        """A valid name no visible snapshot other than ``slot`` has."""
+        raw = name.encode("utf-8")
+        if not 1 <= len(raw) <= fmt.MAX_NAME_BYTES or name.isdigit():
+            raise LimitError(f"snapshot name must be 1..{fmt.MAX_NAME_BYTES} UTF-8 bytes "
+                             "and not all digits (digits name a tag)")
+        for e in self.entries:
+            if self._shown(e) and e.name == name and e.slot != slot:
+                raise SnapshotExists(f"a snapshot named {name!r} exists")
+
+    @staticmethod
+    def check_priority(priority: int) -> None:
+        """A priority fits the table's signed byte."""
+        if not -128 <= priority <= 127:
+            raise LimitError("priority must be between -128 and 127")
+
+    def rename(self, entry: fmt.SnapEntry, name: str) -> None:
+        """Give a visible snapshot a new name; its tag and slot stay."""
+        self.check_name(name, entry.slot)
+        entry.name = name
+        self._save(entry)
+
+    def set_priority(self, entry: fmt.SnapEntry, priority: int) -> None:
+        """Change the priority the store-full policy squashes by (lowest first)."""
+        self.check_priority(priority)
+        entry.priority = priority
+        self._save(entry)
+
+    def hold(self, entry: fmt.SnapEntry) -> None:
+        """Add a hold: the snapshot cannot be deleted or squashed until released."""
+        if entry.squashed:
+            raise LimitError(f"snapshot {entry.name!r} was squashed: there is nothing "
+                             "left to hold")
+        if entry.use_count >= fmt.MAX_HOLDS:
+            raise LimitError(f"snapshot {entry.name!r} has the most holds there can be "
+                             f"({fmt.MAX_HOLDS})")
+        entry.use_count += 1
+        self._save(entry)
+
+    def release(self, entry: fmt.SnapEntry) -> None:
+        """Take one hold away."""
+        if entry.use_count == 0:
+            raise LimitError(f"snapshot {entry.name!r} is not held")
+        entry.use_count -= 1
+        self._save(entry)
+
+    @staticmethod
+    def refuse_if_held(entry: fmt.SnapEntry, doing: str) -> None:
+        """Raise SnapshotHeld, saying why, when ``entry`` has holds."""
+        if entry.use_count:
+            n = entry.use_count
+            raise SnapshotHeld(f"cannot {doing} snapshot {entry.name!r}: it is held "
+                               f"({n} hold{'s' if n != 1 else ''}; 'csnapctl release "
+                               f"{entry.name}' takes one away)")
+
+    def save_counts(self, counts: SpaceCounts) -> None:
+        """Write complete space counts into every non-free entry (at a clean close)."""
+        for e in self.entries:
+            if e.state == fmt.SNAP_FREE:
+                continue
+            u = counts.of(e.slot)
+            if (e.exclusive, e.shared) != (u["unique"], u["shared"]):
+                e.exclusive, e.shared = u["unique"], u["shared"]
+                self._save(e)
+
+    def load_counts(self, counts: SpaceCounts) -> None:
+        """Take the counts a clean close wrote as complete (no scan needed)."""
+        for e in self.entries:
+            if e.state == fmt.SNAP_FREE:
+                continue
+            if e.exclusive:
+                counts.unique[e.slot] = e.exclusive
+            if e.shared:
+                counts.shared[e.slot] = e.shared
+        counts.complete = True
+
     def make_live(self, entry: fmt.SnapEntry) -> None:
         """A snapshot in CREATING has all its copy-outs: it exists from now on."""
         entry.state = fmt.SNAP_LIVE
@@ -124,7 +209,8 @@ class Snapshots:
         return gone
 
     def mark_deleting(self, entry: fmt.SnapEntry) -> None:
-        """User delete: hide the snapshot and queue its bits for clearing."""
+        """User delete: hide the snapshot and queue its bits for clearing (not if held)."""
+        self.refuse_if_held(entry, "delete")
         if entry.squashed:
             if entry.flags & fmt.SNAP_FLAG_CLEARED:
                 self._save(fmt.SnapEntry(entry.slot))
@@ -136,7 +222,11 @@ class Snapshots:
         self._save(entry)
 
     def mark_squashed(self, entry: fmt.SnapEntry) -> None:
-        """Store full: make the snapshot unreadable and queue its space for reclaim."""
+        """Store full: make the snapshot unreadable and queue its space for reclaim.
+
+        A held snapshot is refused: the store-full policy never picks one.
+        """
+        self.refuse_if_held(entry, "squash")
         entry.flags |= fmt.SNAP_FLAG_SQUASHED
         entry.state = fmt.SNAP_DELETING
         self._save(entry)

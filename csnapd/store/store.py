@@ -218,6 +218,8 @@ class Store(Sealing):
     def _load_tables(self) -> None:
         self.snaps = Snapshots(self.cache, self.sbs)
         self.grants = Grants(self.cache, self.alloc, self.sbs)
+        if self.sb.autoclear & fmt.AUTOCLEAR_SPACE_COUNTS and not self.recovery.unclean:
+            self.snaps.load_counts(self.exmap.counts)
         if not self.readonly:
             for e in self.snaps.abandon_creating():
                 self.recovery.info.append(
@@ -226,8 +228,9 @@ class Store(Sealing):
     def _mark_open(self) -> None:
         f = self.sb
         f.flags |= fmt.FLAG_BUSY
-        f.incompat |= fmt.INCOMPAT_GRANTS
-        f.autoclear &= fmt.AUTOCLEAR_KNOWN
+        f.incompat |= fmt.INCOMPAT_GRANTS | fmt.INCOMPAT_HOLDS
+        # the table's space counts go stale with the first change from now on
+        f.autoclear &= fmt.AUTOCLEAR_KNOWN & ~fmt.AUTOCLEAR_SPACE_COUNTS
         f.opened_ns = time.time_ns()
         self.sbs.touch()
         self.committed_super = self.sbs.snapshot()
@@ -311,13 +314,22 @@ class Store(Sealing):
         self.origin.close()
 
     def close(self) -> None:
-        """Commit, checkpoint and mark the store clean (nothing may be in flight)."""
+        """Commit, checkpoint and mark the store clean (nothing may be in flight).
+
+        Complete space counts are written into the snapshot table first, so the next
+        open need not count the tree (AUTOCLEAR_SPACE_COUNTS).
+        """
         if not self.readonly and not self.failed:
             if self.in_flight:
                 raise SealOrderError("close() while a sealed transaction or checkpoint is "
                                      "in flight")
+            counted = self.exmap.counts.complete
+            if counted:
+                self.snaps.save_counts(self.exmap.counts)
             self.commit()
             self.sb.flags &= ~fmt.FLAG_BUSY
+            if counted:
+                self.sb.autoclear |= fmt.AUTOCLEAR_SPACE_COUNTS
             self.sbs.touch()
             self.committed_super = self.sbs.snapshot()
             self._checkpoint()
@@ -570,6 +582,42 @@ class Store(Sealing):
         self.snaps.mark_squashed(entry)
         self._ops_open += 1
 
+    def hold_snapshot(self, ident: str | int) -> fmt.SnapEntry:
+        """Add a hold on a snapshot: delete refuses it and squash skips it until released."""
+        self._writable()
+        entry = self.snaps.find(ident)
+        self.snaps.hold(entry)
+        self._ops_open += 1
+        return entry
+
+    def release_snapshot(self, ident: str | int) -> fmt.SnapEntry:
+        """Take one hold off a snapshot (refused when it has none)."""
+        self._writable()
+        entry = self.snaps.find(ident)
+        self.snaps.release(entry)
+        self._ops_open += 1
+        return entry
+
+    def set_snapshot(self, ident: str | int, name: str | None = None,
+                     priority: int | None = None) -> fmt.SnapEntry:
+        """Rename a snapshot and/or change its priority, both in one transaction.
+
+        Everything is checked before anything changes, so a refused rename
+        leaves the priority as it was too.
+        """
+        self._writable()
+        entry = self.snaps.find(ident)
+        if name is not None:
+            self.snaps.check_name(name, entry.slot)
+        if priority is not None:
+            self.snaps.check_priority(priority)
+        if name is not None and name != entry.name:
+            self.snaps.rename(entry, name)
+        if priority is not None and priority != entry.priority:
+            self.snaps.set_priority(entry, priority)
+        self._ops_open += 1
+        return entry
+
     @property
     def deleting(self) -> bool:
         """True while a delete pass has work (slots held by writer grants wait)."""
@@ -632,6 +680,23 @@ class Store(Sealing):
         result = self.exmap.usage_step(cursor, leaves, usage)
         self.cache.trim()
         return result
+
+    def count_step(self, leaves: int) -> bool:
+        """Build the per-snapshot space counts up to ``leaves`` leaves further (after an
+        open they are counted once, a slice at a time; then kept exact as things change).
+        True while leaves remain; the cache is trimmed afterwards."""
+        more = self.exmap.count_step(leaves)
+        self.cache.trim()
+        return more
+
+    def space_usage(self) -> tuple[dict[int, dict[str, int]], float]:
+        """Per slot ``{"unique", "shared"}`` copies, and how much of the map is counted
+        (1.0: exact; below, the counts cover only the chunks below the scan cursor)."""
+        counts = self.exmap.counts
+        if counts.complete:
+            return counts.as_usage(), 1.0
+        return counts.as_usage(), min(counts.cursor, self.sb.origin_chunks) / max(
+            1, self.sb.origin_chunks)
 
     def delete_progress(self) -> dict[str, Any]:
         """How far the current delete pass has come (for status)."""

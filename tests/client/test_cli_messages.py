@@ -104,6 +104,26 @@ def test_status_shows_no_empty_failed_line_and_no_python_booleans():
     assert "FAILED:     I/O error" in failed
 
 
+def test_status_shows_fill_time_to_full_and_exclusive_chunks():
+    status = {"store": {"chunk_size": 4096, "store_chunks": 100, "used_chunks": 40,
+                        "free_chunks": 60, "exceptions": 3},
+              "fill": {"fill_ratio": 0.4, "free_chunks": 60, "copyout_rate": 0.5,
+                       "rate_window_s": 600.0, "time_to_full_s": 12600.0},
+              "usage_counted": 0.25,
+              "snapshots": [{"tag": 1, "name": "monday", "created": None, "exclusive": 3,
+                             "unique": 3, "shared": 2, "priority": 0, "holds": 1,
+                             "squashed": False}]}
+    text = csnapctl.summarize_status(status)
+    assert "fill:       40.0%, full in 3.5 h at 0.5 copy-outs/s (the last 10 min)" in text
+    assert "cover 25% of the store so far" in text
+    head = next(line for line in text.splitlines() if "EXCLUSIVE" in line).split()
+    row = next(line for line in text.splitlines() if "monday" in line).split()
+    assert row[head.index("EXCLUSIVE")] == "3" and row[head.index("HOLDS")] == "1"
+    idle = csnapctl.summarize_status({**status, "fill": {**status["fill"],
+                                                         "time_to_full_s": None}})
+    assert "not filling" in idle
+
+
 def test_list_says_yes_and_no():
     text = csnapctl.format_list([{"tag": 1, "name": "a", "created": 0, "priority": 0,
                                   "squashed": True},

@@ -166,13 +166,18 @@ def test_usage_of_a_large_store_is_counted_in_the_background(engine, monkeypatch
     engine.flush(0.0)
     monkeypatch.setattr(report, "SYNC_USAGE_LIMIT", 10)
     first = engine.status()
-    assert first["snapshots"][0]["unique"] == 0 and first["usage_age_s"] is None
+    assert first["snapshots"][0]["exclusive"] == 0 and first["usage_counted"] == 0.0
     steps = 0
     while engine.background(budget_leaves=1):
         steps += 1
     assert steps >= 2  # really incremental
     later = engine.status()
-    assert later["snapshots"][0]["unique"] == 500 and later["usage_age_s"] == 0.0
+    assert later["snapshots"][0]["exclusive"] == 500 and later["usage_counted"] == 1.0
+    # from now on the counts follow every change, with no walk
+    engine.handle_message(1, m.query_write(10, [[600, 20]]), 0.0)
+    engine.flush(0.0)
+    assert not engine.background(budget_leaves=1)
+    assert engine.status()["snapshots"][0]["exclusive"] == 520
 
 
 def test_read_lock_limits(engine, monkeypatch):

@@ -107,6 +107,37 @@ def test_collector_follows_the_engine(engine):
     assert value("csnap_clients", volume="snapshot") == 0
 
 
+def test_space_metrics_per_snapshot_fill_and_time_to_full(engine):
+    registry, _ = make_registry(engine)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    engine.open_conn(CTL, control=True)
+    assert call(engine, CTL, m.create_snapshot(1, "monday"))[0]["op"] == "OK"
+    assert call(engine, CTL, m.hold_snapshot(2, "monday"))[0]["op"] == "OK"
+    engine.open_conn(ORIGIN)
+    assert call(engine, ORIGIN, m.identify(1, 101, "origin"))[0]["op"] == "IDENTIFY_OK"
+    assert value("csnap_store_time_to_full_seconds") == float("inf")
+    engine.tick(0.0)
+    assert call(engine, ORIGIN, m.query_write(2, [[0, 10]]), now=0.0)[0]["op"] == "WRITE_OK"
+    engine.tick(10.0)  # 10 copy-outs in 10 s
+    while engine.background():
+        pass
+    labels = {"snapshot": "monday", "tag": "1"}
+    assert value("csnap_snapshot_exclusive_chunks", **labels) == 10
+    assert value("csnap_snapshot_shared_chunks", **labels) == 0
+    assert value("csnap_snapshot_holds", **labels) == 1
+    assert value("csnap_snapshot_usage_counted_ratio") == 1.0
+    assert value("csnap_store_copyout_rate") == 1.0
+    free = value("csnap_store_free_chunks")
+    assert value("csnap_store_time_to_full_seconds") == free
+    chunks = value("csnap_store_chunks")
+    assert value("csnap_store_fill_ratio") == pytest.approx((chunks - free) / chunks, abs=1e-6)
+    fill = engine.status()["fill"]
+    assert fill["time_to_full_s"] == free and fill["copyout_rate"] == 1.0
+
+
 def test_request_metrics_and_outcomes(engine):
     registry, metrics = make_registry(engine)
     metrics.observe("QUERY_WRITE", "ok", 0.002)

@@ -78,6 +78,10 @@ EXAMPLES = {
     Op.STATUS: [P.status(1)],
     Op.SHUTDOWN: [P.shutdown(1)],
     Op.FORGET_CLIENT: [P.forget_client(1, 42)],
+    Op.HOLD_SNAPSHOT: [P.hold_snapshot(1, "s"), P.hold_snapshot(1, 4)],
+    Op.RELEASE_SNAPSHOT: [P.release_snapshot(1, "s")],
+    Op.SET_SNAPSHOT: [P.set_snapshot(1, "s", name="t"), P.set_snapshot(1, 4, priority=-128),
+                      P.set_snapshot(1, "s", "t", 127)],
     Op.OK: [P.ok(1), P.ok(2, {"snapshots": [{"name": "s", "tag": 4}]})],
 }
 

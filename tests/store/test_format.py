@@ -181,6 +181,18 @@ def test_snap_entry_round_trip():
     assert fmt.decode_snap_entry(bytes(128), 4, 2) == fmt.SnapEntry(4)
 
 
+def test_snap_entry_holds_and_space_counts_at_their_offsets():
+    """docs/on-disk-format.md 8.1: use count at 16 (u32), exclusive at 20 and shared at
+    26 (u48 each), name at 32."""
+    e = fmt.SnapEntry(1, fmt.SNAP_LIVE, 0, 0, 9, 0, 3, "n", exclusive=2**48 - 1,
+                      shared=0x010203040506)
+    raw = fmt.encode_snap_entry(e)
+    assert raw[16:20] == (3).to_bytes(4, "little")
+    assert raw[20:26] == b"\xff" * 6 and raw[26:32] == bytes([6, 5, 4, 3, 2, 1])
+    assert raw[32:33] == b"n"
+    assert fmt.decode_snap_entry(raw, 1, 2) == e
+
+
 def test_redundant_commit_record_matches_the_worked_example():
     """docs/on-disk-format.md 10.3: the bytes and CRCs printed there."""
     from csnapd.store import txn

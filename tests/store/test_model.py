@@ -5,7 +5,9 @@ The test plays the client.  An origin write is: ``origin_write`` (copy-outs),
 is: ``snapshot_write``, ``commit()``, then the bytes go to the returned store
 chunks.  An operation is acknowledged once ``commit()`` has returned; after a
 simulated power cut (VolatileDevice.crash) every acknowledged operation must
-be there, and every snapshot must read back exactly the bytes of the model.
+be there, and every snapshot must read back exactly the bytes of the model,
+with the name, priority and holds the model gives it (a held snapshot refuses
+to be deleted).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from hypothesis.stateful import (
 
 from csnapd.store import create
 from csnapd.store.device import MemoryDevice, VolatileDevice
-from csnapd.store.errors import NoSuchSnapshot, StoreFullError
+from csnapd.store.errors import NoSuchSnapshot, SnapshotHeld, StoreFullError
 from csnapd.store.store import Store
+from csnapd.store.walk import snapshot_usage
 
 from .conftest import BS, CS, audit, chunk_bytes
 
@@ -57,9 +60,11 @@ class StoreMachine(RuleBasedStateMachine):
             self.model_origin[c] = chunk_bytes(c, 0)
             self.origin.pwrite(c * CS, self.model_origin[c])
         self.snaps: dict[str, dict[int, bytes]] = {}  # acknowledged snapshots
+        self.meta: dict[str, tuple[int, int]] = {}  # name -> (priority, holds)
         self.dev = VolatileDevice(self.inner)
         self.s = Store.open(self.dev, self.origin, cache_size=cache)
         self.initial_free = self.s.sb.free_chunks
+        self.s.count_step(1)  # an empty map: counted at once, then kept by every change
 
     # -- helpers -----------------------------------------------------------
     def _next(self) -> int:
@@ -88,6 +93,9 @@ class StoreMachine(RuleBasedStateMachine):
         s = self.s
         live = {e.name for e in s.snaps.visible() if not e.squashed}
         assert live == set(self.snaps), (live, set(self.snaps))
+        for name, meta in self.meta.items():
+            e = s.snaps.find(name)
+            assert (e.priority, e.use_count) == meta, (name, e, meta)
         for name, model in self.snaps.items():
             slot = self._slot(name)
             for chunk, store_chunk in s.snapshot_map(slot, [(0, ORIGIN_CHUNKS)]):
@@ -110,6 +118,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.s.create_snapshot(name)
         self.s.commit()
         self.snaps[name] = dict(self.model_origin)
+        self.meta[name] = (0, 0)
 
     @rule(start=chunks, count=counts, part=parts)
     def origin_write(self, start, count, part):
@@ -155,10 +164,50 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), steps=st.sampled_from([0, 1, 3, -1]))
     def delete_snapshot(self, data, steps):
         name = data.draw(st.sampled_from(sorted(self.snaps)))
+        if self.meta[name][1]:
+            with pytest.raises(SnapshotHeld):
+                self.s.delete_snapshot(name)
+            event("delete refused: held")
+            return
         self.s.delete_snapshot(name)
         self.s.commit()
-        del self.snaps[name]
+        self._forget(name)
         self._delete_steps(steps)
+
+    def _forget(self, name: str) -> None:
+        del self.snaps[name]
+        del self.meta[name]
+
+    def _rename_model(self, old: str, new: str) -> None:
+        self.snaps[new] = self.snaps.pop(old)
+        self.meta[new] = self.meta.pop(old)
+
+    @precondition(lambda self: self.snaps)
+    @rule(data=st.data(), release=st.booleans())
+    def hold_or_release(self, data, release):
+        name = data.draw(st.sampled_from(sorted(self.snaps)))
+        prio, holds = self.meta[name]
+        if release and holds:
+            self.s.release_snapshot(name)
+            holds -= 1
+        else:
+            self.s.hold_snapshot(name)
+            holds += 1
+        self.s.commit()
+        self.meta[name] = (prio, holds)
+
+    @precondition(lambda self: self.snaps)
+    @rule(data=st.data(), new=st.sampled_from(NAMES), priority=st.integers(-128, 127))
+    def set_snapshot(self, data, new, priority):
+        name = data.draw(st.sampled_from(sorted(self.snaps)))
+        if new in self.snaps and new != name:
+            new = None  # taken: only the priority changes
+        self.s.set_snapshot(name, name=new, priority=priority)
+        self.s.commit()
+        if new is not None:
+            self._rename_model(name, new)
+            name = new
+        self.meta[name] = (priority, self.meta[name][1])
 
     def _delete_steps(self, steps: int) -> None:
         n = 0
@@ -181,10 +230,11 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), cache=cache_sizes,
           pending=st.sampled_from(["none", "origin_write", "snapshot_write", "create",
-                                   "delete", "delete_step"]))
+                                   "delete", "delete_step", "hold", "rename"]))
     def crash(self, data, cache, pending):
         """Power cut, possibly in the middle of an unacknowledged operation."""
-        maybe_created = maybe_deleted = None
+        maybe_created = maybe_deleted = maybe_held = None
+        maybe_renamed: tuple[str, str] | None = None
         if pending == "origin_write":
             start = data.draw(chunks)
             try:
@@ -204,7 +254,19 @@ class StoreMachine(RuleBasedStateMachine):
                 maybe_created = name
         elif pending == "delete" and self.snaps:
             maybe_deleted = data.draw(st.sampled_from(sorted(self.snaps)))
-            self.s.delete_snapshot(maybe_deleted)
+            try:
+                self.s.delete_snapshot(maybe_deleted)
+            except SnapshotHeld:
+                maybe_deleted = None
+        elif pending == "hold" and self.snaps:
+            maybe_held = data.draw(st.sampled_from(sorted(self.snaps)))
+            self.s.hold_snapshot(maybe_held)
+        elif pending == "rename" and self.snaps:
+            old = data.draw(st.sampled_from(sorted(self.snaps)))
+            new = data.draw(st.sampled_from(NAMES))
+            if new not in self.snaps:
+                self.s.set_snapshot(old, name=new)
+                maybe_renamed = (old, new)
         elif pending == "delete_step":
             self.s.delete_step(max_leaves=3)
         self.dev.crash()
@@ -215,15 +277,32 @@ class StoreMachine(RuleBasedStateMachine):
             try:
                 self.s.snaps.find(maybe_created)
                 self.snaps[maybe_created] = dict(self.model_origin)
+                self.meta[maybe_created] = (0, 0)
             except NoSuchSnapshot:
                 pass
         if maybe_deleted is not None:
             try:
                 self.s.snaps.find(maybe_deleted)
             except NoSuchSnapshot:
-                del self.snaps[maybe_deleted]
+                self._forget(maybe_deleted)
+        if maybe_held is not None:
+            prio, holds = self.meta[maybe_held]
+            if self.s.snaps.find(maybe_held).use_count == holds + 1:
+                self.meta[maybe_held] = (prio, holds + 1)
+        if maybe_renamed is not None:
+            old, new = maybe_renamed
+            try:
+                self.s.snaps.find(new)
+                self._rename_model(old, new)
+            except NoSuchSnapshot:
+                pass
         self._verify_data()
         audit(self.s)
+
+    @rule(leaves=st.sampled_from([1, 2, 1000]))
+    def count_space(self, leaves):
+        """The server's background slices of the space count after an open."""
+        self.s.count_step(leaves)
 
     @rule()
     def check_everything(self):
@@ -234,9 +313,12 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def delete_all_frees_everything(self):
         for name in list(self.snaps):
+            for _ in range(self.meta[name][1]):
+                self.s.release_snapshot(name)
             self.s.delete_snapshot(name)
         self.s.commit()
         self.snaps.clear()
+        self.meta.clear()
         self._delete_steps(-1)
         assert not self.s.deleting
         assert self.s.sb.exceptions == 0
@@ -245,6 +327,27 @@ class StoreMachine(RuleBasedStateMachine):
         audit(self.s)
 
     # -- invariants ----------------------------------------------------------
+    @invariant()
+    def space_counts_are_exact(self):
+        """The kept counts equal a count of the tree, below the scan cursor (all of it
+        once complete), whatever changed since they were counted."""
+        if not hasattr(self, "s"):
+            return
+        counts = self.s.exmap.counts
+        if counts.complete:
+            want = {k: v for k, v in snapshot_usage(self.s).items() if v["unique"] or v["shared"]}
+        else:
+            want = {}
+            for chunk, excs in self.s.exmap.entries():
+                if chunk >= counts.cursor:
+                    break
+                for e in excs:
+                    bits = [b for b in range(64) if e.sharemap >> b & 1]
+                    for b in bits:
+                        u = want.setdefault(b, {"unique": 0, "shared": 0})
+                        u["unique" if len(bits) == 1 else "shared"] += 1
+        assert counts.as_usage() == want
+
     @invariant()
     def tree_shape(self):
         if hasattr(self, "s"):
