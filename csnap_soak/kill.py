@@ -481,10 +481,33 @@ PROBE_CHUNKS = 16
 async def _probe(cfg: dict[str, Any], seq: int, ledger: list[list[Any]]) -> None:
     """A fresh client (no cache: the write must be approved by the leader) writes one
     probe chunk, retrying until a leader acknowledges; logged like any origin write."""
+    import logging
+    import logging.handlers
     per = CHUNK // BLOCK
     b0 = NBLOCKS - PROBE_CHUNKS * per + (seq % PROBE_CHUNKS) * per
     data = stamp_range(PROBE_WRITER, seq, b0, per)
     t0 = time.monotonic()
+    # keep the client's debug log of this probe; written out only if it was slow
+    trace = logging.handlers.MemoryHandler(capacity=100000, flushLevel=logging.CRITICAL + 1)
+    trace.setFormatter(logging.Formatter("%(created).3f %(name)s %(levelname)s %(message)s"))
+    client_log = logging.getLogger("csnap_client")
+    client_log.addHandler(trace)
+    level = client_log.level
+    client_log.setLevel(logging.DEBUG)
+    try:
+        await _probe_once(cfg, seq, ledger, b0, per, data, t0)
+    finally:
+        client_log.removeHandler(trace)
+        client_log.setLevel(level)
+        if time.monotonic() - t0 > 3:
+            with open(Path(cfg["dir"]) / f"slow-probe-{seq}.log", "w") as out:
+                out.write(f"kill+probe start {t0:.3f}\n")
+                for rec in trace.buffer:
+                    out.write(trace.format(rec) + "\n")
+
+
+async def _probe_once(cfg: dict[str, Any], seq: int, ledger: list[list[Any]], b0: int,
+                      per: int, data: bytes, t0: float) -> None:
     vol = None
     for _ in range(600):
         try:

@@ -86,7 +86,8 @@ class HANode:
     # -- status --------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The election's view plus what fencing did, for STATUS and metrics."""
-        st = self.election.status() if self.election else {"role": "standby"}
+        st = (self.election.status() if self.election
+              else {"role": "standby", "node": self.args.node or socket.gethostname()})
         committer = self.server.committer
         return {**st, "late_writes": self.late_writes + committer.late_writes,
                 "fenced_writes": self.fenced_writes}
