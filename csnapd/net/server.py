@@ -252,6 +252,14 @@ class Server:
     def pump(self, conn: Connection) -> None:
         """Feed a connection's ready requests to the engine."""
         session, engine, metrics = conn.session, self.engine, self.metrics
+        if self.conns.get(conn.id) is not conn:
+            # a connection of the engine before a switch (HA): its session belongs to
+            # that engine, which will never answer it; hang up so the client reconnects
+            log.info("closing connection %d from %s: this node changed role", conn.id,
+                     conn.peer)
+            if conn.transport is not None:
+                conn.transport.abort()
+            return
         if self.lease_ok is not None and not self.lease_ok():
             self._lease_ended()
             return
