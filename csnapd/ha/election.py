@@ -177,13 +177,19 @@ class Election:
     def _arm_expiry(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
-        delay = max(0.0, self.valid_until - self.clock())
+        delay = max(0.0, self.valid_until - self.clock()) + 0.001
         self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
 
     def _expired(self) -> None:
-        if self.role is Role.LEADER and self.clock() >= self.valid_until:
-            asyncio.ensure_future(self._step_down(
-                "the lease could not be renewed in time (etcd unreachable?)", revoke=False))
+        if self.role is not Role.LEADER:
+            return
+        if self.clock() < self.valid_until:
+            # the loop's timers may fire a little early (millisecond granularity), or
+            # a renewal moved the end: look again then, never let the moment pass
+            self._arm_expiry()
+            return
+        asyncio.ensure_future(self._step_down(
+            "the lease could not be renewed in time (etcd unreachable?)", revoke=False))
 
     async def _step_down(self, reason: str, revoke: bool) -> None:
         if self.role is not Role.LEADER:
