@@ -223,6 +223,9 @@ class _Wire(asyncio.Protocol):
         self.client = client
         self.session = ClientSession()
         self.transport: asyncio.Transport | None = None
+        #: the connection already ended (possibly before the client took it up: a
+        #: server that hangs up at once, as a node switching role does)
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Remember the transport."""
@@ -236,6 +239,7 @@ class _Wire(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the client; it decides whether to reconnect."""
+        self.lost = True
         self.client._on_lost(self, exc)
 
     def write(self, msgs: list[Message]) -> None:
@@ -491,6 +495,9 @@ class Client:
 
     async def _call_direct(self, wire: _Wire, msg: Message) -> Message:
         """Send on ``wire`` even before IDENTIFY completed (handshake messages)."""
+        if wire.lost:  # it ended before we got here: no reply will ever come
+            raise ConnectionLostError(f"connection to {self.address} closed by the server "
+                                      "during the handshake")
         rid = msg["id"]
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = _Pending(msg, fut, resend=False, counted=False,
@@ -619,6 +626,9 @@ class Client:
         if wire is not self._wire:
             return
         self._wire = None
+        if self._challenge is not None and not self._challenge.done():
+            self._challenge.set_exception(ConnectionLostError(
+                f"connection to {self.address} lost before its CHALLENGE"))
         was_identified = self._identified
         self._identified = False
         bounced = isinstance(exc, NotLeaderError)
@@ -753,6 +763,9 @@ class Client:
             self.timeout)
         self._wire = wire
         try:
+            if wire.lost:  # hung up on at once (a node switching role closes everything)
+                raise ConnectionLostError(f"connection to {format_address(address)} closed "
+                                          "by the server at once")
             proof, check = await self._answer_challenge()
             reply = await asyncio.wait_for(self._call_direct(wire, identify(
                 self._take_id(), self.client_id, self.volume, PROTOCOL_VERSION, proof,
