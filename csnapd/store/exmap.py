@@ -237,6 +237,46 @@ class LeafSpan:
             leaf.recount()
         return freed
 
+    def share_into(self, parent: int, clone: int, start: int, stop: int) -> int:
+        """Give slot ``clone`` the copy slot ``parent`` has of each chunk of ``[start, stop)``
+        where ``clone`` has none (a clone being filled, clones.py).
+
+        Returns where to go on from: ``stop``, or the chunk after the one that made
+        the leaf overfull (the caller finishes the span and takes a new one there, since
+        a wide sharemap can grow each exception by many bytes).
+        """
+        pbit, cbit = 1 << parent, 1 << clone
+        leaf = self._leaf
+        keys, vals = leaf.keys, leaf.vals
+        limit = self._map.tree.entry_max
+        note = self._map.counts.note
+        i = bisect_left(keys, start)
+        n = len(keys)
+        while i < n and keys[i] < stop:
+            excs = vals[i]
+            shared = None
+            for e in excs:
+                if e.sharemap & cbit:
+                    shared = None
+                    break
+                if e.sharemap & pbit:
+                    shared = e
+            if shared is not None:
+                chunk, before = keys[i], shared.sharemap
+                grow = fmt.sharemap_size(before | cbit) - fmt.sharemap_size(before)
+                if fmt.entry_size(excs) + grow > limit:
+                    raise LimitError(f"chunk {chunk} has too many exceptions for a "
+                                     f"{self._map.block_size}-byte leaf to share it with "
+                                     "a clone; use a larger --block-size")
+                shared.sharemap = before | cbit
+                leaf.nbytes += grow
+                self._note(chunk)
+                note(chunk, before, shared.sharemap)
+                if self.overfull:
+                    return chunk + 1
+            i += 1
+        return stop
+
     def _note(self, chunk: int) -> None:
         """``chunk``'s exceptions changed: the compact journal records just that entry."""
         changes = self._leaf.changes

@@ -83,8 +83,16 @@ INCOMPAT_COMPACT_JOURNAL = 1 << 2
 #: csnap that ignored it would delete or squash a snapshot an operator is relying on.
 #: Set at every read-write open by a csnap that knows it (as INCOMPAT_GRANTS is).
 INCOMPAT_HOLDS = 1 << 3
+#:
+#: INCOMPAT_CLONES: snapshots may be clones of other snapshots (snapshot entry flag
+#: SNAP_FLAG_CLONE), and a clone may still be being filled (superblock offsets 272..287,
+#: journal record CLONE): until its fill pass is done, a clone's copies of the chunks
+#: past the fill cursor are its parent's.  A csnap that ignored the fill would change
+#: or free those chunks under the clone.  Set at every read-write open by a csnap that
+#: knows it (as INCOMPAT_HOLDS is).
+INCOMPAT_CLONES = 1 << 4
 INCOMPAT_KNOWN = (INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
-                  | INCOMPAT_HOLDS)
+                  | INCOMPAT_HOLDS | INCOMPAT_CLONES)
 COMPAT_KNOWN = 0
 #:
 #: AUTOCLEAR_SPACE_COUNTS: every non-free snapshot table entry's exclusive and shared
@@ -248,14 +256,17 @@ def verify(block: bytes, kind: BlockKind, addr: int, store_id: int | None) -> in
 #      264    8 HA epoch: the election epoch of the leader that last took the store
 #               over (0 = never run in HA mode); journal transactions written
 #               under an older epoch are ignored at replay (docs/reliability.md)
+#      272    4 clone being filled: its snapshot slot + 1 (0 = no fill; INCOMPAT_CLONES)
+#      276    4 that clone's parent slot
+#      280    8 clone fill cursor (logical chunk): chunks below it are filled
 #
 # Stores made before the grant table have zeros at 256 (unused payload bytes are
 # always zero), which reads as an empty table; likewise zeros at 264 read as
 # "never taken over", so neither field needs a feature bit.
 
-SUPER = struct.Struct("<8sIIIIIII I16sQQQ QI I Q Q I I Q Q Q Q I I Q Q Q Q Q Q Q Q Q Q")
+SUPER = struct.Struct("<8sIIIIIII I16sQQQ QI I Q Q I I Q Q Q Q I I Q Q Q Q Q Q Q Q Q Q IIQ")
 SUPER_OFFSET = HEADER_SIZE
-assert SUPER.size == 240, SUPER.size
+assert SUPER.size == 256, SUPER.size
 #: Byte offset of the store UUID inside a superblock block (72 in the table above).
 SUPER_UUID_OFFSET = SUPER_OFFSET + struct.calcsize("<8sIIIIIII I")
 assert SUPER_UUID_OFFSET == 72
@@ -300,6 +311,9 @@ class SuperFields:
     opened_ns: int
     grants_root: int = 0
     ha_epoch: int = 0
+    clone_slot: int = 0  # slot + 1 of the clone being filled; 0: none
+    clone_parent: int = 0
+    clone_cursor: int = 0
 
     @property
     def store_id(self) -> int:
@@ -311,7 +325,8 @@ _SUPER_ORDER = (
     "store_chunks origin_bytes origin_chunks snaptab_start snaptab_blocks cbitmap_blocks "
     "cbitmap_start mbitmap_start mbitmap_blocks journal_blocks journal_start data_start_chunk "
     "generation journal_seq journal_tail depth root free_chunks alloc_cursor meta_chunk "
-    "exceptions delete_cursor created_ns opened_ns grants_root ha_epoch"
+    "exceptions delete_cursor created_ns opened_ns grants_root ha_epoch "
+    "clone_slot clone_parent clone_cursor"
 ).split()
 
 
@@ -559,6 +574,8 @@ def decode_commit2(block: bytes, addr: int, store_id: int) -> CommitRecord | Non
 #   GRANT  4 | u64 grant block | u16 record slot | u64 client | u8 kind | u16
 #            snapshot slot | u16 n | n runs (u64 start, u64 count): that record
 #            slot is now this (kind 0: free)
+#   CLONE  5 | u32 clone slot + 1 (0: none) | u32 parent slot | u64 fill cursor:
+#            the superblock's clone-fill fields are now these (INCOMPAT_CLONES)
 #
 # Every record states a result, not a difference, so applying it twice is the
 # same as once.  A record names a block that has an image earlier in the
@@ -648,8 +665,9 @@ def commit_fields_unverified(block: bytes, addr: int, store_id: int,
     return seq, first
 
 
-REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT = 1, 2, 3, 4
+REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT, REC_CLONE = 1, 2, 3, 4, 5
 _REC_ENTRY = struct.Struct("<BQQH")
+_REC_CLONE = struct.Struct("<BIIQ")
 _REC_BITS = struct.Struct("<BQIIB")
 _REC_SUPER = struct.Struct("<BIIQQQQQQQ")
 _REC_GRANT = struct.Struct("<BQHQBHH")
@@ -657,6 +675,8 @@ _REC_GRANT = struct.Struct("<BQHQBHH")
 #: field changes only at open (followed by a checkpoint) or never.
 SUPER_RECORD_FIELDS = ("flags", "depth", "root", "free_chunks", "alloc_cursor", "meta_chunk",
                        "exceptions", "delete_cursor", "grants_root")
+#: The superblock fields a CLONE record carries (the clone fill), in record order.
+CLONE_RECORD_FIELDS = ("clone_slot", "clone_parent", "clone_cursor")
 
 
 def entry_record(block: int, chunk: int, excs: list[Exc]) -> bytes:
@@ -674,6 +694,11 @@ def bits_record(block: int, first: int, count: int, value: int) -> bytes:
 def super_record(f: SuperFields) -> bytes:
     """SUPER: the superblock's changing fields are now those of ``f``."""
     return _REC_SUPER.pack(REC_SUPER, *(getattr(f, name) for name in SUPER_RECORD_FIELDS))
+
+
+def clone_record(f: SuperFields) -> bytes:
+    """CLONE: the superblock's clone-fill fields are now those of ``f``."""
+    return _REC_CLONE.pack(REC_CLONE, *(getattr(f, name) for name in CLONE_RECORD_FIELDS))
 
 
 def grant_record(block: int, index: int, rec: GrantRecord | None) -> bytes:
@@ -695,7 +720,8 @@ def decode_records(stream: bytes, where: int) -> list[Record]:
     """Every record of a stream; CorruptionError (at block ``where``) if it is malformed.
 
     ENTRY -> (1, block, chunk, [Exc]); BITS -> (2, block, first, count, value);
-    SUPER -> (3, {field: value}); GRANT -> (4, block, index, GrantRecord | None).
+    SUPER -> (3, {field: value}); GRANT -> (4, block, index, GrantRecord | None);
+    CLONE -> (5, {field: value}).
     """
     out: list[Record] = []
     pos, end = 0, len(stream)
@@ -727,6 +753,10 @@ def decode_records(stream: bytes, where: int) -> list[Record]:
                 rec = None if gkind == GRANT_FREE else GrantRecord(
                     client, gkind, slot, runs if gkind == GRANT_ORIGIN else None)
                 out.append((REC_GRANT, block, index, rec))
+            elif kind == REC_CLONE:
+                values = _REC_CLONE.unpack_from(stream, pos)[1:]
+                out.append((REC_CLONE, dict(zip(CLONE_RECORD_FIELDS, values, strict=True))))
+                pos += _REC_CLONE.size
             else:
                 raise CorruptionError(where, "COMMIT3", f"unknown record type {kind} at {pos}")
     except struct.error as exc:
@@ -946,7 +976,10 @@ def bitmap_bits_per_block(block_size: int) -> int:
 #               not visible; a crash leaves it to be deleted at the next open)
 #        1    1 flags: bit 0 squashed (unreadable; its space was or is being
 #               reclaimed), bit 1 cleared (a squashed snapshot's bits are gone
-#               from every sharemap; the entry stays as a tombstone until deleted)
+#               from every sharemap; the entry stays as a tombstone until deleted),
+#               bit 2 clone (INCOMPAT_CLONES: made from another snapshot, whose
+#               slot is in the last 4 bytes of the entry; the name then has at
+#               most 92 bytes)
 #        2    1 priority (signed; lower is squashed first when the store fills)
 #        3    1 name length in bytes (1..96)
 #        4    4 user tag (uint32)
@@ -956,7 +989,10 @@ def bitmap_bits_per_block(block_size: int) -> int:
 #       20    6 exclusive copies (u48): exceptions whose sharemap is this slot alone
 #       26    6 shared copies (u48): exceptions this slot shares with others; both
 #               meaningful only while AUTOCLEAR_SPACE_COUNTS is set (else stale or 0)
-#       32   96 name, UTF-8, zero padded
+#       32   96 name, UTF-8, zero padded; for a clone 92 bytes of name and then
+#      124    4 (clones only) parent: the slot of the snapshot it was cloned from
+#               (re-pointed to the grandparent when the parent is deleted; a
+#               clone whose parent is gone has no flag bit 2)
 
 SNAP_ENTRY = struct.Struct("<BBbBIQI6s6s96s")
 SNAP_ENTRY_SIZE = 128
@@ -966,6 +1002,8 @@ MAX_NAME_BYTES = 96
 SNAP_FREE, SNAP_LIVE, SNAP_DELETING, SNAP_IN_PASS, SNAP_CREATING = 0, 1, 2, 3, 4
 SNAP_FLAG_SQUASHED = 1
 SNAP_FLAG_CLEARED = 2
+SNAP_FLAG_CLONE = 4
+MAX_CLONE_NAME_BYTES = MAX_NAME_BYTES - 4
 MAX_HOLDS = 2**32 - 1
 
 
@@ -987,6 +1025,7 @@ class SnapEntry:
     name: str = ""
     exclusive: int = 0  # space counts as of the last clean close (AUTOCLEAR_SPACE_COUNTS)
     shared: int = 0
+    parent: int = -1  # slot of the snapshot this one was cloned from; -1: none
 
     @property
     def live(self) -> bool:
@@ -999,9 +1038,15 @@ class SnapEntry:
 
 def encode_snap_entry(e: SnapEntry) -> bytes:
     raw = e.name.encode("utf-8")
-    return SNAP_ENTRY.pack(e.state, e.flags, e.priority, len(raw), e.tag, e.created_ns,
+    flags, field = e.flags & ~SNAP_FLAG_CLONE, raw
+    if e.parent >= 0:
+        if len(raw) > MAX_CLONE_NAME_BYTES:
+            raise ValueError(f"a clone's name has at most {MAX_CLONE_NAME_BYTES} bytes")
+        flags |= SNAP_FLAG_CLONE
+        field = raw.ljust(MAX_CLONE_NAME_BYTES, b"\0") + e.parent.to_bytes(4, "little")
+    return SNAP_ENTRY.pack(e.state, flags, e.priority, len(raw), e.tag, e.created_ns,
                            e.use_count, e.exclusive.to_bytes(6, "little"),
-                           e.shared.to_bytes(6, "little"), raw)
+                           e.shared.to_bytes(6, "little"), field)
 
 
 def decode_snap_entry(raw: bytes, slot: int, addr: int) -> SnapEntry:
@@ -1010,12 +1055,17 @@ def decode_snap_entry(raw: bytes, slot: int, addr: int) -> SnapEntry:
         return SnapEntry(slot)
     if state > SNAP_CREATING or not 1 <= nlen <= MAX_NAME_BYTES:
         raise CorruptionError(addr, "SNAPTAB", f"bad entry for slot {slot}")
+    parent = -1
+    if flags & SNAP_FLAG_CLONE:
+        parent = int.from_bytes(name[MAX_CLONE_NAME_BYTES:], "little")
+        if nlen > MAX_CLONE_NAME_BYTES or parent == slot:
+            raise CorruptionError(addr, "SNAPTAB", f"bad clone entry for slot {slot}")
     try:
         text = name[:nlen].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CorruptionError(addr, "SNAPTAB", f"name of slot {slot} is not UTF-8") from exc
-    return SnapEntry(slot, state, flags, prio, tag, created, use, text,
-                     int.from_bytes(excl, "little"), int.from_bytes(shared, "little"))
+    return SnapEntry(slot, state, flags & ~SNAP_FLAG_CLONE, prio, tag, created, use, text,
+                     int.from_bytes(excl, "little"), int.from_bytes(shared, "little"), parent)
 
 
 # ---------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class Replay:
 
     def _apply(self, rec: fmt.Record, where: int) -> None:
         kind = rec[0]
-        if kind == fmt.REC_SUPER:
+        if kind in (fmt.REC_SUPER, fmt.REC_CLONE):
             self.super_fields.update(rec[1])
             return
         block = self._decoded(rec[1], _KINDS[kind], where)

@@ -133,7 +133,8 @@ class Sealing:
         if not self._open_changed():
             return 0
         # at most every changed block as an image, and the superblock
-        return j.span(len(self.cache.dirty) + 1, 2 * len(fmt.super_record(self.sb)))
+        return j.span(len(self.cache.dirty) + 1,
+                      2 * (len(fmt.super_record(self.sb)) + len(fmt.clone_record(self.sb))))
 
     def can_seal(self) -> bool:
         """True if the next transaction fits in the journal now (or there is none)."""
@@ -155,7 +156,8 @@ class Sealing:
 
     def _super_now(self) -> tuple[int, ...]:
         f = self.sbs.f
-        return tuple(getattr(f, name) for name in fmt.SUPER_RECORD_FIELDS)
+        return tuple(getattr(f, name) for name in fmt.SUPER_RECORD_FIELDS
+                     + fmt.CLONE_RECORD_FIELDS)
 
     def _freeze(self) -> Frozen | None:
         """Everything changed since the previous freeze, frozen; the next ticket opens."""
@@ -166,7 +168,11 @@ class Sealing:
         blocks, freed_blocks = cache.take_dirty()
         fields = sbs.snapshot()
         now = self._super_now()
-        record = fmt.super_record(fields) if now != self._last_super else b""
+        n = len(fmt.SUPER_RECORD_FIELDS)
+        last = self._last_super
+        record = fmt.super_record(fields) if now[:n] != last[:n] else b""
+        if now[n:] != last[n:]:
+            record += fmt.clone_record(fields)
         self._last_super = now
         sbs.dirty = False
         frozen = Frozen(cache.ticket, runs, blocks, fields, record, self.alloc.take_freed(),

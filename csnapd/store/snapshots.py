@@ -99,9 +99,13 @@ class Snapshots:
 
     # -- changes ----------------------------------------------------------
     def create(self, name: str, tag: int | None = None, priority: int = 0,
-               creating: bool = False) -> fmt.SnapEntry:
-        """Take a free slot for a new snapshot; ``creating``: not live until ``make_live``."""
+               creating: bool = False, parent: int = -1) -> fmt.SnapEntry:
+        """Take a free slot for a new snapshot; ``creating``: not live until ``make_live``;
+        ``parent``: the slot it is a clone of (-1: a snapshot of the origin)."""
         self.check_name(name)
+        if parent >= 0 and len(name.encode("utf-8")) > fmt.MAX_CLONE_NAME_BYTES:
+            raise LimitError(f"a clone's name must be 1..{fmt.MAX_CLONE_NAME_BYTES} UTF-8 "
+                             "bytes (the table keeps its parent in the rest)")
         self.check_priority(priority)
         taken_tags = {e.tag for e in self.entries if e.state != fmt.SNAP_FREE}
         if tag is None:
@@ -115,9 +119,24 @@ class Snapshots:
             raise TooManySnapshots(f"all {len(self.entries)} snapshot slots are in use "
                                    "(live or still being deleted)")
         state = fmt.SNAP_CREATING if creating else fmt.SNAP_LIVE
-        entry = fmt.SnapEntry(free.slot, state, 0, priority, tag, time.time_ns(), 0, name)
+        entry = fmt.SnapEntry(free.slot, state, 0, priority, tag, time.time_ns(), 0, name,
+                              parent=parent)
         self._save(entry)
         return entry
+
+    def parent_of(self, entry: fmt.SnapEntry) -> fmt.SnapEntry | None:
+        """The visible snapshot ``entry`` was cloned from, or None."""
+        if entry.parent < 0 or entry.parent >= len(self.entries):
+            return None
+        p = self.entries[entry.parent]
+        return p if self._shown(p) else None
+
+    def _reparent_children(self, entry: fmt.SnapEntry) -> None:
+        """``entry`` goes away: its clones now descend from its own parent (or none)."""
+        for e in self.entries:
+            if e.state != fmt.SNAP_FREE and e.parent == entry.slot and e.slot != entry.slot:
+                e.parent = entry.parent
+                self._save(e)
 
     def check_name(self, name: str, slot: int | None = None) -> None:
         """A valid name no visible snapshot other than ``slot`` has."""
@@ -138,6 +157,9 @@ class Snapshots:
     def rename(self, entry: fmt.SnapEntry, name: str) -> None:
         """Give a visible snapshot a new name; its tag and slot stay."""
         self.check_name(name, entry.slot)
+        if entry.parent >= 0 and len(name.encode("utf-8")) > fmt.MAX_CLONE_NAME_BYTES:
+            raise LimitError(f"a clone's name must be 1..{fmt.MAX_CLONE_NAME_BYTES} UTF-8 "
+                             "bytes (the table keeps its parent in the rest)")
         entry.name = name
         self._save(entry)
 
@@ -211,6 +233,7 @@ class Snapshots:
     def mark_deleting(self, entry: fmt.SnapEntry) -> None:
         """User delete: hide the snapshot and queue its bits for clearing (not if held)."""
         self.refuse_if_held(entry, "delete")
+        self._reparent_children(entry)
         if entry.squashed:
             if entry.flags & fmt.SNAP_FLAG_CLEARED:
                 self._save(fmt.SnapEntry(entry.slot))

@@ -39,6 +39,7 @@ from .bitmap import Allocator
 from .blocks import Bitmap, GrantBlock, Leaf, Node, snaptab_decoder
 from .btree import KEY_LIMIT, BTree
 from .cache import BlockCache
+from .clones import CloneFill
 from .copier import Copier
 from .device import Device
 from .errors import (
@@ -50,6 +51,7 @@ from .errors import (
     OutOfRange,
     ReadOnlyError,
     SealOrderError,
+    SnapshotHeld,
     StoreFullError,
 )
 from .exmap import ExceptionMap, LeafSpan, Usage
@@ -116,6 +118,7 @@ class Store(Sealing):
         self.cache.is_meta = self.alloc.is_meta
         self.tree = BTree(self.cache, self.alloc, self.sbs)
         self.exmap = ExceptionMap(self.tree, self.cache)
+        self.fill = CloneFill(self.sbs)
         self.journal = jnl.Journal(dev, f.journal_start, f.journal_blocks, f.block_size,
                                    f.store_id, f.journal_tail, f.journal_seq,
                                    jnl.format_of(f.incompat))
@@ -228,7 +231,7 @@ class Store(Sealing):
     def _mark_open(self) -> None:
         f = self.sb
         f.flags |= fmt.FLAG_BUSY
-        f.incompat |= fmt.INCOMPAT_GRANTS | fmt.INCOMPAT_HOLDS
+        f.incompat |= fmt.INCOMPAT_GRANTS | fmt.INCOMPAT_HOLDS | fmt.INCOMPAT_CLONES
         # the table's space counts go stale with the first change from now on
         f.autoclear &= fmt.AUTOCLEAR_KNOWN & ~fmt.AUTOCLEAR_SPACE_COUNTS
         f.opened_ns = time.time_ns()
@@ -459,6 +462,8 @@ class Store(Sealing):
         room = self._reserve(min(BATCH, end - chunk))
         span = self.exmap.span(chunk)
         stop = min(end, span.hi, chunk + BATCH)
+        if self.fill.active:
+            stop = self.fill.touch(span, chunk, stop)
         copied = 0
         for c, need in span.missing(live, chunk, stop):
             if copied >= room:
@@ -490,13 +495,22 @@ class Store(Sealing):
     # snapshot reads and writes
     def snapshot_lookup(self, slot: int, chunk: int) -> int | None:
         """Store chunk holding snapshot ``slot``'s copy of ``chunk``, or None (origin)."""
-        return self.exmap.lookup(slot, chunk)
+        found = self.exmap.lookup(slot, chunk)
+        fill = self.fill
+        if found is None and fill.active and slot == fill.clone and chunk >= fill.cursor:
+            return self.exmap.lookup(fill.parent, chunk)  # unfilled: the parent's copy
+        return found
 
     def snapshot_map(self, slot: int, ranges: Ranges) -> list[tuple[int, int | None]]:
         """(chunk, store chunk or None) for every chunk in ``ranges``."""
         out: list[tuple[int, int | None]] = []
         for start, count in self.check_ranges(ranges):
             self.exmap.map_range(slot, start, count, out)
+        fill = self.fill
+        if fill.active and slot == fill.clone:
+            lookup, parent, cursor = self.exmap.lookup, fill.parent, fill.cursor
+            out = [(c, s if s is not None or c < cursor else lookup(parent, c))
+                   for c, s in out]
         return out
 
     def snapshot_write(self, slot: int, ranges: Ranges) -> list[tuple[int, int]]:
@@ -523,6 +537,8 @@ class Store(Sealing):
         span = self.exmap.span(chunk)
         stop = min(end, span.hi, chunk + BATCH)
         made = 0
+        if self.fill.involves(slot):
+            stop, made = self._fill_before_write(span, slot, chunk, stop, room)
         for c, unique in span.unique(slot, chunk, stop):
             if unique is None:
                 if made >= room:
@@ -540,8 +556,90 @@ class Store(Sealing):
         span.finish()
         return stop
 
+    def _fill_before_write(self, span: LeafSpan, slot: int, chunk: int, stop: int,
+                           room: int) -> tuple[int, int]:
+        """A write to the clone being filled or to its parent: fill its chunks first.
+
+        Where the parent writes a chunk both still read from the origin, the clone
+        gets its own copy of the origin chunk (clones.py says why).  Returns the
+        batch's new stop and the copies made.
+        """
+        fill = self.fill
+        stop = fill.touch(span, chunk, stop)
+        made = 0
+        if slot == fill.parent:
+            pbit, cbit = 1 << fill.parent, 1 << fill.clone
+            for c, need in span.missing(pbit | cbit, max(chunk, fill.cursor), stop):
+                if need != pbit | cbit:
+                    continue
+                if made >= room:
+                    if not made:
+                        raise self._full(c)
+                    return c, made
+                store = span.add(c, cbit, lambda c=c: self._alloc_data(c))
+                self._copy(c, None, store)
+                made += 1
+                if span.overfull:
+                    return c + 1, made
+        return stop, made
+
     # ------------------------------------------------------------------
     # snapshots
+    def clone_snapshot(self, name: str, parent: str | int, tag: int | None = None,
+                       priority: int = 0) -> fmt.SnapEntry:
+        """Create a writable snapshot with exactly ``parent``'s content (O(1)).
+
+        Its copies are shared with the parent by a background pass
+        (``clone_step``); until then reads of it follow the parent where needed.
+        Refused while another clone is being filled, and for squashed parents.
+        """
+        self._writable()
+        entry = self.snaps.find(parent)
+        if entry.squashed or entry.state != fmt.SNAP_LIVE:
+            raise LimitError(f"snapshot {entry.name!r} was squashed: there is nothing to clone")
+        if self.fill.active:
+            busy = self.snaps.entries[self.fill.clone]
+            raise LimitError(f"clone {busy.name!r} is still being filled "
+                             f"({100 * self.fill.progress(self.sb.origin_chunks)['fraction']:.0f}%"
+                             " done); create the next clone when it is finished")
+        clone = self.snaps.create(name, tag, priority, parent=entry.slot)
+        self.fill.start(clone.slot, entry.slot)
+        self._ops_open += 1
+        return clone
+
+    @property
+    def cloning(self) -> bool:
+        """True while a clone is being filled (``clone_step`` has work)."""
+        return self.fill.active
+
+    def clone_step(self, max_leaves: int = 32) -> bool:
+        """Advance the clone fill by up to ``max_leaves`` leaves; True while work remains.
+
+        Each leaf's changes and the cursor go into the same transaction, so a crash
+        resumes where the last commit left off.
+        """
+        self._writable()
+        if not self.fill.active:
+            return False
+
+        def before_leaf() -> None:
+            self._reserve(0)
+            if len(self.cache.dirty) + 2 * self.sb.depth + 12 > self.journal.max_images:
+                self._cut()
+
+        return self.fill.step(self.exmap, before_leaf, max_leaves)
+
+    def _refuse_if_filling(self, entry: fmt.SnapEntry, doing: str) -> None:
+        """The parent of a clone being filled must keep its copies until the fill ends."""
+        fill = self.fill
+        if fill.active and entry.slot == fill.parent:
+            clone = self.snaps.entries[fill.clone]
+            raise SnapshotHeld(f"cannot {doing} snapshot {entry.name!r}: clone {clone.name!r} "
+                          "is still being filled from it; retry when 'csnapctl status' "
+                          "shows the fill done")
+        if fill.active and entry.slot == fill.clone:
+            fill.end()
+
     def create_snapshot(self, name: str, tag: int | None = None, priority: int = 0,
                         creating: bool = False) -> fmt.SnapEntry:
         """Create a snapshot of the origin as it is now (O(1)); commit to make durable.
@@ -568,6 +666,8 @@ class Store(Sealing):
         """Hide a snapshot at once and queue the freeing of its chunks."""
         self._writable()
         entry = self.snaps.find(ident)
+        self.snaps.refuse_if_held(entry, "delete")
+        self._refuse_if_filling(entry, "delete")
         self.snaps.mark_deleting(entry)
         self._ops_open += 1
         return entry
@@ -579,6 +679,8 @@ class Store(Sealing):
         delete pass; the entry stays listed as squashed until deleted.
         """
         self._writable()
+        self.snaps.refuse_if_held(entry, "squash")
+        self._refuse_if_filling(entry, "squash")
         self.snaps.mark_squashed(entry)
         self._ops_open += 1
 
@@ -720,6 +822,7 @@ class Store(Sealing):
             "cache_blocks": len(self.cache), "cache_bytes": self.cache.used,
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses,
             "snapshots": len(self.snaps.visible()), "deleting": self.delete_progress(),
+            "clone_fill": self.fill.progress(f.origin_chunks),
             "grants": {"exposed_clients": len(self.grants.exposed_clients()),
                        "records": len(self.grants)},
             "failed": self.failed, **self.stats,

@@ -25,7 +25,7 @@ from hypothesis.stateful import (
 
 from csnapd.store import create
 from csnapd.store.device import MemoryDevice, VolatileDevice
-from csnapd.store.errors import NoSuchSnapshot, SnapshotHeld, StoreFullError
+from csnapd.store.errors import LimitError, NoSuchSnapshot, SnapshotHeld, StoreFullError
 from csnapd.store.store import Store
 from csnapd.store.walk import snapshot_usage
 
@@ -61,6 +61,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.origin.pwrite(c * CS, self.model_origin[c])
         self.snaps: dict[str, dict[int, bytes]] = {}  # acknowledged snapshots
         self.meta: dict[str, tuple[int, int]] = {}  # name -> (priority, holds)
+        self.parents: dict[str, str | None] = {}  # name -> the snapshot it was cloned from
         self.dev = VolatileDevice(self.inner)
         self.s = Store.open(self.dev, self.origin, cache_size=cache)
         self.initial_free = self.s.sb.free_chunks
@@ -96,6 +97,8 @@ class StoreMachine(RuleBasedStateMachine):
         for name, meta in self.meta.items():
             e = s.snaps.find(name)
             assert (e.priority, e.use_count) == meta, (name, e, meta)
+            parent = s.snaps.parent_of(e)
+            assert (parent.name if parent else None) == self.parents[name], (name, parent)
         for name, model in self.snaps.items():
             slot = self._slot(name)
             for chunk, store_chunk in s.snapshot_map(slot, [(0, ORIGIN_CHUNKS)]):
@@ -119,6 +122,38 @@ class StoreMachine(RuleBasedStateMachine):
         self.s.commit()
         self.snaps[name] = dict(self.model_origin)
         self.meta[name] = (0, 0)
+        self.parents[name] = None
+
+    @precondition(lambda self: self.snaps and len(self.snaps) < MAX_LIVE)
+    @rule(data=st.data(), name=st.sampled_from(NAMES), steps=st.sampled_from([0, 1, -1]))
+    def clone_snapshot(self, data, name, steps):
+        """A clone has its parent's content at once, and keeps it while both change."""
+        if name in self.snaps:
+            return
+        parent = data.draw(st.sampled_from(sorted(self.snaps)))
+        try:
+            self.s.clone_snapshot(name, parent)
+        except LimitError:
+            event("clone refused: a fill is running")
+            assert self.s.cloning
+            return
+        self.s.commit()
+        self.snaps[name] = dict(self.snaps[parent])
+        self.meta[name] = (0, 0)
+        self.parents[name] = parent
+        self._clone_steps(steps)
+
+    def _clone_steps(self, steps: int) -> None:
+        n = 0
+        while (steps < 0 or n < steps) and self.s.clone_step(max_leaves=1):
+            n += 1
+            if n % 2:
+                self.s.commit()
+        self.s.commit()
+
+    @rule(steps=st.sampled_from([1, 3, -1]))
+    def clone_steps(self, steps):
+        self._clone_steps(steps)
 
     @rule(start=chunks, count=counts, part=parts)
     def origin_write(self, start, count, part):
@@ -164,23 +199,35 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), steps=st.sampled_from([0, 1, 3, -1]))
     def delete_snapshot(self, data, steps):
         name = data.draw(st.sampled_from(sorted(self.snaps)))
-        if self.meta[name][1]:
+        if self.meta[name][1] or self._filling_from(name):
             with pytest.raises(SnapshotHeld):
                 self.s.delete_snapshot(name)
-            event("delete refused: held")
+            event("delete refused: held or being cloned")
             return
         self.s.delete_snapshot(name)
         self.s.commit()
         self._forget(name)
         self._delete_steps(steps)
 
+    def _filling_from(self, name: str) -> bool:
+        fill = self.s.fill
+        return fill.active and fill.parent == self._slot(name)
+
     def _forget(self, name: str) -> None:
         del self.snaps[name]
         del self.meta[name]
+        grand = self.parents.pop(name)
+        for child, parent in self.parents.items():
+            if parent == name:
+                self.parents[child] = grand
 
     def _rename_model(self, old: str, new: str) -> None:
         self.snaps[new] = self.snaps.pop(old)
         self.meta[new] = self.meta.pop(old)
+        self.parents[new] = self.parents.pop(old)
+        for child, parent in self.parents.items():
+            if parent == old:
+                self.parents[child] = new
 
     @precondition(lambda self: self.snaps)
     @rule(data=st.data(), release=st.booleans())
@@ -230,11 +277,13 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), cache=cache_sizes,
           pending=st.sampled_from(["none", "origin_write", "snapshot_write", "create",
-                                   "delete", "delete_step", "hold", "rename"]))
+                                   "delete", "delete_step", "hold", "rename", "clone",
+                                   "clone_step"]))
     def crash(self, data, cache, pending):
         """Power cut, possibly in the middle of an unacknowledged operation."""
         maybe_created = maybe_deleted = maybe_held = None
         maybe_renamed: tuple[str, str] | None = None
+        maybe_cloned: tuple[str, str] | None = None
         if pending == "origin_write":
             start = data.draw(chunks)
             try:
@@ -252,6 +301,17 @@ class StoreMachine(RuleBasedStateMachine):
             if name not in self.snaps:
                 self.s.create_snapshot(name)
                 maybe_created = name
+        elif pending == "clone" and self.snaps and len(self.snaps) < MAX_LIVE:
+            name = data.draw(st.sampled_from(NAMES))
+            parent = data.draw(st.sampled_from(sorted(self.snaps)))
+            if name not in self.snaps:
+                try:
+                    self.s.clone_snapshot(name, parent)
+                    maybe_cloned = (name, parent)
+                except LimitError:
+                    pass
+        elif pending == "clone_step":
+            self.s.clone_step(max_leaves=2)
         elif pending == "delete" and self.snaps:
             maybe_deleted = data.draw(st.sampled_from(sorted(self.snaps)))
             try:
@@ -278,6 +338,16 @@ class StoreMachine(RuleBasedStateMachine):
                 self.s.snaps.find(maybe_created)
                 self.snaps[maybe_created] = dict(self.model_origin)
                 self.meta[maybe_created] = (0, 0)
+                self.parents[maybe_created] = None
+            except NoSuchSnapshot:
+                pass
+        if maybe_cloned is not None:
+            name, parent = maybe_cloned
+            try:
+                self.s.snaps.find(name)
+                self.snaps[name] = dict(self.snaps[parent])
+                self.meta[name] = (0, 0)
+                self.parents[name] = parent
             except NoSuchSnapshot:
                 pass
         if maybe_deleted is not None:
@@ -312,6 +382,7 @@ class StoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.snaps)
     @rule()
     def delete_all_frees_everything(self):
+        self._clone_steps(-1)  # a parent is not deleted while a clone is filled from it
         for name in list(self.snaps):
             for _ in range(self.meta[name][1]):
                 self.s.release_snapshot(name)
@@ -319,6 +390,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.s.commit()
         self.snaps.clear()
         self.meta.clear()
+        self.parents.clear()
         self._delete_steps(-1)
         assert not self.s.deleting
         assert self.s.sb.exceptions == 0
@@ -391,3 +463,16 @@ def test_model_slots_are_bits():
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
+
+
+class CloneStoreMachine(StoreMachine):
+    """The same with long-running clone fills: most of the time a clone is only part
+    filled while the origin, the clone and its parent are written, deleted and crashed."""
+
+    def _clone_steps(self, steps: int) -> None:
+        super()._clone_steps(min(steps, 1) if steps < 0 else steps)
+
+
+TestCloneStoreModel = CloneStoreMachine.TestCase
+TestCloneStoreModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+                                        suppress_health_check=[HealthCheck.too_slow])
