@@ -13,7 +13,7 @@ Run from the repository root:
 
     .venv/bin/python -m csnap_soak.crash --states 100000 --jobs 2
     .venv/bin/python -m csnap_soak.crash --seed 17 --states 1 --verbose   # replay one seed
-    .venv/bin/python -m csnap_soak.crash --states 20000 --lifecycle   # holds, renames, priorities
+    .venv/bin/python -m csnap_soak.crash --states 20000 --lifecycle   # holds, renames, priorities, clones
 
 Seeds run in order (seed, seed+1, ...); seed s uses geometry
 GEOMETRY_ORDER[s % 4].  Results are collected in seed order and the run stops
@@ -37,18 +37,19 @@ GEOMETRY_ORDER = ("small", "k1", "wide", "deep")
 
 
 def _one(args: tuple[int, int, float, float, bool]) -> tuple[int, str, Tally, float]:
-    seed, nops, double_rate, continue_rate, meta = args
+    seed, nops, double_rate, continue_rate, meta, clones = args
     name = GEOMETRY_ORDER[seed % len(GEOMETRY_ORDER)]
     t0 = time.perf_counter()
     tally = run_seed(seed, nops, geo=GEOMETRIES[name], double_rate=double_rate,
-                     continue_rate=continue_rate, meta=meta)
+                     continue_rate=continue_rate, meta=meta, clones=clones)
     return seed, name, tally, time.perf_counter() - t0
 
 
 def _in_order(pool, args: argparse.Namespace):  # noqa: ANN001
     """Results seed by seed, keeping at most 2 * jobs seeds in flight."""
-    def task(seed: int) -> tuple[int, int, float, float, bool]:
-        return seed, args.ops, args.double_rate, args.continue_rate, args.lifecycle
+    def task(seed: int) -> tuple[int, int, float, float, bool, bool]:
+        return (seed, args.ops, args.double_rate, args.continue_rate, args.lifecycle,
+                args.lifecycle)
 
     seed = args.seed
     if pool is None:
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue-rate", type=float, default=0.05,
                    help="fraction of states used for more work after recovery")
     p.add_argument("--lifecycle", action="store_true",
-                   help="workloads with holds, releases, priority changes and renames too")
+                   help="workloads with holds, releases, priority changes, renames, clones "
+                   "and clone fill steps too")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--verbose", action="store_true", help="one line per seed")
     return p

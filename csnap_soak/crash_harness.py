@@ -135,11 +135,12 @@ META_KINDS = ("hold", "release", "prio", "rename")
 
 
 def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
-                 meta: bool = False) -> Run:
+                 meta: bool = False, clones: bool = False) -> Run:
     """Run a seeded random workload, recording every store write and barrier.
 
     ``meta`` adds holds, releases, priority changes and renames (a fifth of the
     ops); without it a seed's workload is the same as before they existed.
+    ``clones`` adds clones of snapshots and steps of their background fill.
     """
     geo = geo or Geometry()
     rng = random.Random(seed)
@@ -173,6 +174,14 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
         kind = rng.choice(choices)
         if meta and rng.random() < 0.2:
             kind = rng.choice(META_KINDS)
+        if clones and rng.random() < 0.25:
+            kind = rng.choice(("clone", "cstep", "cstep"))
+        if kind == "clone" and (store.cloning or not live or len(live) >= geo.max_live):
+            kind = "cstep"
+        filling_from = store.fill.parent if store.cloning else -1
+        if kind == "delete" and not [n for n in live if not info[n][1]
+                                     and store.snaps.find(n).slot != filling_from]:
+            kind = "cstep" if store.cloning else kind
         if kind == "create" and len(live) >= geo.max_live:
             kind = "owrite"
         if kind == "delete" and live and all(info[n][1] for n in live):
@@ -194,8 +203,24 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
                 snaps[op.name] = list(origin)
                 info[op.name] = (0, 0)
             commit_and_ack(op)
+        elif kind == "clone":
+            serial += 1
+            op.name = f"c{seed}-{serial}"
+            parent = rng.choice(live)
+            try:
+                store.clone_snapshot(op.name, parent)
+            except TooManySnapshots:
+                op.kind = kind = "step"
+            else:
+                snaps[op.name] = list(snaps[parent])
+                info[op.name] = (0, 0)
+            commit_and_ack(op)
+        elif kind == "cstep":
+            store.clone_step(max_leaves=rng.randint(1, 3))
+            commit_and_ack(op)
         elif kind == "delete":
-            op.name = rng.choice([n for n in live if not info[n][1]])
+            op.name = rng.choice([n for n in live if not info[n][1]
+                                  and store.snaps.find(n).slot != filling_from])
             store.delete_snapshot(op.name)
             del snaps[op.name], info[op.name]
             commit_and_ack(op)
@@ -476,9 +501,9 @@ def verify_model(store: Store, run: Run, exp: Expectation) -> list[str]:
     visible = {e.name: e for e in store.snaps.visible()}
     flight = exp.inflight
     maybe_new = maybe_gone = None
-    if flight is not None and flight.kind in ("create", "delete"):
-        maybe_new, maybe_gone = (flight.name, None) if flight.kind == "create" \
-            else (None, flight.name)
+    if flight is not None and flight.kind in ("create", "clone", "delete"):
+        maybe_new, maybe_gone = (None, flight.name) if flight.kind == "delete" \
+            else (flight.name, None)
     elif flight is not None and flight.kind == "rename":
         maybe_new, maybe_gone = flight.new_name, flight.name
         if (flight.name in visible) == (flight.new_name in visible):
@@ -705,6 +730,9 @@ def _continue(store: Store, run: Run, exp: Expectation, rng: random.Random) -> l
         store.commit()
         for c in range(start, start + count):
             store.origin.pwrite(c * cs, rng.randbytes(cs))
+        while store.clone_step(8):
+            store.commit()
+        store.commit()
         while store.deleting:
             store.delete_step(8)
             store.commit()
@@ -726,9 +754,9 @@ def _continue(store: Store, run: Run, exp: Expectation, rng: random.Random) -> l
 def run_seed(seed: int, nops: int = 40, max_states: int | None = None,
              geo: Geometry | None = None, double_rate: float = 0.1,
              continue_rate: float = 0.05, stop_on_failure: bool = False,
-             meta: bool = False) -> Tally:
+             meta: bool = False, clones: bool = False) -> Tally:
     """Record one workload and check its crash states (all, or the first max_states)."""
-    run = run_workload(seed, nops, geo, meta)
+    run = run_workload(seed, nops, geo, meta, clones)
     exps = expectations(run)
     rng = random.Random(seed * 7919 + 1)
     tally = Tally()

@@ -5,7 +5,9 @@ address and structure; key order and key ranges along every path; uniform
 depth; every exception's store chunk is a data chunk inside the store,
 allocated, and referenced exactly once; sharemaps name only existing
 snapshots and never give one snapshot two copies of a chunk; only live,
-unsquashed snapshots have holds (a use count); the per-snapshot space counts
+unsquashed snapshots have holds (a use count); a clone's parent link and the clone
+fill in progress name live snapshots (the fill: a live clone, a live parent that is
+neither deleted nor squashed, a cursor inside the key space); the per-snapshot space counts
 a serving store keeps (exclusive and shared copies) match the walk; no allocated
 chunk or metadata block is unreferenced (a leak); the free count and the
 exception count match what the walk found.  The journal between the
@@ -25,6 +27,7 @@ from typing import Any
 
 from . import format as fmt
 from . import journal as jnl
+from .btree import KEY_LIMIT
 from .errors import CorruptionError
 from .exmap import add_usage
 from .usage import SpaceCounts
@@ -171,6 +174,26 @@ class _Checker:
                 self.report.add("error", f"snapshot {e.name!r} (slot {e.slot}) has "
                                 f"{e.use_count} hold(s) but is {what}: a held snapshot "
                                 "is never deleted nor squashed")
+        self._clone_fill()
+
+    def _clone_fill(self) -> None:
+        """A clone fill in progress names a live clone of a live, whole parent."""
+        f = self.store.sb
+        if not f.clone_slot:
+            return
+        clone, parent = self.known_slots.get(f.clone_slot - 1), self.known_slots.get(f.clone_parent)
+        problem = ""
+        if clone is None or clone.state != fmt.SNAP_LIVE or clone.squashed:
+            problem = f"its clone (slot {f.clone_slot - 1}) is not a live snapshot"
+        elif parent is None or parent.state != fmt.SNAP_LIVE or parent.squashed:
+            problem = (f"the parent (slot {f.clone_parent}) of clone {clone.name!r} is not a "
+                       "live snapshot: the clone has lost the copies it had not received yet")
+        elif clone.parent != f.clone_parent:
+            problem = f"clone {clone.name!r} is filled from slot {f.clone_parent}, not its parent"
+        elif f.clone_cursor > KEY_LIMIT:
+            problem = f"fill cursor {f.clone_cursor} is past the key space"
+        if problem:
+            self.report.add("error", f"clone fill in progress: {problem}")
 
     def _grants(self) -> None:
         """The grant table's blocks are metadata in use; its records name real things."""

@@ -70,6 +70,24 @@ def test_crash_states_of_holds_renames_and_priorities(show_figure):
     assert total.failures == 0, "\n".join(total.examples)
 
 
+CLONE_SEEDS = (3, 11)
+
+
+def test_crash_states_of_clones(show_figure):
+    """Workloads with clones and steps of their fill: a clone is there with all of its
+    parent's content or not at all, in every crash state, and keeps it while the fill
+    resumes after recovery."""
+    total = Tally()
+    for seed in CLONE_SEEDS:
+        run = run_workload(seed, 40, clones=True)
+        kinds = [op.kind for op in run.ops]
+        assert "clone" in kinds and "cstep" in kinds, kinds
+        total.merge(run_seed(seed, 40, clones=True))
+    show_figure("clones: " + total.figure())
+    assert total.states >= 1000, total.figure()
+    assert total.failures == 0, "\n".join(total.examples)
+
+
 def test_mutant_holds_kept_only_in_memory_are_caught(monkeypatch):
     """A hold that changes the entry but never dirties the table block is lost by
     every crash after it was acknowledged."""
@@ -359,3 +377,18 @@ def test_regression_checkpoint_inside_commit_keeps_images_of_blocks_being_freed(
             check_state(state, run, exps[state.position], tally, rng, 0.0, 0.0)
     assert tally.states > 200
     assert tally.failures == 0, "\n".join(tally.examples)
+
+
+def test_mutant_clone_fill_not_journaled_is_caught(monkeypatch):
+    """A clone fill whose record never reaches the journal (the superblock fields change
+    only in memory) loses the clone's parent copies at a crash: the enumeration sees it."""
+    from csnapd.store import format as fmt
+
+    monkeypatch.setattr(fmt, "clone_record", lambda f: b"")
+    tally = Tally()
+    for seed in CLONE_SEEDS:
+        tally.merge(run_seed(seed, 40, double_rate=0.0, continue_rate=0.0,
+                             stop_on_failure=True, clones=True))
+        if tally.failures:
+            break
+    assert tally.failures, tally.figure()
