@@ -91,9 +91,12 @@ class ControlClient:
     # ------------------------------------------------------------------ requests
 
     async def create(self, name: str, tag: int | None = None,
-                     priority: int | None = None) -> dict[str, Any]:
-        """Create snapshot ``name``; returns its snapshot-info ``{name, tag, created}``."""
-        return await self.call(create_snapshot, name, tag, priority)
+                     priority: int | None = None,
+                     from_: str | int | None = None) -> dict[str, Any]:
+        """Create snapshot ``name`` of the origin, or with ``from_`` a writable clone of that
+        snapshot (its content at once; the server shares its copies in the background);
+        returns its listing (name, tag, slot, created, priority, parent, ...)."""
+        return await self.call(create_snapshot, name, tag, priority, from_)
 
     async def delete(self, name_or_tag: str | int) -> None:
         """Delete a snapshot by name or by int tag."""

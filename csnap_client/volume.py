@@ -17,6 +17,10 @@ How each operation works (the "why" is docs/protocol.md and the design paper):
 * **snapshot write**: QUERY_WRITE answers with the store chunks to write (SNAPSHOT_WRITE_OK);
   the client writes there and caches the addresses as unique to this snapshot.
 
+NEW_CLONE advice (a snapshot being cloned): like NEW_SNAPSHOT for its writes: writes are
+held, store addresses in flight are voided, running writes finish, the store is
+fdatasync'ed, the address cache is cleared, ACK_ADVICE.
+
 NEW_SNAPSHOT advice (origin): the moment it is decoded (``_advice_sync``, before any later
 message) new writes are held and approvals in flight are voided; then writes already past
 their approval check are finished, the origin is fdatasync'ed, the unique cache is
@@ -368,6 +372,11 @@ class Volume:
             self._advising += 1
             self._advice_done.clear()
             self._gen += 1
+        elif kind == "NEW_CLONE" and not self.is_origin and msg["snapshot"] == self.name:
+            self._advising += 1
+            self._advice_done.clear()
+            self._gen += 1
+            self.store_map.clear()
         elif kind == "DELETE_SNAPSHOT" and not self.is_origin and msg["snapshot"] == self.name:
             self._deleted = SnapshotDeletedError(
                 ErrorCode.SNAPSHOT_DELETED, f"snapshot {self.name!r} was deleted")
@@ -389,6 +398,19 @@ class Volume:
                 self._advising -= 1
                 if not self._advising:
                     self._advice_done.set()
+        elif kind == "NEW_CLONE" and not self.is_origin and msg["snapshot"] == self.name:
+            try:
+                await self._idle.wait()
+                if self._dirty_store:
+                    self._dirty_store = False
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._pool, os.fdatasync, self._store_fd)
+                self.store_map.clear()
+                await self.client.ack_advice(msg)
+            finally:
+                self._advising -= 1
+                if not self._advising:
+                    self._advice_done.set()
         elif kind == "DELETE_SNAPSHOT" and not self.is_origin and msg["snapshot"] == self.name:
             await self._idle.wait()
             await self.client.ack_advice(msg)
@@ -398,20 +420,29 @@ class Volume:
     # ------------------------------------------------------------------ snapshot
 
     async def _write_snapshot(self, offset: int, buf: memoryview) -> None:
-        self._check_alive()
         c0, n = chunk_span(offset, len(buf), self.chunk_size)
-        segs = self.store_map.lookup(c0, n)
-        located = [(c, k, s) for c, k, s in segs if s is not None]
-        missing = [[c, k] for c, k, s in segs if s is None]
-        if missing:
-            for reply in await self._query_all(query_write, missing):
+        while True:
+            await self._wait_writable()  # a clone of this snapshot being made: wait
+            gen = self._gen
+            segs = self.store_map.lookup(c0, n)
+            located = [(c, k, s) for c, k, s in segs if s is not None]
+            missing = [[c, k] for c, k, s in segs if s is None]
+            if missing:
+                replies = await self._query_all(query_write, missing)
                 self._check_alive()
-                self.store_map.add_mapping(reply["map"])
-                located.extend(tuple(e) for e in reply["map"])
+                if gen != self._gen:
+                    continue  # a clone or reset came in between: the addresses may be shared
+                for reply in replies:
+                    self.store_map.add_mapping(reply["map"])
+                    located.extend(tuple(e) for e in reply["map"])
+            # Synchronous check right before the write is counted as active (the clone
+            # advice waits for active writes, then drops the addresses).
+            if self._advising or gen != self._gen:
+                continue
+            break
         pieces = [p for c, k, s in sorted(located)
                   if (p := map_pieces(self._store_fd, c, k, s, self.chunk_size, offset,
                                       len(buf))) is not None]
-        self._check_alive()
         self._dirty_store = True
         await self._io(_pwrite_all, pieces, buf)
         self._dirty_store = True  # again: a flush() that ran meanwhile cleared the flag

@@ -1,9 +1,10 @@
 """csnapctl: administer a running csnapd through its control socket.
 
-Commands: create, delete, list, status, set, hold, release, shutdown, forget-client. Human-readable output
-by default, ``--json`` for scripts. Exit codes: 0 ok, 1 the server refused (error message
-on stderr) or did not answer in time, 2 usage error, 3 cannot connect to the control
-socket (the message says whether csnapd is running, and with which socket).
+Commands: create (--from: a clone), delete, list (--tree), status, set, hold, release,
+shutdown, forget-client. Human-readable output by default, ``--json`` for scripts. Exit
+codes: 0 ok, 1 the server refused (error message on stderr) or did not answer in time,
+2 usage error, 3 cannot connect to the control socket (the message says whether csnapd
+is running, and with which socket).
 
 The control socket path is, in order: ``--control PATH``, the environment variable
 ``CSNAP_CONTROL``, ``/run/csnapd/control.sock`` if it exists, else ``data/csnapd.sock``.
@@ -63,10 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                    help="seconds to wait for the server's answer (default 120)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    c = sub.add_parser("create", help="create a snapshot of the origin as of now",
+    c = sub.add_parser("create", help="create a snapshot of the origin as of now, or a clone "
+                                      "of a snapshot (--from)",
                        description="Create a snapshot of the origin as of now. It waits "
                                    "until every connected origin client has finished the "
-                                   "writes it was already allowed to do.")
+                                   "writes it was already allowed to do. With --from, create "
+                                   "a writable clone of that snapshot instead: it has the "
+                                   "snapshot's content at once (the server shares the "
+                                   "copies in the background: 'operations' in csnapctl "
+                                   "status); the snapshot's writers finish their writes "
+                                   "first.")
     c.add_argument("name", help="snapshot name (1..255 characters, not 'origin'; a name of "
                                 "digits only can be given to other commands as a tag)")
     c.add_argument("--tag", type=int, default=None, metavar="N",
@@ -74,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--priority", type=int, default=None, metavar="P",
                    help="-128..127; lower priorities are squashed first when the store fills "
                         "(default 0)")
+    c.add_argument("--from", dest="from_", default=None, metavar="SNAP",
+                   help="make a clone of snapshot SNAP (name or tag) instead of a snapshot "
+                        "of the origin; a clone's name has at most 92 bytes")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     d = sub.add_parser("delete", help="delete a snapshot (a string of digits means a tag)",
                        description="Delete a snapshot. It disappears at once; its chunks are "
@@ -108,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("status", "show store use, snapshots, clients, locks, operations")):
         s = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         s.add_argument("--json", action="store_true", help="print the result as JSON")
+        if name == "list":
+            s.add_argument("--tree", action="store_true",
+                           help="show which snapshot each clone was made from, as a tree")
     sub.add_parser("shutdown", help="shut the server down gracefully",
                    description="Ask csnapd to stop: it finishes queued requests, commits, "
                                "marks the store clean and exits 0. Returns at once.")
@@ -147,6 +160,39 @@ def format_list(snaps: list[dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in [head, *rows])
+
+
+def format_tree(snaps: list[dict[str, Any]]) -> str:
+    """Snapshots as a forest: snapshots of the origin at the roots, clones below the
+    snapshot they were made from (by tag order at each level)."""
+    if not snaps:
+        return "no snapshots"
+    names = {s.get("name") for s in snaps}
+    kids: dict[Any, list[dict[str, Any]]] = {}
+    for s in sorted(snaps, key=lambda s: s.get("tag", 0)):
+        parent = s.get("parent") if s.get("parent") in names else None
+        kids.setdefault(parent, []).append(s)
+    lines = ["origin"]
+
+    def label(s: dict[str, Any]) -> str:
+        notes = [f"tag {s.get('tag')}", _when(s.get("created"))]
+        if s.get("filling"):
+            notes.append("filling")
+        if s.get("squashed"):
+            notes.append("squashed")
+        if s.get("holds"):
+            notes.append(f"{s['holds']} hold{'s' if s['holds'] != 1 else ''}")
+        return f"{s.get('name')}  ({', '.join(notes)})"
+
+    def walk(parent: Any, prefix: str) -> None:
+        children = kids.get(parent, [])
+        for i, s in enumerate(children):
+            last = i == len(children) - 1
+            lines.append(f"{prefix}{'`-- ' if last else '|-- '}{label(s)}")
+            walk(s.get("name"), prefix + ("    " if last else "|   "))
+
+    walk(None, "")
+    return "\n".join(lines)
 
 
 def _cell(v: Any) -> str:
@@ -288,7 +334,8 @@ async def run(args: argparse.Namespace) -> Any:
     """Execute the parsed command; returns the server's result."""
     async with ControlClient(args.control, timeout=args.timeout) as ctl:
         if args.command == "create":
-            return await ctl.create(args.name, args.tag, args.priority)
+            parent = None if args.from_ is None else await resolve(ctl, args.from_)
+            return await ctl.create(args.name, args.tag, args.priority, parent)
         if args.command == "delete":
             args.ref = await resolve(ctl, args.snapshot)
             return await ctl.delete(args.ref)
@@ -336,6 +383,9 @@ def render(args: argparse.Namespace, result: Any) -> str:
     if getattr(args, "json", False):
         return json.dumps(result, indent=2, sort_keys=True, default=str)
     if args.command == "create":
+        if result.get("parent"):
+            return (f"created clone {result.get('name')!r} tag {result.get('tag')} of "
+                    f"{result.get('parent')!r} at {_when(result.get('created'))}")
         return (f"created snapshot {result.get('name')!r} tag {result.get('tag')} "
                 f"at {_when(result.get('created'))}")
     if args.command == "delete":
@@ -343,6 +393,8 @@ def render(args: argparse.Namespace, result: Any) -> str:
         which = f"tag {ref}" if isinstance(ref, int) else repr(ref)
         return f"deleted snapshot {which}; its chunks are freed in the background"
     if args.command == "list":
+        if getattr(args, "tree", False):
+            return format_tree(result or [])
         return format_list(result or [])
     if args.command == "status":
         return summarize_status(result) if isinstance(result, dict) else format_status(result)

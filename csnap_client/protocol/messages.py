@@ -102,6 +102,7 @@ class AdviceKind(enum.StrEnum):
 
     NEW_SNAPSHOT = "NEW_SNAPSHOT"
     DELETE_SNAPSHOT = "DELETE_SNAPSHOT"
+    NEW_CLONE = "NEW_CLONE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +424,8 @@ _SPECS = (
     _spec(Op.ADVICE, _S2C, {"advice": UINT64, "kind": ADVICE_KIND, "snapshot": NAME,
                             "lease_ms": UINT32}),
     _spec(Op.ERROR, _S2C, {"code": UINT32, "message": STR}, {"leader": STR}),
-    _spec(Op.CREATE_SNAPSHOT, _CTL, {"name": NAME}, {"tag": UINT32, "priority": INT8},
+    _spec(Op.CREATE_SNAPSHOT, _CTL, {"name": NAME}, {"tag": UINT32, "priority": INT8,
+                                                     "from": SNAPSHOT_REF},
           replies=(Op.OK, _E)),
     _spec(Op.DELETE_SNAPSHOT, _CTL, {"snapshot": SNAPSHOT_REF}, replies=(Op.OK, _E)),
     _spec(Op.LIST_SNAPSHOTS, _CTL, {}, replies=(Op.OK, _E)),
@@ -700,13 +702,16 @@ def reply_error(id: int, code: int, message: str | None = None,
 
 
 def create_snapshot(id: int, name: str, tag: int | None = None,
-                    priority: int | None = None) -> Message:
-    """CREATE_SNAPSHOT (control): make a snapshot of the origin as of now."""
+                    priority: int | None = None, from_: str | int | None = None) -> Message:
+    """CREATE_SNAPSHOT (control): make a snapshot of the origin as of now, or with
+    ``from_`` a clone of that snapshot (by name or tag)."""
     msg: Message = {"op": "CREATE_SNAPSHOT", "id": id, "name": name}
     if tag is not None:
         msg["tag"] = tag
     if priority is not None:
         msg["priority"] = priority
+    if from_ is not None:
+        msg["from"] = from_
     return msg
 
 

@@ -1,7 +1,9 @@
 """Snapshot create and delete as advice flows: one at a time, as a small state machine.
 
 A create (NEW_SNAPSHOT) is advised to every origin connection, a delete
-(DELETE_SNAPSHOT) to every connection of that snapshot. Each advised connection
+(DELETE_SNAPSHOT) to every connection of that snapshot, a clone (NEW_CLONE) to every
+connection of the snapshot it is made from (their cached store addresses, which they
+may write without asking, stop being that snapshot's alone). Each advised connection
 must acknowledge; the flow is *ready* when none is left awaiting, either because
 all acknowledged, or their connections closed, or the deadline passed and the
 engine cut them off. Only then does the engine complete it (creates the snapshot,
@@ -19,6 +21,7 @@ States and transitions (``Phase``)::
 
 While a create is AWAITING, new origin writes are held (``hold``) and run again
 after it completes: an approval given now would miss the new snapshot's copy-out.
+While a clone is AWAITING, new writes to its parent are held the same way.
 Requests for another flow wait in ``queue``.
 
 Plain data and calls, no I/O, no store access.
@@ -33,6 +36,7 @@ from typing import Any
 
 NEW_SNAPSHOT = "NEW_SNAPSHOT"
 DELETE_SNAPSHOT = "DELETE_SNAPSHOT"
+NEW_CLONE = "NEW_CLONE"
 
 
 class Phase(enum.Enum):
@@ -49,7 +53,7 @@ class Advice:
     reply_to: tuple[int, int]  # (control connection, request id)
     deadline: float
     awaiting: set[int] = field(default_factory=set)
-    entry: Any = None  # the deleted snapshot's table entry (delete)
+    entry: Any = None  # the deleted snapshot's table entry (delete); the parent's (clone)
     tag: int | None = None
     priority: int = 0
     phase: Phase = Phase.AWAITING
@@ -73,6 +77,12 @@ class AdviceFlow:
     def creating(self) -> bool:
         """A create is waiting for acknowledgements: origin writes must be held."""
         return self.current is not None and self.current.kind == NEW_SNAPSHOT
+
+    def cloning(self, slot: int) -> bool:
+        """A clone of snapshot ``slot`` is waiting for acknowledgements: writes to that
+        snapshot must be held."""
+        adv = self.current
+        return adv is not None and adv.kind == NEW_CLONE and adv.entry.slot == slot
 
     def new_id(self) -> int:
         advice_id, self._next_id = self._next_id, self._next_id + 1

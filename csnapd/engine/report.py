@@ -41,10 +41,12 @@ RATE_WINDOW = 600.0
 SAMPLE_EVERY = 5.0
 
 
-def snap_dict(e: fmt.SnapEntry) -> dict[str, Any]:
-    """One snapshot as the control protocol lists it."""
+def snap_dict(e: fmt.SnapEntry, parent: fmt.SnapEntry | None = None) -> dict[str, Any]:
+    """One snapshot as the control protocol lists it (``parent``: the snapshot it is a
+    clone of)."""
     return {"name": e.name, "tag": e.tag, "slot": e.slot, "created": e.created_ns / 1e9,
-            "priority": e.priority, "squashed": e.squashed, "holds": e.use_count}
+            "priority": e.priority, "squashed": e.squashed, "holds": e.use_count,
+            "parent": parent.name if parent is not None else None}
 
 
 class Reporter:
@@ -55,7 +57,12 @@ class Reporter:
         self.samples: deque[tuple[float, int]] = deque()  # (time, copy-outs so far)
 
     def list_snapshots(self) -> list[dict[str, Any]]:
-        return [snap_dict(e) for e in self.engine.store.snaps.visible()]
+        snaps = self.engine.store.snaps
+        out = [snap_dict(e, snaps.parent_of(e)) for e in snaps.visible()]
+        fill = self.engine.store.fill
+        for d in out:
+            d["filling"] = fill.active and d["slot"] == fill.clone
+        return out
 
     def volumes(self) -> list[dict[str, Any]]:
         """LIST_VOLUMES: what a data connection may identify as."""
@@ -113,6 +120,12 @@ class Reporter:
         progress = eng.store.delete_progress()
         if progress["active"]:
             ops.append({"operation": "delete", "progress": round(progress["fraction"], 4)})
+        store = eng.store
+        fill = store.fill.progress(store.sb.origin_chunks)
+        if fill["active"]:
+            ops.append({"operation": "clone", "snapshot": store.snaps.entries[fill["clone"]].name,
+                        "from": store.snaps.entries[fill["parent"]].name,
+                        "progress": round(fill["fraction"], 4)})
         return ops
 
     # -- usage and fill ----------------------------------------------------------

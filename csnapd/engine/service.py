@@ -31,7 +31,7 @@ from csnap_client.protocol import ErrorCode
 from csnap_client.protocol import messages as m
 from csnap_client.protocol.session import Request
 from csnapd.engine import locks as lk
-from csnapd.engine.advice import DELETE_SNAPSHOT, NEW_SNAPSHOT, Advice, AdviceFlow
+from csnapd.engine.advice import DELETE_SNAPSHOT, NEW_CLONE, NEW_SNAPSHOT, Advice, AdviceFlow
 from csnapd.engine.conns import Conn, Conns
 from csnapd.engine.devices import DeviceVerifier
 from csnapd.engine.report import Reporter, snap_dict
@@ -239,6 +239,8 @@ class Engine:
         if self.stopped:
             return False
         more = self.store.count_step(4 * budget_leaves)
+        if self.store.cloning:
+            more = self._clone_step(budget_leaves) or more
         if self.revoked and self.store.deleting and self.now >= self.revoke_until:
             more = self.store.delete_step(budget_leaves) or more
             if self.space.waiters:
@@ -325,6 +327,8 @@ class Engine:
         grants = self.store.grants
         if adv.kind == NEW_SNAPSHOT and conn.slot is None:
             grants.clear_origin(conn.client_id)
+        elif adv.kind == NEW_CLONE and conn.slot == adv.entry.slot:
+            grants.clear_writer(conn.client_id, conn.slot)
         elif adv.kind == DELETE_SNAPSHOT and adv.entry is not None \
                 and conn.slot == adv.entry.slot:
             grants.clear_writer(conn.client_id, conn.slot)
@@ -452,6 +456,8 @@ class Engine:
     def _snapshot_write(self, conn: Conn, req: Request) -> None:
         if self._snapshot_gone(conn, req.id):
             return
+        if self.advice.cloning(conn.slot):
+            return self.advice.hold(conn.id, req)  # decided once the clone exists
         pairs = self.store.snapshot_write(conn.slot, req.ranges)
         self.store.grants.add_writer(conn.client_id, conn.slot)
         self._durable.append((conn.id, m.snapshot_write_ok(req.id, m.compress_mapping(pairs))))
@@ -633,7 +639,9 @@ class Engine:
 
     def _start_advice(self, conn_id: int, req: Request, now: float) -> None:
         try:
-            if req.op == "CREATE_SNAPSHOT":
+            if req.op == "CREATE_SNAPSHOT" and req.msg.get("from") is not None:
+                adv = self._begin_clone(conn_id, req, now)
+            elif req.op == "CREATE_SNAPSHOT":
                 adv = self._begin_create(conn_id, req, now)
             else:
                 adv = self._begin_delete(conn_id, req, now)
@@ -641,7 +649,8 @@ class Engine:
             self._error(conn_id, req.id, _code(exc), str(exc))
             return self._next_advice(now)
         self.advice.begin(adv)
-        msg = m.advice(adv.advice_id, adv.kind, adv.name, int(self.lease * 1000))
+        about = adv.entry.name if adv.kind == NEW_CLONE else adv.name
+        msg = m.advice(adv.advice_id, adv.kind, about, int(self.lease * 1000))
         self._now.extend((c, msg) for c in adv.awaiting)
         log.info("%s %s: waiting for %d client(s) to acknowledge", adv.kind, adv.name,
                  len(adv.awaiting))
@@ -653,6 +662,23 @@ class Engine:
             raise se.SnapshotExists(f"a snapshot named {name!r} exists")
         return Advice(self.advice.new_id(), NEW_SNAPSHOT, name, (conn_id, req.id),
                       now + self.advice_timeout, set(self.conns.origin_conns()),
+                      tag=req.msg.get("tag"), priority=req.msg.get("priority") or 0)
+
+    def _begin_clone(self, conn_id: int, req: Request, now: float) -> Advice:
+        """A clone: the parent's connections drop the store addresses they cached."""
+        name, ident = req.msg["name"], req.msg["from"]
+        if any(e.name == name for e in self.store.snaps.visible()):
+            raise se.SnapshotExists(f"a snapshot named {name!r} exists")
+        parent = self._find_snapshot(ident)
+        if parent is None:
+            raise se.NoSuchSnapshot(f"no snapshot {ident!r} to clone")
+        if parent.squashed:
+            raise se.LimitError(f"snapshot {parent.name!r} was squashed: there is nothing "
+                                "to clone")
+        awaiting = {c for c in self.conns.of_slot(parent.slot)
+                    if not self.conns.get(c).read_only}
+        return Advice(self.advice.new_id(), NEW_CLONE, name, (conn_id, req.id),
+                      now + self.advice_timeout, awaiting, entry=parent,
                       tag=req.msg.get("tag"), priority=req.msg.get("priority") or 0)
 
     def _begin_delete(self, conn_id: int, req: Request, now: float) -> Advice:
@@ -672,12 +698,19 @@ class Engine:
         if adv is None:
             return
         conn_id, rid = adv.reply_to
-        if adv.kind == NEW_SNAPSHOT:
+        if adv.kind in (NEW_SNAPSHOT, NEW_CLONE):
             try:
-                entry = self._create(adv)
-                self._durable.append((conn_id, m.ok(rid, snap_dict(entry))))
-                log.info("created snapshot %s (tag %d, slot %d)", entry.name, entry.tag,
-                         entry.slot)
+                if adv.kind == NEW_CLONE:
+                    entry = self._clone(adv)
+                    self._durable.append((conn_id, m.ok(rid, snap_dict(entry, adv.entry))))
+                    log.info("created clone %s of %s (tag %d, slot %d); sharing its copies "
+                             "in the background", entry.name, adv.entry.name, entry.tag,
+                             entry.slot)
+                else:
+                    entry = self._create(adv)
+                    self._durable.append((conn_id, m.ok(rid, snap_dict(entry))))
+                    log.info("created snapshot %s (tag %d, slot %d)", entry.name, entry.tag,
+                             entry.slot)
             except _HANDLED as exc:
                 self._error(conn_id, rid, _code(exc), str(exc))
             for held_conn, req in self.advice.release_held():
@@ -729,6 +762,36 @@ class Engine:
         store.make_live(entry)
         self.counters["cutoff_copies"] = self.counters.get("cutoff_copies", 0) + chunks
         return entry
+
+    def _clone(self, adv: Advice) -> fmt.SnapEntry:
+        """Make the clone, unless a client may still write the parent without asking.
+
+        A writer that did not acknowledge (stalled, or gone without detaching) keeps
+        store addresses it may write at any later moment; once those chunks are shared
+        with the clone such a write would change it. So the clone is refused, naming
+        the clients, until they come back clean, detach, or are forgotten.
+        """
+        parent = adv.entry
+        if parent.state != fmt.SNAP_LIVE or parent.squashed:
+            raise se.NoSuchSnapshot(f"snapshot {parent.name!r} went away")
+        writers = sorted(self.store.grants.writers().get(parent.slot, ()))
+        if writers:
+            who = ", ".join(f"client {c} from {self.conns.peers.get(c, 'unknown')}"
+                            for c in writers[:8])
+            raise se.SnapshotHeld(
+                f"cannot clone {parent.name!r} now: {len(writers)} client(s) may still write "
+                f"it without asking ({who}); they let go when they reconnect or detach, or "
+                "'csnapctl forget-client ID' once their host is fenced")
+        return self.store.clone_snapshot(adv.name, parent.name, adv.tag, adv.priority)
+
+    def _clone_step(self, budget_leaves: int) -> bool:
+        """A slice of the clone fill; logs when it is done."""
+        fill = self.store.fill
+        name = self.store.snaps.entries[fill.clone].name
+        more = self.store.clone_step(budget_leaves)
+        if not more:
+            log.info("clone %s: all of its parent's copies are shared; fill done", name)
+        return more
 
     # ============================================================== stopping
     def stop_serving(self, reason: str) -> None:

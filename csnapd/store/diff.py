@@ -64,6 +64,11 @@ def changed_chunks(store, volume: int | None, base: int | None, start: int, end:
     vbit = 0 if volume is None else 1 << volume
     bbit = 0 if base is None else 1 << base
     both = vbit | bbit
+    # a clone still being filled reads its parent's copy where it has none of its own
+    fill = store.fill
+    cbit = pbit = cursor = 0
+    if fill.active and (1 << fill.clone) & both:
+        cbit, pbit, cursor = 1 << fill.clone, 1 << fill.parent, fill.cursor
     ranges = scan.ranges
     reported = 0
     last = -2  # last chunk reported
@@ -72,15 +77,22 @@ def changed_chunks(store, volume: int | None, base: int | None, start: int, end:
             scan.next = chunk
             return scan
         scan.entries += 1
-        here = there = -1  # -1: reads the origin
+        here = there = parent = -1  # -1: reads the origin
         for exc in excs:
             sharemap = exc.sharemap
-            if sharemap & both:
+            if sharemap & (both | pbit):
                 store_chunk = exc.store
                 if sharemap & vbit:
                     here = store_chunk
                 if sharemap & bbit:
                     there = store_chunk
+                if sharemap & pbit:
+                    parent = store_chunk
+        if cbit and chunk >= cursor:
+            if vbit == cbit and here == -1:
+                here = parent
+            if bbit == cbit and there == -1:
+                there = parent
         if here == there:
             continue
         if chunk == last + 1:

@@ -104,3 +104,41 @@ def test_every_chunk_pages():
     assert sd.every_chunk(0, 10, 4) == sd.ChangeScan([[0, 4]], 4)
     assert sd.every_chunk(8, 10, 4) == sd.ChangeScan([[8, 2]], None)
     assert sd.every_chunk(10, 10, 4) == sd.ChangeScan([], None)
+
+
+def test_a_clone_being_filled_diffs_as_its_content():
+    """Until the fill reaches a chunk, a clone reads its parent's copy there: a diff
+    against the clone (either side) says what its content says, part way and after."""
+    rng = random.Random(29)
+    dev, origin = make_store(16 << 20, origin_chunks=CHUNKS)
+    fill_origin(origin)
+    s = open_store(dev, origin)
+    parent = s.create_snapshot("p").slot
+    s.commit()
+    for version in range(1, 30):
+        a = rng.randrange(CHUNKS)
+        n = min(CHUNKS - a, rng.randint(1, 20))
+        s.origin_write([[a, n]])
+        s.commit()
+        for c in range(a, a + n):
+            origin.pwrite(c * CS, chunk_bytes(c, version))
+    clone = s.clone_snapshot("c", "p").slot
+    s.commit()
+    s.clone_step(max_leaves=3)  # part filled
+    s.commit()
+    (_, sc), = s.snapshot_write(clone, [[CHUNKS - 1, 1]])  # one chunk its own
+    s.commit()
+    dev.pwrite(sc * CS, chunk_bytes(CHUNKS - 1, 99))
+    assert s.cloning
+    for _ in range(2):
+        images = {v: _image(s, v) for v in (None, parent, clone)}
+        for vol in images:
+            for base in images:
+                got, _ = _scan_all(s, vol, base, 1 << 16, 1 << 20)
+                want = {c for c in range(CHUNKS) if images[vol][c] != images[base][c]}
+                assert want <= set(got), (vol, base, sorted(want - set(got))[:5])
+                if {vol, base} == {parent, clone}:
+                    assert set(got) == {CHUNKS - 1}, sorted(got)[:10]
+        while s.clone_step():
+            s.commit()
+        s.commit()
