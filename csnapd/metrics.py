@@ -240,6 +240,7 @@ class EngineCollector(Collector):
     def _store(st: dict[str, Any], stats: dict[str, int]) -> Iterator[Metric]:
         jblocks = st.get("journal_blocks", 0)
         deleting = st.get("deleting") or {}
+        fill = st.get("clone_fill") or {}
         yield from (
             _gauge("csnap_store_chunks", "Chunks in the snapshot store", st["store_chunks"]),
             _gauge("csnap_store_free_chunks", "Free chunks in the snapshot store",
@@ -254,6 +255,10 @@ class EngineCollector(Collector):
             _gauge("csnap_snapshots", "Visible snapshots", st["snapshots"]),
             _gauge("csnap_snapshot_delete_active", "1 while a background delete runs",
                    int(bool(deleting.get("active")))),
+            _gauge("csnap_clone_fill_active", "1 while a clone's copies are being shared "
+                   "with it in the background", int(bool(fill.get("active")))),
+            _gauge("csnap_clone_fill_ratio", "How far the clone fill has come (1 when none "
+                   "runs)", fill.get("fraction", 1.0)),
             _gauge("csnap_journal_blocks", "Journal size in blocks", jblocks),
             _gauge("csnap_journal_used_blocks", "Journal blocks in use since the last "
                    "checkpoint", st["journal_used"]),
