@@ -239,6 +239,12 @@ def print_report(out: dict[str, Any]) -> None:
         d = s["large"]["delete"]
         print(f"delete {d['doomed_exceptions']} exceptions: {d['delete_seconds']} s, worst "
               f"latency of other clients {d['worst_latency_ms']} ms (p99 {d['p99_latency_ms']})")
+        c = s["large"].get("clone")
+        if c:
+            print(f"clone of a snapshot owning {c['parent_exceptions']} exceptions: answered "
+                  f"in {c['clone_ack_seconds']} s, filled in {c['clone_seconds']} s, worst "
+                  f"latency of other clients {c['worst_latency_ms']} ms "
+                  f"(p99 {c['p99_latency_ms']})")
     q = out.get("qemu", {})
     if "skipped" in q:
         print(f"qemu: {q['skipped']}")

@@ -8,8 +8,9 @@ checkpoints) is real, only the chunk *data* copies are skipped. The result is a 
 
 ``stage_scale`` then serves a small (10k) and a large store (600k by default, 10M at full
 size) with a real csnapd: random lookups of exceptions from 16 clients, csnapd's RSS
-against ``--cache-size``, and the deletion of a snapshot that owns up to 1M exceptions
-while other clients keep working (their worst latency).
+against ``--cache-size``, and the clone of a snapshot that owns most of them and the
+deletion of a snapshot that owns up to 1M exceptions while other clients keep working
+(their worst latency).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,7 @@ async def scale_point(cfg: Config, built: BuiltStore, label: str,
         result["rss_bytes"] = proc_rss(srv.pid)
         result["cache_size_bytes"] = parse_size(cfg.cache_size)
         if with_delete:
+            result["clone"] = await clone_under_load(srv, built)
             result["delete"] = await delete_under_load(srv, built)
     finally:
         srv.stop(timeout=600)
@@ -144,28 +147,38 @@ async def scale_point(cfg: Config, built: BuiltStore, label: str,
     return result
 
 
-class DeleteProbe:
-    """Is a snapshot deletion still pending? Reads the committed state of a store that a
+class StoreProbe:
+    """Is background work still pending? Reads the committed state of a store that a
     running csnapd owns (read-only open: superblock + journal replay in memory; no lock)."""
 
     def __init__(self, built: BuiltStore) -> None:
         self.built = built
 
-    def deleting(self) -> bool:
-        """True while the store still has snapshots being deleted (or the probe failed)."""
+    def _ask(self, question: Callable[[Any], Any]) -> bool:
         try:
             store = open_store(str(self.built.store), readonly=True, cache_size=1 << 20)
         except Exception:  # noqa: BLE001 - racing the server's journal writes: try again
             return True
         try:
-            return bool(store.snaps.deleting_mask or store.snaps.in_pass_mask())
+            return bool(question(store))
         finally:
             store.close()
 
+    def deleting(self) -> bool:
+        """True while the store still has snapshots being deleted (or the probe failed)."""
+        return self._ask(lambda st: st.snaps.deleting_mask or st.snaps.in_pass_mask())
 
-async def delete_under_load(srv: ServerProc, built: BuiltStore) -> dict[str, Any]:
-    """Delete snapshot ``doomed`` while other clients keep working; how long the background
-    delete takes and the worst latency the others saw meanwhile."""
+    def cloning(self) -> bool:
+        """True while a clone is still being filled (or the probe failed)."""
+        return self._ask(lambda st: st.cloning)
+
+
+async def _under_load(srv: ServerProc, built: BuiltStore, what: str,
+                      start: Callable[[Any], Awaitable[Any]], pending: Callable[[], bool]
+                      ) -> dict[str, Any]:
+    """Run control call ``start(ctl)`` while other clients keep working, then wait until
+    ``pending()`` (run off the loop) says the background work is done; the time to the
+    answer, to the end, and the worst latency the other clients saw meanwhile."""
     readers = await connect_many(srv, 4, "keep")
     writers = await connect_many(srv, 2, "origin")
     pingers = await connect_many(srv, 2, "origin")
@@ -192,26 +205,25 @@ async def delete_under_load(srv: ServerProc, built: BuiltStore) -> dict[str, Any
             reply = await conn.call(msg)
             samples.append((t, time.perf_counter() - t, kind))
             if reply["op"] == "ERROR":
-                raise RuntimeError(f"{kind} failed during delete: {reply}")
+                raise RuntimeError(f"{kind} failed during {what}: {reply}")
             await asyncio.sleep(0.001)
 
     tasks = [asyncio.ensure_future(work(c, k)) for cs, k in
              ((readers, "read"), (writers, "write"), (pingers, "ping")) for c in cs]
-    probe = DeleteProbe(built)
     loop = asyncio.get_running_loop()
     done_at: float | None = None
-    t_del = time.perf_counter()
+    t0 = time.perf_counter()
     acked = 0.0
     try:
         await asyncio.sleep(0.5)
         ctl = await srv.ctl()
         try:
-            t_del = time.perf_counter()
-            await ctl.delete("doomed")
-            acked = time.perf_counter() - t_del
-            while done_at is None and time.perf_counter() - t_del < DELETE_LIMIT:
+            t0 = time.perf_counter()
+            await start(ctl)
+            acked = time.perf_counter() - t0
+            while done_at is None and time.perf_counter() - t0 < DELETE_LIMIT:
                 await asyncio.sleep(0.25)
-                if not await loop.run_in_executor(None, probe.deleting):
+                if not await loop.run_in_executor(None, pending):
                     done_at = time.perf_counter()
         finally:
             await ctl.close()
@@ -221,12 +233,11 @@ async def delete_under_load(srv: ServerProc, built: BuiltStore) -> dict[str, Any
         await asyncio.gather(*tasks, return_exceptions=True)
         await close_all(readers + writers + pingers)
     end = done_at if done_at is not None else time.perf_counter()
-    lats = sorted(lat for t, lat, _ in samples if t_del <= t <= end)
-    return {"doomed_exceptions": built.doomed_chunks,
-            "delete_ack_seconds": round(acked, 3),
+    lats = sorted(lat for t, lat, _ in samples if t0 <= t <= end)
+    return {f"{what}_ack_seconds": round(acked, 3),
             "finished": done_at is not None,
-            "delete_seconds": round(end - t_del, 2),
-            "delete_seconds_resolution": "0.25 s + one read-only probe of the store",
+            f"{what}_seconds": round(end - t0, 2),
+            f"{what}_seconds_resolution": "0.25 s + one read-only probe of the store",
             "requests_during": len(lats),
             "worst_latency_ms": round(lats[-1] * 1e3, 2) if lats else None,
             "p99_latency_ms": round(lats[int(len(lats) * 0.99)] * 1e3, 2) if lats else None,
@@ -234,6 +245,23 @@ async def delete_under_load(srv: ServerProc, built: BuiltStore) -> dict[str, Any
                        "first-touch writers, 2 pingers; 1 ms think time each",
             "note": "completion is detected by opening the store read-only in the benchmark "
                     "process (journal replayed in memory), not by STATUS"}
+
+
+async def delete_under_load(srv: ServerProc, built: BuiltStore) -> dict[str, Any]:
+    """Delete snapshot ``doomed`` while other clients keep working; how long the background
+    delete takes and the worst latency the others saw meanwhile."""
+    out = await _under_load(srv, built, "delete", lambda ctl: ctl.delete("doomed"),
+                            StoreProbe(built).deleting)
+    return {"doomed_exceptions": built.doomed_chunks, **out}
+
+
+async def clone_under_load(srv: ServerProc, built: BuiltStore) -> dict[str, Any]:
+    """Clone snapshot ``keep`` (which owns ``keep_chunks`` exceptions) while other clients
+    keep working; the answer's time, the background fill's, and the worst latency."""
+    out = await _under_load(srv, built, "clone",
+                            lambda ctl: ctl.create("keep-clone", from_="keep"),
+                            StoreProbe(built).cloning)
+    return {"parent_exceptions": built.keep_chunks, **out}
 
 
 async def stage_scale(cfg: Config, tmp: Path, out: dict[str, Any]) -> None:
@@ -261,4 +289,8 @@ async def stage_scale(cfg: Config, tmp: Path, out: dict[str, Any]) -> None:
         f"{big.exceptions} vs {s_rate:.0f}/s at {small.exceptions}; RSS "
         f"{sc['large']['rss_bytes'] / MIB:.0f} MiB; delete of {d['doomed_exceptions']} took "
         f"{d['delete_seconds']}s, worst latency {d['worst_latency_ms']} ms")
+    c = sc["large"]["clone"]
+    log(f"scale: clone of a snapshot owning {c['parent_exceptions']} exceptions answered in "
+        f"{c['clone_ack_seconds']}s, filled in {c['clone_seconds']}s, worst latency "
+        f"{c['worst_latency_ms']} ms")
     out["scale"] = sc
