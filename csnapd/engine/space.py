@@ -1,7 +1,8 @@
 """Store full: which snapshot to squash, and origin writes waiting for space.
 
 ``--on-full squash`` sacrifices the snapshot that needs the copy with the lowest
-priority, then the oldest (never a held one: ``csnapctl hold``), but only when no space is coming back already: while a
+priority, then the oldest (never a held one: ``csnapctl hold``, nor the parent of a clone
+being filled), but only when no space is coming back already: while a
 delete pass (of a deleted or an earlier squashed snapshot) is still freeing chunks,
 or a squashed snapshot's writers were cut off so recently that they may still let go
 of its chunks, a write that needs a copy-out is parked here and retried as space
@@ -46,7 +47,9 @@ class SpacePolicy:
         if self.on_full != "squash" or exc.chunk is None:
             return None
         needing = self.store.snapshots_needing(exc.chunk)
-        victims = [e for e in needing if not e.use_count]
+        fill = self.store.fill  # a clone being filled from a snapshot needs all of it
+        victims = [e for e in needing if not e.use_count
+                   and not (fill.active and e.slot == fill.parent)]
         if needing and not victims:
             names = ", ".join(repr(e.name) for e in needing[:4])
             exc.args = (f"{exc}; held snapshots are never squashed and only held ones "

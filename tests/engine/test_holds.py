@@ -126,3 +126,19 @@ def _ack_all(eng: Engine) -> None:
                 eng.handle_message(conn, m.ack_advice(50, msg["advice"]), 0.0)
         if any(c == 100 for c, _ in out):
             return
+
+
+def test_store_full_never_squashes_the_parent_of_a_clone_being_filled():
+    """The parent (priority -100) would be the victim, but a clone is being filled from it:
+    the clone is squashed instead (which ends its fill), never the copies it relies on."""
+    eng = _engine(store_bytes=(4 + 16 + 40) * CS, origin_chunks=96)
+    connect(eng, 1)
+    eng.handle_message(100, m.create_snapshot(7, "parent", priority=-100), 0.0)
+    _ack_all(eng)
+    reply = control(eng, {**m.create_snapshot(8, "clone", priority=100), "from": "parent"})
+    assert reply["op"] == "OK" and reply["result"]["parent"] == "parent", reply
+    assert eng.store.cloning
+    assert _fill(eng, 1) == {}
+    entries = {e.name: e for e in eng.store.snaps.visible()}
+    assert entries["clone"].squashed and not entries["parent"].squashed
+    assert not eng.store.cloning
