@@ -386,36 +386,30 @@ class Volume:
         """The rest of an ADVICE (after ``_advice_sync``): finish, flush, acknowledge."""
         kind = msg["kind"]
         if kind == "NEW_SNAPSHOT" and self.is_origin:
-            try:
-                await self._idle.wait()
-                if self._dirty_origin:
-                    self._dirty_origin = False
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._pool, os.fdatasync, self._origin_fd)
-                self.unique.clear()
-                await self.client.ack_advice(msg)
-            finally:
-                self._advising -= 1
-                if not self._advising:
-                    self._advice_done.set()
+            await self._let_go(msg, "_dirty_origin", self._origin_fd, self.unique)
         elif kind == "NEW_CLONE" and not self.is_origin and msg["snapshot"] == self.name:
-            try:
-                await self._idle.wait()
-                if self._dirty_store:
-                    self._dirty_store = False
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._pool, os.fdatasync, self._store_fd)
-                self.store_map.clear()
-                await self.client.ack_advice(msg)
-            finally:
-                self._advising -= 1
-                if not self._advising:
-                    self._advice_done.set()
+            await self._let_go(msg, "_dirty_store", self._store_fd, self.store_map)
         elif kind == "DELETE_SNAPSHOT" and not self.is_origin and msg["snapshot"] == self.name:
             await self._idle.wait()
             await self.client.ack_advice(msg)
         else:
             await self.client.ack_advice(msg)
+
+    async def _let_go(self, msg: Message, dirty: str, fd: int,
+                      cache: RunSet | StoreMap) -> None:
+        """Finish the writes already approved, make them durable on ``fd``, forget what
+        they were approved for (``cache``), acknowledge; then let writes go on."""
+        try:
+            await self._idle.wait()
+            if getattr(self, dirty):
+                setattr(self, dirty, False)
+                await asyncio.get_running_loop().run_in_executor(self._pool, os.fdatasync, fd)
+            cache.clear()
+            await self.client.ack_advice(msg)
+        finally:
+            self._advising -= 1
+            if not self._advising:
+                self._advice_done.set()
 
     # ------------------------------------------------------------------ snapshot
 
