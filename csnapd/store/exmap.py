@@ -264,7 +264,7 @@ class LeafSpan:
             if shared is not None:
                 chunk, before = keys[i], shared.sharemap
                 grow = fmt.sharemap_size(before | cbit) - fmt.sharemap_size(before)
-                if fmt.entry_size(excs) + grow > limit:
+                if grow and fmt.entry_size(excs) + grow > limit:
                     raise LimitError(f"chunk {chunk} has too many exceptions for a "
                                      f"{self._map.block_size}-byte leaf to share it with "
                                      "a clone; use a larger --block-size")
