@@ -83,8 +83,16 @@ INCOMPAT_COMPACT_JOURNAL = 1 << 2
 #: csnap that ignored it would delete or squash a snapshot an operator is relying on.
 #: Set at every read-write open by a csnap that knows it (as INCOMPAT_GRANTS is).
 INCOMPAT_HOLDS = 1 << 3
+#:
+#: INCOMPAT_ORIGIN_GROWN: the origin was grown while snapshots existed, and the
+#: superblock lists origin growth records (offset 272): a snapshot created before a
+#: record's time has that record's (smaller) origin size.  A csnap that ignored them
+#: would show such a snapshot chunks written to the origin after it was taken, and
+#: would not copy them out for it.  Set by an origin growth that leaves records;
+#: cleared by a read-write open once no snapshot needs a record (store/grow.py).
+INCOMPAT_ORIGIN_GROWN = 1 << 5
 INCOMPAT_KNOWN = (INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
-                  | INCOMPAT_HOLDS)
+                  | INCOMPAT_HOLDS | INCOMPAT_ORIGIN_GROWN)
 COMPAT_KNOWN = 0
 #:
 #: AUTOCLEAR_SPACE_COUNTS: every non-free snapshot table entry's exclusive and shared
@@ -300,10 +308,20 @@ class SuperFields:
     opened_ns: int
     grants_root: int = 0
     ha_epoch: int = 0
+    #: origin growth records, oldest first: (grown_ns, origin bytes before that growth);
+    #: a snapshot created before grown_ns has that size (offset 272, store/grow.py)
+    size_records: tuple[tuple[int, int], ...] = ()
 
     @property
     def store_id(self) -> int:
         return int.from_bytes(self.uuid[:8], "little")
+
+    @property
+    def geometry(self) -> tuple[int, ...]:
+        """The fields only a growth changes (journaled as a whole superblock image)."""
+        return (self.store_chunks, self.origin_bytes, self.origin_chunks, self.cbitmap_start,
+                self.cbitmap_blocks, self.mbitmap_start, self.mbitmap_blocks,
+                self.incompat, *(v for r in self.size_records for v in r))
 
 
 _SUPER_ORDER = (
@@ -314,10 +332,25 @@ _SUPER_ORDER = (
     "exceptions delete_cursor created_ns opened_ns grants_root ha_epoch"
 ).split()
 
+#: Origin growth records (INCOMPAT_ORIGIN_GROWN), after the fixed fields:
+#:   OFFSET SIZE DESCRIPTION
+#:      272    4 number of records g (0 = none; at most SIZE_RECORDS_MAX)
+#:      276    4 reserved, zero
+#:      280 16*g records, oldest first: u64 grown_ns, u64 origin bytes before it
+SIZE_RECORDS = struct.Struct("<II")
+SIZE_RECORD = struct.Struct("<QQ")
+SIZE_RECORDS_OFFSET = SUPER_OFFSET + SUPER.size
+assert SIZE_RECORDS_OFFSET == 272
+SIZE_RECORDS_MAX = 8  # fits a 512-byte block: 280 + 8 * 16 = 408
+
 
 def encode_super(sb: SuperFields) -> bytes:
     """Payload bytes of a superblock."""
-    return SUPER.pack(SUPER_MAGIC, *(getattr(sb, name) for name in _SUPER_ORDER))
+    out = SUPER.pack(SUPER_MAGIC, *(getattr(sb, name) for name in _SUPER_ORDER))
+    if sb.size_records:
+        out += SIZE_RECORDS.pack(len(sb.size_records), 0) + b"".join(
+            SIZE_RECORD.pack(*r) for r in sb.size_records)
+    return out
 
 
 def decode_super(block: bytes, slot: int) -> SuperFields:
@@ -329,6 +362,14 @@ def decode_super(block: bytes, slot: int) -> SuperFields:
     sb = SuperFields(*values[1:])
     if HEADER.unpack_from(block, 0)[6] != sb.store_id:
         raise CorruptionError(slot, "SUPER", "store id in header does not match UUID")
+    count, _ = SIZE_RECORDS.unpack_from(block, SIZE_RECORDS_OFFSET)
+    if count:
+        if count > SIZE_RECORDS_MAX:
+            raise CorruptionError(slot, "SUPER", f"{count} origin growth records (at most "
+                                  f"{SIZE_RECORDS_MAX})")
+        base = SIZE_RECORDS_OFFSET + SIZE_RECORDS.size
+        sb.size_records = tuple(SIZE_RECORD.unpack_from(block, base + i * SIZE_RECORD.size)
+                                for i in range(count))
     return sb
 
 

@@ -50,8 +50,9 @@ class Replay:
     def transaction(self, t: Transaction) -> None:
         """Apply one transaction on top of everything before it."""
         for home, image in t.images:
-            if home == 0:
+            if home == 0:  # older formats; a growth in the compact one (store/grow.py)
                 self.super_image = image
+                self.super_fields = {}  # SUPER records after it apply on top of it
             else:
                 self._blocks[home] = image
         if t.records:

@@ -55,6 +55,13 @@ class Frozen:
     freed_chunks: set[int]
     freed_blocks: list[int]
     ops: int
+    #: a growth changed the geometry: the transaction carries the whole superblock as
+    #: an image (home 0), since a SUPER record holds only the changing fields
+    geometry: bool = False
+    #: (home, image) of new bitmap blocks in space the committed store does not use
+    #: yet (a growth, store/grow.py): written home with the copy-outs, before the
+    #: journal transaction that makes the store use them
+    direct: list[tuple[int, bytes]] = field(default_factory=list)
 
     def payload(self, version: int, imaged: set[int]) -> tuple[list[tuple[int, bytes]], bytes]:
         """The images and record stream this transaction journals (compact format).
@@ -106,10 +113,11 @@ class Sealed:
         """Copy, flush, write the journal transaction, flush.  Raises OSError on I/O failure."""
         if self.void:
             raise ReadOnlyError("this sealed transaction was voided by an earlier failure")
-        if self.frozen.runs:
+        if self.frozen.runs or self.frozen.direct:
             if self.fence is not None:
                 self.fence()
             self._copy_out()
+            self._write_direct()
             self._flush()
         if self.fence is not None:
             self.fence()
@@ -118,6 +126,12 @@ class Sealed:
 
     def _copy_out(self) -> None:
         self.bytes_copied += run_copies(self.dev, self.origin, self.chunk_size, self.frozen.runs)
+
+    def _write_direct(self) -> None:
+        """New bitmap blocks of a growth, in space nothing committed uses (store/grow.py)."""
+        bs = self.ring.block_size
+        for home, image in self.frozen.direct:
+            self.dev.pwrite(home * bs, image)
 
     def _write_journal(self) -> None:
         blocks = self.ring.encode(self.pos, self.seq, self.images, self.stream)

@@ -75,6 +75,9 @@ class Sealing:
         #: only these may be journaled as records (compact format, seal.py)
         self._imaged: set[int] = set()
         self._last_super: tuple[int, ...] = ()  # SUPER record fields as last sealed
+        self._last_geometry: tuple[int, ...] = ()  # geometry as last sealed (store/grow.py)
+        #: new bitmap blocks of a growth, for the next transaction (store/grow.py)
+        self._direct: list[tuple[int, bytes]] = []
 
     # ------------------------------------------------------------------
     # the open transaction
@@ -129,7 +132,8 @@ class Sealing:
         j = self.journal
         if self._ready:
             images, stream = self._ready[0].payload(j.version, self._imaged)
-            return j.span(len(images) + (j.version != jnl.COMPACT), len(stream))
+            extra = j.version != jnl.COMPACT or self._ready[0].geometry  # the superblock
+            return j.span(len(images) + extra, len(stream))
         if not self._open_changed():
             return 0
         # at most every changed block as an image, and the superblock
@@ -168,9 +172,12 @@ class Sealing:
         now = self._super_now()
         record = fmt.super_record(fields) if now != self._last_super else b""
         self._last_super = now
+        geometry = fields.geometry != self._last_geometry
+        self._last_geometry = fields.geometry
+        direct, self._direct = self._direct, []
         sbs.dirty = False
         frozen = Frozen(cache.ticket, runs, blocks, fields, record, self.alloc.take_freed(),
-                        freed_blocks, self._ops_open)
+                        freed_blocks, self._ops_open, geometry, direct)
         self._ops_open = 0
         cache.ticket += 1
         return frozen
@@ -212,6 +219,9 @@ class Sealing:
         images, stream = frozen.payload(j.version, self._imaged)
         if j.version == jnl.COMPACT:
             self._imaged.update(home for home, _ in images)
+            if frozen.geometry:  # a growth: the whole superblock (format 5.10, store/grow.py)
+                images.append((0, sbk.seal_super(0, dataclasses.replace(
+                    frozen.fields, generation=self.sb.generation))))
         else:
             # The superblock image carries the current generation: recovery must
             # never step it back (format 5.4).
@@ -232,6 +242,9 @@ class Sealing:
         self.cache.committed(fr.ticket, fr.blocks, fr.freed_blocks)
         self.alloc.committed(fr.freed_chunks)
         self.committed_super = dataclasses.replace(fr.fields, generation=self.sb.generation)
+        for home, image in fr.direct:  # home and durable now: read from there
+            if self.cache.direct.get(home) is image:
+                del self.cache.direct[home]
         self.durable_ticket = fr.ticket
         self.journal.commits += 1
         st = self.stats
@@ -340,6 +353,7 @@ class Sealing:
             sealed.void = True
         self._outstanding.clear()
         self._ready.clear()
+        self._direct = []
         self.sbs.dirty = False
         self.cache.drop_all()
         self.copier.pending = []
