@@ -159,11 +159,15 @@ class Store(Sealing):
         store.recovery.notes = notes
         store._recover()  # reads only the journal; a growth in it may change the sizes
         f = store.sb
-        if check_origin and origin.size != f.origin_bytes:
+        if check_origin and origin.size < f.origin_bytes:
             raise GeometryError(
                 f"origin {origin.path} is {origin.size} bytes but this store was made for an "
-                f"origin of {f.origin_bytes} bytes: wrong origin device? (an enlarged origin "
-                "is taken into use with csnapctl grow --origin while csnapd runs)")
+                f"origin of {f.origin_bytes} bytes: wrong origin device?")
+        if check_origin and origin.size > f.origin_bytes:
+            # enlarged, and not grown yet (or the growth was cut short by a crash)
+            store.recovery.info.append(
+                f"origin {origin.path} is {origin.size} bytes, more than the store's origin "
+                f"of {f.origin_bytes} bytes: the rest is used after csnapctl grow --origin")
         if dev.size < f.store_chunks * f.chunk_size:
             raise GeometryError(f"store {dev.path} is smaller than its superblock says")
         store._load_tables()
