@@ -57,10 +57,11 @@ class Grown:
         return {"what": self.what, "old": self.old, "new": self.new, "how": self.how}
 
 
-def _not_while_growing(store: Store) -> None:
-    """One geometry change at a time: the last one must be durable before the next."""
-    if store.cache.direct or store.sb.geometry != store.committed_super.geometry:
-        raise GrowthRefused("a growth is still being committed; try again in a moment")
+def _not_while_moving(store: Store) -> None:
+    """Bitmaps moved by a growth must be durable in their new place before the next one."""
+    if store.cache.direct or store._direct:
+        raise GrowthRefused("the last store growth is still being committed; try again in "
+                            "a moment")
 
 
 def grow_store(store: Store, device_bytes: int | None = None) -> Grown:
@@ -75,7 +76,7 @@ def grow_store(store: Store, device_bytes: int | None = None) -> Grown:
     plan = plan_store_growth(f, device_bytes)
     if plan.added_chunks == 0:
         return Grown("store", f.store_chunks, f.store_chunks, "unchanged")
-    _not_while_growing(store)
+    _not_while_moving(store)
     if plan.needs_bitmap_extension:
         _move_bitmaps(store, plan)
         how = "bitmaps moved"
@@ -164,7 +165,6 @@ def grow_origin(store: Store, size: int | None = None) -> Grown:
     new_bytes, new_chunks = plan_origin_growth(f, store.origin.refresh_size(), size)
     if new_bytes == f.origin_bytes:
         return Grown("origin", f.origin_bytes, f.origin_bytes, "unchanged")
-    _not_while_growing(store)
     created = [e.created_ns for e in store.snaps.entries if e.state != fmt.SNAP_FREE]
     records = sizes.with_growth(f, created, time.time_ns())
     if len(records) > fmt.SIZE_RECORDS_MAX:
