@@ -14,11 +14,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from csnap_client.protocol import messages as m
+from csnapd.store import diff as sd
 from csnapd.store.grow import plan_origin_growth
 
 if TYPE_CHECKING:
     from csnapd.engine.conns import Conn
     from csnapd.engine.service import Engine
+    from csnapd.store.store import Store
 
 log = logging.getLogger("csnapd.engine")
 
@@ -52,3 +54,24 @@ def grow(engine: Engine, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
     return {"grown": done, "store_chunks": f.store_chunks, "store_bytes":
             f.store_chunks * f.chunk_size, "origin_bytes": f.origin_bytes,
             "origin_chunks": f.origin_chunks}
+
+
+def volume_chunks(store: Store, slot: int | None) -> int:
+    """The size in chunks of a volume: the origin now (None), or a snapshot as taken."""
+    if slot is None:
+        return store.origin_chunks
+    return -(-store.snapshot_bytes(slot) // store.chunk_size)
+
+
+def changes_past_base(store: Store, volume: int | None, base: int | None, start: int,
+                      end: int, want: int) -> sd.ChangeScan:
+    """QUERY_CHANGES against a base that may be smaller (a snapshot taken before the
+    origin grew): chunks past the base's end did not exist in it, so all of them count
+    as changed; below it, the tree decides (store/diff.py)."""
+    base_end = volume_chunks(store, base)
+    if start >= base_end:
+        return sd.every_chunk(start, end, want)
+    scan = sd.changed_chunks(store, volume, base, start, min(end, base_end), want)
+    if scan.next is None and base_end < end:
+        scan.next = base_end  # the rest is every chunk: the next request gets it
+    return scan

@@ -34,7 +34,7 @@ from csnapd.engine import locks as lk
 from csnapd.engine.advice import DELETE_SNAPSHOT, NEW_SNAPSHOT, Advice, AdviceFlow
 from csnapd.engine.conns import Conn, Conns
 from csnapd.engine.devices import DeviceVerifier
-from csnapd.engine.growing import grow
+from csnapd.engine.growing import changes_past_base, grow, volume_chunks
 from csnapd.engine.report import Reporter, snap_dict
 from csnapd.engine.space import SpacePolicy
 from csnapd.engine.watch import DeviceWatch
@@ -499,7 +499,7 @@ class Engine:
         msg, rid = req.msg, req.id
         if conn.slot is not None and self._snapshot_gone(conn, rid):
             return
-        limit = self.store.sb.origin_chunks
+        limit = volume_chunks(self.store, conn.slot)  # a snapshot may predate a growth
         start, want = msg["start"], msg.get("max_chunks", m.MAX_CHANGE_CHUNKS)
         if start > limit:
             return self._error(conn.id, rid, ErrorCode.OUT_OF_RANGE,
@@ -522,7 +522,7 @@ class Engine:
                     return self._error(conn.id, rid, ErrorCode.SNAPSHOT_SQUASHED,
                                        f"snapshot {entry.name!r} was squashed")
                 slot = entry.slot
-            scan = sd.changed_chunks(self.store, conn.slot, slot, start, end, want)
+            scan = changes_past_base(self.store, conn.slot, slot, start, end, want)
         self._durable.append((conn.id, m.changes(rid, scan.ranges, scan.next)))
 
     def _read_map(self, slot: int, ranges: Any) -> tuple[list, list]:
