@@ -45,7 +45,11 @@ Client model (what an acknowledgement promises):
   * with ``meta`` workloads, holds, releases, priority changes and renames
     too: every snapshot has the priority and hold count the model says (the
     one in flight: before or after), a renamed one exactly one of its two
-    names, and a held snapshot is never deleted (delete refuses it).
+    names, and a held snapshot is never deleted (delete refuses it);
+  * with ``grow`` workloads, store and origin growths too (the store made on half its
+    device): the store has the size the model says (the growth in flight: before or
+    after), so has the origin, and every snapshot has the size and the data it was taken
+    with, chunks the origin gained later included in neither.
 """
 
 from __future__ import annotations
