@@ -109,12 +109,27 @@ def test_growth_crash_after_the_commit_replays_the_new_geometry(small):
     store.origin_write([(0, 4)])  # the same transaction changes the new bitmaps too
     store.create_snapshot("s")
     store.commit()
+    store.origin_write([(10, 6)])  # a later transaction: SUPER records after the image
+    store.commit()
     grown = dataclasses.replace(store.sb)
-    # no close, no checkpoint: the journal holds the switch
+    # no close, no checkpoint: the journal holds the switch and what followed it
     again = Store.open(dev, origin)
     assert again.sb.geometry == grown.geometry
-    assert again.sb.free_chunks == grown.free_chunks
+    assert (again.sb.free_chunks, again.sb.exceptions) == (grown.free_chunks,
+                                                          grown.exceptions)
     assert _problems(again) == []
+
+
+def test_check_finds_bits_past_the_end_cleared(small):
+    dev, origin = small
+    store = Store.open(dev, origin)
+    f = store.sb
+    blk = store.cache.get(f.cbitmap_start + f.cbitmap_blocks - 1, fmt.BlockKind.CBITMAP)
+    last = len(blk.bits) * 8 - 1  # the last bit of the last block: past the end
+    blk.set_bits(last, 1, 0)
+    store.cache.mark_dirty(blk)
+    store.commit()
+    assert any("past the end of the store are not all set" in p for p in _problems(store))
 
 
 def test_growth_lost_before_its_commit_leaves_the_old_store():
