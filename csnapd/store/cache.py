@@ -66,7 +66,7 @@ class BlockCache:
         self.homing: dict[int, bytes] = {}
         #: new bitmap blocks of a growth whose transaction is not durable yet: written
         #: home by that transaction itself, before its journal write (store/grow.py)
-        self.direct: dict[int, bytes] = {}
+        self.direct: list[Any] = []  # growth.NewBitmaps: image(addr) -> bytes | None
         #: committed images of blocks that a transaction not yet durable frees:
         #: the committed tree still uses them, so a checkpoint must write them
         self.freed_pending: dict[int, bytes] = {}
@@ -104,8 +104,10 @@ class BlockCache:
         raw = self.pending_home.get(addr)
         if raw is None:
             raw = self.homing.get(addr)
-            if raw is None:
-                raw = self.direct.get(addr)
+            for new in self.direct if raw is None else ():
+                raw = new.image(addr)
+                if raw is not None:
+                    break
             if raw is None:
                 raw = self.dev.pread(addr * self.block_size, self.block_size)
         return raw

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import format as fmt
 from . import sizes
+from .device import Device
 from .grow import GrowthPlan, GrowthRefused, plan_origin_growth, plan_store_growth
-from .walk import bitmap_int
 
 if TYPE_CHECKING:
     from .store import Store
@@ -120,6 +120,78 @@ def bitmap_region(block_size: int, chunk_size: int, store_chunks: int) -> tuple[
     return cb, mb, -(-(cb + mb) // k)
 
 
+class NewBitmaps:
+    """The bitmaps a growth places in the added space, until their transaction is durable.
+
+    Held as their payload bytes (the bits); block images are sealed only when written, on
+    the worker thread that writes the growth's transaction (seal.py), or when the cache
+    reads one of them before that (``image``).  Both bitmaps are one contiguous run of
+    blocks, written in large pieces.
+    """
+
+    def __init__(self, block_size: int, store_id: int, first: int,
+                 parts: list[tuple[fmt.BlockKind, bytearray]]) -> None:
+        self.block_size, self.store_id, self.first = block_size, store_id, first
+        self.per = fmt.bitmap_bits_per_block(block_size) // 8
+        self.parts: list[tuple[int, fmt.BlockKind, memoryview]] = []  # (first index, ...)
+        n = 0
+        for kind, raw in parts:
+            self.parts.append((n, kind, memoryview(raw)))
+            n += len(raw) // self.per
+        self.blocks = n
+
+    def image(self, home: int) -> bytes | None:
+        """The sealed image of block ``home``, or None if it is not one of these."""
+        i = home - self.first
+        if not 0 <= i < self.blocks:
+            return None
+        base, kind, raw = next(p for p in reversed(self.parts) if p[0] <= i)
+        j = i - base
+        return fmt.seal(kind, home, self.store_id, 0, raw[j * self.per:(j + 1) * self.per],
+                        self.block_size)
+
+    def write(self, dev: Device, piece: int = 8 << 20) -> None:
+        """Seal and write every block home (no flush); touches only ``dev`` and self."""
+        per_piece = max(1, piece // self.block_size)
+        for lo in range(0, self.blocks, per_piece):
+            hi = min(self.blocks, lo + per_piece)
+            run = b"".join(self.image(self.first + i) or b"" for i in range(lo, hi))
+            dev.pwrite((self.first + lo) * self.block_size, run)
+
+
+def _old_bits(store: Store, start: int, count: int, kind: fmt.BlockKind, keep: int,
+              total: int) -> bytearray:
+    """``total`` bits: the first ``keep`` bits of a bitmap as they are now, then zeros."""
+    out = bytearray(total // 8)
+    nbytes = keep // 8
+    pos, blocks = 0, 0
+    while pos < -(-keep // 8) and blocks < count:
+        bits = store.cache.get(start + blocks, kind).bits
+        take = min(len(bits), -(-keep // 8) - pos)
+        out[pos:pos + take] = bits[:take]
+        pos += take
+        blocks += 1
+        if blocks % 256 == 0:
+            store.cache.trim()
+    if keep % 8:  # the partial last byte: only its low bits are the store's
+        out[nbytes] &= (1 << (keep % 8)) - 1
+    return out
+
+
+def _set_bits(buf: bytearray, lo: int, hi: int) -> None:
+    """Set bits ``lo .. hi-1`` of ``buf`` (LSB first), whole bytes at a time."""
+    while lo < hi and lo % 8:
+        buf[lo >> 3] |= 1 << (lo & 7)
+        lo += 1
+    whole = (hi - lo) // 8
+    if whole:
+        buf[lo >> 3:(lo >> 3) + whole] = b"\xff" * whole
+        lo += whole * 8
+    while lo < hi:
+        buf[lo >> 3] |= 1 << (lo & 7)
+        lo += 1
+
+
 def _move_bitmaps(store: Store, plan: GrowthPlan) -> None:
     f, k, bpb = store.sb, store.alloc.k, store.alloc.bpb
     old, new = plan.old_chunks, plan.new_chunks
@@ -130,28 +202,24 @@ def _move_bitmaps(store: Store, plan: GrowthPlan) -> None:
             f"(past the {plan.bitmap_reach} chunks the current ones cover); grow by at "
             f"least {region + 1} chunks")
     cstart = old * k
-    mstart = cstart + cb
-    chunks = bitmap_int(store, fmt.BlockKind.CBITMAP) & ((1 << old) - 1)
-    chunks |= ((1 << region) - 1) << old  # the new bitmaps' own chunks
-    chunks |= ((1 << (cb * bpb - new)) - 1) << new  # past the end: set
-    blocks = bitmap_int(store, fmt.BlockKind.MBITMAP) & ((1 << (old * k)) - 1)
-    blocks |= ((1 << (cb + mb)) - 1) << cstart
-    blocks |= ((1 << (mb * bpb - new * k)) - 1) << (new * k)
+    chunks = _old_bits(store, f.cbitmap_start, f.cbitmap_blocks, fmt.BlockKind.CBITMAP,
+                       old, cb * bpb)
+    _set_bits(chunks, old, old + region)  # the new bitmaps' own chunks
+    _set_bits(chunks, new, cb * bpb)  # past the end
+    blocks = _old_bits(store, f.mbitmap_start, f.mbitmap_blocks, fmt.BlockKind.MBITMAP,
+                       old * k, mb * bpb)
+    _set_bits(blocks, cstart, cstart + cb + mb)
+    _set_bits(blocks, new * k, mb * bpb)
+    bitmaps = NewBitmaps(f.block_size, f.store_id, cstart,
+                         [(fmt.BlockKind.CBITMAP, chunks), (fmt.BlockKind.MBITMAP, blocks)])
     old_blocks = [*range(f.cbitmap_start, f.cbitmap_start + f.cbitmap_blocks),
                   *range(f.mbitmap_start, f.mbitmap_start + f.mbitmap_blocks)]
-    for first, n, kind, bits in ((cstart, cb, fmt.BlockKind.CBITMAP, chunks),
-                                 (mstart, mb, fmt.BlockKind.MBITMAP, blocks)):
-        raw = bits.to_bytes(n * bpb // 8, "little")
-        for i in range(n):
-            home = first + i
-            image = fmt.seal(kind, home, f.store_id, 0, raw[i * bpb // 8:(i + 1) * bpb // 8],
-                             f.block_size)
-            store.cache.direct[home] = image
-            store._direct.append((home, image))
+    store.cache.direct.append(bitmaps)
+    store._direct.append(bitmaps)
     f.store_chunks = new
     f.free_chunks += new - old - region
     f.cbitmap_start, f.cbitmap_blocks = cstart, cb
-    f.mbitmap_start, f.mbitmap_blocks = mstart, mb
+    f.mbitmap_start, f.mbitmap_blocks = cstart + cb, mb
     reserved = f.data_start_chunk * k
     for block in old_blocks:
         if block >= reserved:  # an earlier growth put it in the data area: free it

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import format as fmt
 from . import superblock as sbk
@@ -58,10 +59,10 @@ class Frozen:
     #: a growth changed the geometry: the transaction carries the whole superblock as
     #: an image (home 0), since a SUPER record holds only the changing fields
     geometry: bool = False
-    #: (home, image) of new bitmap blocks in space the committed store does not use
-    #: yet (a growth, store/grow.py): written home with the copy-outs, before the
-    #: journal transaction that makes the store use them
-    direct: list[tuple[int, bytes]] = field(default_factory=list)
+    #: new bitmaps (growth.NewBitmaps) in space the committed store does not use yet:
+    #: written home with the copy-outs, before the journal transaction that makes the
+    #: store use them (store/growth.py)
+    direct: list[Any] = field(default_factory=list)
 
     def payload(self, version: int, imaged: set[int]) -> tuple[list[tuple[int, bytes]], bytes]:
         """The images and record stream this transaction journals (compact format).
@@ -128,10 +129,9 @@ class Sealed:
         self.bytes_copied += run_copies(self.dev, self.origin, self.chunk_size, self.frozen.runs)
 
     def _write_direct(self) -> None:
-        """New bitmap blocks of a growth, in space nothing committed uses (store/grow.py)."""
-        bs = self.ring.block_size
-        for home, image in self.frozen.direct:
-            self.dev.pwrite(home * bs, image)
+        """New bitmaps of a growth, in space nothing committed uses (store/growth.py)."""
+        for bitmaps in self.frozen.direct:
+            bitmaps.write(self.dev)
 
     def _write_journal(self) -> None:
         blocks = self.ring.encode(self.pos, self.seq, self.images, self.stream)

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from typing import Any
 
 from . import format as fmt
 from . import journal as jnl
@@ -77,7 +78,7 @@ class Sealing:
         self._last_super: tuple[int, ...] = ()  # SUPER record fields as last sealed
         self._last_geometry: tuple[int, ...] = ()  # geometry as last sealed (store/grow.py)
         #: new bitmap blocks of a growth, for the next transaction (store/grow.py)
-        self._direct: list[tuple[int, bytes]] = []
+        self._direct: list[Any] = []  # growth.NewBitmaps
 
     # ------------------------------------------------------------------
     # the open transaction
@@ -242,9 +243,8 @@ class Sealing:
         self.cache.committed(fr.ticket, fr.blocks, fr.freed_blocks)
         self.alloc.committed(fr.freed_chunks)
         self.committed_super = dataclasses.replace(fr.fields, generation=self.sb.generation)
-        for home, image in fr.direct:  # home and durable now: read from there
-            if self.cache.direct.get(home) is image:
-                del self.cache.direct[home]
+        for bitmaps in fr.direct:  # home and durable now: read from there
+            self.cache.direct = [d for d in self.cache.direct if d is not bitmaps]
         self.durable_ticket = fr.ticket
         self.journal.commits += 1
         st = self.stats
