@@ -289,6 +289,9 @@ class _Checker:
                 if start < ostart + ocount and ostart < start + count:
                     self.report.add("error", f"{name} overlaps the {other}")
             if start >= f.data_start_chunk * k:  # placed by a growth: marked as metadata
+                if not f.incompat & fmt.INCOMPAT_BITMAPS_MOVED:
+                    self.report.add("error", f"{name} lies in the data area without the "
+                                    "BITMAPS_MOVED feature")
                 for block in range(start, start + count):
                     if self._bit(self.store.alloc.is_meta, block) is False:
                         self.report.add("error", f"{name} block {block} is not marked in "

@@ -42,6 +42,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import crc32c as _crc
 
@@ -91,8 +92,14 @@ INCOMPAT_HOLDS = 1 << 3
 #: would not copy them out for it.  Set by an origin growth that leaves records;
 #: cleared by a read-write open once no snapshot needs a record (store/grow.py).
 INCOMPAT_ORIGIN_GROWN = 1 << 5
+#:
+#: INCOMPAT_BITMAPS_MOVED: a store growth moved the bitmaps into the data area
+#: (store/growth.py), and the journal may hold GEOMETRY records.  A csnap that did not
+#: know it would take the moved bitmap blocks for leaked metadata (and csnap-check
+#: --repair would free them).  Set by the growth that moves them, for good.
+INCOMPAT_BITMAPS_MOVED = 1 << 6
 INCOMPAT_KNOWN = (INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
-                  | INCOMPAT_HOLDS | INCOMPAT_ORIGIN_GROWN)
+                  | INCOMPAT_HOLDS | INCOMPAT_ORIGIN_GROWN | INCOMPAT_BITMAPS_MOVED)
 COMPAT_KNOWN = 0
 #:
 #: AUTOCLEAR_SPACE_COUNTS: every non-free snapshot table entry's exclusive and shared
@@ -318,7 +325,7 @@ class SuperFields:
 
     @property
     def geometry(self) -> tuple[int, ...]:
-        """The fields only a growth changes (journaled as a whole superblock image)."""
+        """The fields only a growth changes (journaled as a GEOMETRY record, store/growth.py)."""
         return (self.store_chunks, self.origin_bytes, self.origin_chunks, self.cbitmap_start,
                 self.cbitmap_blocks, self.mbitmap_start, self.mbitmap_blocks,
                 self.incompat, *(v for r in self.size_records for v in r))
@@ -689,11 +696,17 @@ def commit_fields_unverified(block: bytes, addr: int, store_id: int,
     return seq, first
 
 
-REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT = 1, 2, 3, 4
+REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT, REC_GEOMETRY = 1, 2, 3, 4, 5
 _REC_ENTRY = struct.Struct("<BQQH")
 _REC_BITS = struct.Struct("<BQIIB")
 _REC_SUPER = struct.Struct("<BIIQQQQQQQ")
 _REC_GRANT = struct.Struct("<BQHQBHH")
+_REC_GEOMETRY = struct.Struct("<BQQQQIQIIB")
+#: The superblock fields a GEOMETRY record carries (a growth, store/growth.py), in record
+#: order; then the origin growth records (u64 grown_ns, u64 bytes before), as many as the
+#: last byte says.
+GEOMETRY_RECORD_FIELDS = ("store_chunks", "origin_bytes", "origin_chunks", "cbitmap_start",
+                          "cbitmap_blocks", "mbitmap_start", "mbitmap_blocks", "incompat")
 #: The superblock fields a SUPER record carries, in record order.  Every other
 #: field changes only at open (followed by a checkpoint) or never.
 SUPER_RECORD_FIELDS = ("flags", "depth", "root", "free_chunks", "alloc_cursor", "meta_chunk",
@@ -717,6 +730,14 @@ def super_record(f: SuperFields) -> bytes:
     return _REC_SUPER.pack(REC_SUPER, *(getattr(f, name) for name in SUPER_RECORD_FIELDS))
 
 
+def geometry_record(f: SuperFields) -> bytes:
+    """GEOMETRY: the sizes, the bitmaps' places, the incompatible features and the origin
+    growth records are now those of ``f`` (only a growth changes them while serving)."""
+    out = _REC_GEOMETRY.pack(REC_GEOMETRY, *(getattr(f, n) for n in GEOMETRY_RECORD_FIELDS),
+                             len(f.size_records))
+    return out + b"".join(SIZE_RECORD.pack(*r) for r in f.size_records)
+
+
 def grant_record(block: int, index: int, rec: GrantRecord | None) -> bytes:
     """GRANT: record slot ``index`` of grant ``block`` is now ``rec`` (None: free)."""
     if rec is None:
@@ -736,7 +757,8 @@ def decode_records(stream: bytes, where: int) -> list[Record]:
     """Every record of a stream; CorruptionError (at block ``where``) if it is malformed.
 
     ENTRY -> (1, block, chunk, [Exc]); BITS -> (2, block, first, count, value);
-    SUPER -> (3, {field: value}); GRANT -> (4, block, index, GrantRecord | None).
+    SUPER -> (3, {field: value}); GRANT -> (4, block, index, GrantRecord | None);
+    GEOMETRY -> (5, {field: value, "size_records": ((grown_ns, bytes), ...)}).
     """
     out: list[Record] = []
     pos, end = 0, len(stream)
@@ -768,6 +790,18 @@ def decode_records(stream: bytes, where: int) -> list[Record]:
                 rec = None if gkind == GRANT_FREE else GrantRecord(
                     client, gkind, slot, runs if gkind == GRANT_ORIGIN else None)
                 out.append((REC_GRANT, block, index, rec))
+            elif kind == REC_GEOMETRY:
+                values = _REC_GEOMETRY.unpack_from(stream, pos)
+                pos += _REC_GEOMETRY.size
+                n = values[-1]
+                if n > SIZE_RECORDS_MAX or pos + n * SIZE_RECORD.size > end:
+                    raise CorruptionError(where, "COMMIT3", "bad geometry record in the journal")
+                fields: dict[str, Any] = dict(zip(GEOMETRY_RECORD_FIELDS, values[1:-1],
+                                                  strict=True))
+                fields["size_records"] = tuple(SIZE_RECORD.unpack_from(stream, pos + 16 * i)
+                                               for i in range(n))
+                pos += n * SIZE_RECORD.size
+                out.append((REC_GEOMETRY, fields))
             else:
                 raise CorruptionError(where, "COMMIT3", f"unknown record type {kind} at {pos}")
     except struct.error as exc:

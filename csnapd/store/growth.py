@@ -4,9 +4,11 @@ Both growths change memory only, like every store operation; the next sealed
 transaction makes them durable, so a server keeps serving while it commits.  A
 growth changes superblock fields that the compact journal's SUPER record does not
 carry (the sizes, the bitmaps' places, the growth records), so a transaction whose
-geometry changed carries the **whole superblock as an image** (home 0, format 5.10):
-replay takes it and applies the SUPER records after it on top.  That transaction is
-the switch: before it is durable the store is the old one, after it the new one.
+geometry changed carries a **GEOMETRY record** with them (format 5.10; an older csnap
+refuses the unknown record rather than misread it).  That transaction is the switch:
+before it is durable the store is the old one, after it the new one.  Moving the
+bitmaps sets INCOMPAT_BITMAPS_MOVED for good: an older csnap would take the moved
+blocks for leaked metadata.
 
 Store growth, within the bitmaps' reach (init rounds them up to whole blocks): the
 bits of the new chunks (and their blocks) are set as "past the end"; clearing them
@@ -220,6 +222,7 @@ def _move_bitmaps(store: Store, plan: GrowthPlan) -> None:
     f.free_chunks += new - old - region
     f.cbitmap_start, f.cbitmap_blocks = cstart, cb
     f.mbitmap_start, f.mbitmap_blocks = cstart + cb, mb
+    f.incompat |= fmt.INCOMPAT_BITMAPS_MOVED
     reserved = f.data_start_chunk * k
     for block in old_blocks:
         if block >= reserved:  # an earlier growth put it in the data area: free it

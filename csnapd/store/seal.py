@@ -56,8 +56,8 @@ class Frozen:
     freed_chunks: set[int]
     freed_blocks: list[int]
     ops: int
-    #: a growth changed the geometry: the transaction carries the whole superblock as
-    #: an image (home 0), since a SUPER record holds only the changing fields
+    #: a growth changed the geometry: the transaction carries a GEOMETRY record (the
+    #: compact format; the older ones journal the whole superblock anyway)
     geometry: bool = False
     #: new bitmaps (growth.NewBitmaps) in space the committed store does not use yet:
     #: written home with the copy-outs, before the journal transaction that makes the
@@ -80,6 +80,8 @@ class Frozen:
                 parts.append(records)
             else:
                 images.append((home, image))
+        if self.geometry:
+            parts.append(fmt.geometry_record(self.fields))
         parts.append(self.super_record)
         return images, b"".join(parts)
 

@@ -133,12 +133,14 @@ class Sealing:
         j = self.journal
         if self._ready:
             images, stream = self._ready[0].payload(j.version, self._imaged)
-            extra = j.version != jnl.COMPACT or self._ready[0].geometry  # the superblock
-            return j.span(len(images) + extra, len(stream))
+            return j.span(len(images) + (j.version != jnl.COMPACT), len(stream))
         if not self._open_changed():
             return 0
-        # at most every changed block as an image, and the superblock
-        return j.span(len(self.cache.dirty) + 1, 2 * len(fmt.super_record(self.sb)))
+        # at most every changed block as an image, and the superblock (a growth's too)
+        records = 2 * len(fmt.super_record(self.sb))
+        if self.sb.geometry != self._last_geometry:
+            records += len(fmt.geometry_record(self.sb))
+        return j.span(len(self.cache.dirty) + 1, records)
 
     def can_seal(self) -> bool:
         """True if the next transaction fits in the journal now (or there is none)."""
@@ -220,9 +222,6 @@ class Sealing:
         images, stream = frozen.payload(j.version, self._imaged)
         if j.version == jnl.COMPACT:
             self._imaged.update(home for home, _ in images)
-            if frozen.geometry:  # a growth: the whole superblock (format 5.10, store/grow.py)
-                images.append((0, sbk.seal_super(0, dataclasses.replace(
-                    frozen.fields, generation=self.sb.generation))))
         else:
             # The superblock image carries the current generation: recovery must
             # never step it back (format 5.4).

@@ -406,12 +406,12 @@ def test_mutant_growth_writing_the_new_bitmaps_with_the_journal_is_caught(monkey
     assert _grow_failures().failures > 0
 
 
-def test_mutant_growth_without_the_superblock_image_is_caught(monkeypatch):
+def test_mutant_growth_without_the_geometry_record_is_caught(monkeypatch):
     orig = Frozen.__init__
 
     def init(self, *args, **kwargs):
         orig(self, *args, **kwargs)
-        self.geometry = False  # the geometry would travel nowhere (no SUPER field for it)
+        self.geometry = False  # the geometry would travel nowhere (no SUPER field has it)
 
     monkeypatch.setattr(Frozen, "__init__", init)
     assert _grow_failures().failures > 0

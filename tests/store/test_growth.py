@@ -81,6 +81,7 @@ def test_growth_beyond_the_reach_moves_the_bitmaps_twice(small):
     assert grown.how == "bitmaps moved" and grown.new == 3 * reach
     f = store.sb
     assert f.cbitmap_start == old * store.alloc.k
+    assert f.incompat & fmt.INCOMPAT_BITMAPS_MOVED  # an older csnap would see leaks
     store.commit()
     assert _problems(store) == []
     assert snapshot_read(store, 0, 3) == chunk_bytes(3, 0)
@@ -263,3 +264,17 @@ def test_check_catches_a_corrupted_new_geometry(small):
             continue
         problems = " / ".join(_problems(ro))
         assert want in problems, (change, problems)
+
+
+def test_geometry_record_round_trip(small):
+    dev, origin = small
+    store = Store.open(dev, origin)
+    f = dataclasses.replace(store.sb, store_chunks=1 << 40, origin_bytes=12345,
+                            size_records=((7, 100), (9, 4096)))
+    raw = fmt.geometry_record(f) + fmt.super_record(f)
+    (kind, fields), (kind2, _) = fmt.decode_records(raw, 0)
+    assert (kind, kind2) == (fmt.REC_GEOMETRY, fmt.REC_SUPER)
+    assert fields["store_chunks"] == 1 << 40 and fields["origin_bytes"] == 12345
+    assert fields["size_records"] == ((7, 100), (9, 4096))
+    with pytest.raises(Exception, match="geometry record|run past"):
+        fmt.decode_records(raw[:len(fmt.geometry_record(f)) - 3], 0)
