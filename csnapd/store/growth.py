@@ -79,6 +79,7 @@ def grow_store(store: Store, device_bytes: int | None = None) -> Grown:
     if plan.added_chunks == 0:
         return Grown("store", f.store_chunks, f.store_chunks, "unchanged")
     _not_while_moving(store)
+    store._reserve(0)  # room in the open transaction for the few bitmap blocks it changes
     if plan.needs_bitmap_extension:
         _move_bitmaps(store, plan)
         how = "bitmaps moved"
