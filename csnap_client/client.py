@@ -54,7 +54,7 @@ import os
 import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .addresses import Address, format_address, parse_address, unique_addresses
@@ -297,6 +297,9 @@ class Client:
         self.heartbeat = heartbeat
         self.info: SessionInfo | None = None
         self.advice_sync: Callable[[Message], None] | None = None
+        #: called with the new SessionInfo when the origin's size changed (RESIZED, or a
+        #: reconnect that found it grown): volumes and gateways take the new size
+        self.resize_listeners: list[Callable[[SessionInfo], None]] = []
         self.advice_handler: Callable[[Message], Awaitable[None]] | None = None
         self.on_reset: Callable[[str], None] | None = None
         self.before_identify: Callable[[], Awaitable[None]] | None = None
@@ -586,6 +589,8 @@ class Client:
             handler = self.advice_handler
             aw = handler(msg) if handler is not None else self.ack_advice(msg)
             self._spawn(aw)
+        elif msg["op"] == "RESIZED":
+            self._resized(msg["origin_chunks"], msg["origin_bytes"])
         elif msg["op"] == "ERROR":
             exc = error_from_reply(msg)
             if isinstance(exc, NotLeaderError) and self._wire is not None and self._identified:
@@ -594,6 +599,17 @@ class Client:
             log.warning("server notice: %s", exc)
         else:
             log.warning("unexpected unsolicited %s ignored", msg["op"])
+
+    def _resized(self, origin_chunks: int, origin_bytes: int) -> None:
+        """The origin grew (csnapctl grow --origin): take the new size, tell the listeners."""
+        info = self.info
+        if info is None or info.snapshot is not None or info.origin_bytes == origin_bytes:
+            return
+        log.info("origin grew from %d to %d bytes", info.origin_bytes, origin_bytes)
+        self.info = replace(info, origin_chunks=origin_chunks,
+                                        origin_bytes=origin_bytes)
+        for listener in list(self.resize_listeners):
+            listener(self.info)
 
     def _bounce(self, wire: _Wire, exc: NotLeaderError) -> None:
         """The node of this session says it does not lead (any more): note the leader it
@@ -780,6 +796,9 @@ class Client:
                 raise StoreChangedError(f"store changed from {old.store_uuid} to "
                                         f"{info.store_uuid}")
             self.info = info
+            if old is not None and old.origin_bytes != info.origin_bytes:
+                for listener in list(self.resize_listeners):  # it grew while we were away
+                    listener(info)
             if old is not None and old.server_epoch != info.server_epoch:
                 log.info("server restarted or failed over (epoch %s -> %s)",
                          old.server_epoch, info.server_epoch)

@@ -33,6 +33,7 @@ from .protocol import (
     encode,
     error_from_reply,
     forget_client,
+    grow,
     hold_snapshot,
     list_snapshots,
     release_snapshot,
@@ -137,6 +138,17 @@ class ControlClient:
                   priority: int | None = None) -> dict[str, Any]:
         """Rename a snapshot and/or change its priority (both or neither happen)."""
         return await self.call(set_snapshot, name_or_tag, name, priority)
+
+    async def grow(self, store: bool = False, origin: bool = False,
+                   store_bytes: int | None = None,
+                   origin_bytes: int | None = None) -> dict[str, Any]:
+        """Take an enlarged store and/or origin device into use while clients keep working.
+
+        Without sizes the whole device is used; shrinking is refused with the reason
+        (BAD_REQUEST). Returns ``{"grown": [...], "store_bytes", "origin_bytes", ...}``
+        once the new geometry is durable; origin clients then hear the new size.
+        """
+        return await self.call(grow, store, origin, store_bytes, origin_bytes)
 
     async def call(self, build: Any, *args: Any) -> Any:
         """Send ``build(id, *args)``; return the OK ``result`` or raise the RemoteError."""

@@ -8,10 +8,10 @@ the devices it opened against what IDENTIFY_OK says (docs/protocol.md, "Device
 verification"); this module never parses the store format, the server says what to
 look for:
 
-* origin: its size must be ``origin_bytes``; then the CRC32C of each sample range the
+* origin: its size must be at least ``origin_bytes``; then the CRC32C of each sample range the
   server chose goes back in VERIFY_DEVICES, and the server compares with its own origin
   (VERIFY_AGAIN brings fresh samples after a mismatch that live writes may explain);
-* store: its size must be ``devices.store_bytes``, and one of the ``devices.store``
+* store: its size must be at least ``devices.store_bytes``, and one of the ``devices.store``
   byte strings (the store UUID in a superblock slot) must be found at its offset.
 
 A device that fails raises :class:`WrongDeviceError` naming its path and what did not
@@ -138,8 +138,11 @@ class DeviceCheck:
                                 f"{what} {path} {detail} (is this the right device?)")
 
     def _size(self, what: str, fd: int, want: int) -> None:
+        """The device holds at least what the server uses of it. Larger is fine: it was
+        enlarged and not grown into yet, or the volume is a snapshot taken before the
+        origin grew (the contents checks still tell a wrong device)."""
         size = device_bytes(fd)
-        if size != want:
+        if size < want:
             raise self._wrong(what, f"is {size} bytes but the server's {what} is {want} bytes")
 
     async def _check_store(self, fd: int, marks: list[list[Any]], uuid: str) -> None:

@@ -186,6 +186,7 @@ class Volume:
             self._pool.shutdown(wait=False)
             raise
         client.advice_sync = self._advice_sync
+        client.resize_listeners.append(self._resized)
         client.advice_handler = self._handle_advice
         client.on_reset = self._on_reset
         client.before_identify = self._drain
@@ -252,6 +253,11 @@ class Volume:
     async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+    def _resized(self, info: SessionInfo) -> None:
+        """The origin grew: I/O may go up to its new end (a snapshot keeps its size)."""
+        if self.is_origin:
+            self.info, self.size = info, info.origin_bytes
 
     def __repr__(self) -> str:
         return (f"<Volume {self.name!r} size={self.size} chunk_size={self.chunk_size} "

@@ -103,6 +103,9 @@ class Session:
     contexts: dict[int, str] = field(default_factory=dict)
     bitmaps: dict[str, Volume] = field(default_factory=dict)
     bases: dict[str, str] = field(default_factory=dict)  # snapshot export: ctx -> base name
+    #: the size this connection was given at its handshake (NBD cannot announce a
+    #: growth to a connected client: it keeps this size until it reconnects)
+    size: int = 0
 
 
 class ExportError(Exception):
@@ -142,9 +145,28 @@ class Gateway:
             raise
         assert client.info is not None
         self.catalogue = client
+        client.resize_listeners.append(self._resized)
         self.size = client.info.origin_bytes
         self.chunk_size = client.info.chunk_size
         self.max_chunks = min(client.info.max_chunks, m.MAX_CHUNKS_PER_REQUEST)
+
+    def _resized(self, info: Any) -> None:  # noqa: ANN401 - csnap_client.SessionInfo
+        """The origin grew (csnapctl grow --origin): new NBD connections get the new size.
+
+        NBD has no way to tell a connected client that an export grew: those keep the
+        size they were given at their handshake until they reconnect.
+        """
+        log.info("origin grew from %d to %d bytes: new connections get the new size",
+                 self.size, info.origin_bytes)
+        self.size = info.origin_bytes
+
+    def export_size(self, export: Export) -> int:
+        """The size of an export: the origin's now, or a snapshot's (the origin's size when
+        it was taken, which LIST_VOLUMES gives as ``bytes``; older csnapd: the origin's)."""
+        if export.snapshot is None:
+            return self.size
+        size = export.snapshot.get("bytes")
+        return size if isinstance(size, int) and size > 0 else self.size
 
     async def close(self) -> None:
         """Close every volume and the catalogue session."""
@@ -305,7 +327,7 @@ class Gateway:
         Covers at most ``length`` bytes (fewer when the range spans more chunks than one
         QUERY_MAP may ask for; clients then ask again from where the answer stopped).
         """
-        end = min(offset + length, self.size)
+        end = min(offset + length, session.size or self.size)
         if context == nbd.BASE_ALLOCATION or (context == nbd.ALLOCATION_DEPTH
                                                and session.export.is_origin):
             value = 0 if context == nbd.BASE_ALLOCATION else 1

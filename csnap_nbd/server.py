@@ -263,7 +263,10 @@ class Connection:
             session = await self.gateway.open_session(export, contexts)
             if session.read_only:
                 flags = (flags | nbd.TF_READ_ONLY) & ~(nbd.TF_SEND_FUA | nbd.TF_SEND_WRITE_ZEROES)
-        self._send(nbd.info_export(option, self.gateway.size, flags))
+        size = self.gateway.export_size(export)
+        if session is not None:
+            session.size = size
+        self._send(nbd.info_export(option, size, flags))
         if nbd.INFO_NAME in req.requests:
             self._send(nbd.info_string(option, nbd.INFO_NAME, export.name))
         if nbd.INFO_DESCRIPTION in req.requests:
@@ -294,7 +297,8 @@ class Connection:
         if session.read_only:
             flags = (flags | nbd.TF_READ_ONLY) & ~(nbd.TF_SEND_FUA | nbd.TF_SEND_WRITE_ZEROES)
         self.session, self.flags = session, flags
-        self._send(nbd.export_name_reply(self.gateway.size, flags, self.no_zeroes))
+        session.size = self.gateway.export_size(export)
+        self._send(nbd.export_name_reply(session.size, flags, self.no_zeroes))
         return True
 
     # ------------------------------------------------------------------ transmission
@@ -373,7 +377,7 @@ class Connection:
 
     def _check(self, req: nbd.Request) -> tuple[int, str]:
         """Validate a request before doing anything: (NBD error, message) or (0, "")."""
-        size = self.gateway.size
+        size = self.session.size if self.session is not None else self.gateway.size
         typ, flags, off, length = req.type, req.flags, req.offset, req.length
         allowed = {nbd.CMD_READ: nbd.CMD_FLAG_FUA | (nbd.CMD_FLAG_DF if self.structured else 0),
                    nbd.CMD_WRITE: nbd.CMD_FLAG_FUA,

@@ -14,6 +14,7 @@ Run from the repository root:
     .venv/bin/python -m csnap_soak.crash --states 100000 --jobs 2
     .venv/bin/python -m csnap_soak.crash --seed 17 --states 1 --verbose   # replay one seed
     .venv/bin/python -m csnap_soak.crash --states 20000 --lifecycle   # holds, renames, priorities, clones
+    .venv/bin/python -m csnap_soak.crash --states 20000 --grow   # store and origin growth
 
 Seeds run in order (seed, seed+1, ...); seed s uses geometry
 GEOMETRY_ORDER[s % 4].  Results are collected in seed order and the run stops
@@ -36,20 +37,19 @@ from .crash_harness import GEOMETRIES, Tally, run_seed
 GEOMETRY_ORDER = ("small", "k1", "wide", "deep")
 
 
-def _one(args: tuple[int, int, float, float, bool]) -> tuple[int, str, Tally, float]:
-    seed, nops, double_rate, continue_rate, meta, clones = args
+def _one(args: tuple[int, int, float, float, bool, bool]) -> tuple[int, str, Tally, float]:
+    seed, nops, double_rate, continue_rate, meta, grow = args
     name = GEOMETRY_ORDER[seed % len(GEOMETRY_ORDER)]
     t0 = time.perf_counter()
     tally = run_seed(seed, nops, geo=GEOMETRIES[name], double_rate=double_rate,
-                     continue_rate=continue_rate, meta=meta, clones=clones)
+                     continue_rate=continue_rate, meta=meta, grow=grow, clones=meta)
     return seed, name, tally, time.perf_counter() - t0
 
 
 def _in_order(pool, args: argparse.Namespace):  # noqa: ANN001
     """Results seed by seed, keeping at most 2 * jobs seeds in flight."""
     def task(seed: int) -> tuple[int, int, float, float, bool, bool]:
-        return (seed, args.ops, args.double_rate, args.continue_rate, args.lifecycle,
-                args.lifecycle)
+        return seed, args.ops, args.double_rate, args.continue_rate, args.lifecycle, args.grow
 
     seed = args.seed
     if pool is None:
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lifecycle", action="store_true",
                    help="workloads with holds, releases, priority changes, renames, clones "
                    "and clone fill steps too")
+    p.add_argument("--grow", action="store_true",
+                   help="workloads with store growths (in the bitmaps' reach and beyond) and "
+                   "origin growths too")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--verbose", action="store_true", help="one line per seed")
     return p

@@ -45,7 +45,11 @@ Client model (what an acknowledgement promises):
   * with ``meta`` workloads, holds, releases, priority changes and renames
     too: every snapshot has the priority and hold count the model says (the
     one in flight: before or after), a renamed one exactly one of its two
-    names, and a held snapshot is never deleted (delete refuses it).
+    names, and a held snapshot is never deleted (delete refuses it);
+  * with ``grow`` workloads, store and origin growths too (the store made on half its
+    device): the store has the size the model says (the growth in flight: before or
+    after), so has the origin, and every snapshot has the size and the data it was taken
+    with, chunks the origin gained later included in neither.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from csnapd.store import superblock as sbk
 from csnapd.store.check import check_store
 from csnapd.store.device import Device, MemoryDevice
 from csnapd.store.errors import CorruptionError, SnapshotHeld, StoreError, TooManySnapshots
+from csnapd.store.grow import GrowthRefused, bitmap_reach
 from csnapd.store.store import Store
 
 from .recording import SECTOR, ImageDevice, RecordingDevice, replay, torn
@@ -101,12 +106,14 @@ class Model:
     origin: tuple[bytes, ...]
     snaps: dict[str, tuple[bytes, ...]]
     meta: dict[str, tuple[int, int]] = field(default_factory=dict)  # (priority, holds)
+    store_chunks: int = 0  # grow workloads: the store's size (0: not checked)
 
 
 @dataclass
 class Op:
     index: int
-    kind: str  # create, delete, owrite, swrite, step, reopen; hold, release, prio, rename
+    kind: str  # create, delete, owrite, swrite, step, reopen; hold, release, prio, rename;
+    #            sgrow, ogrow (store and origin growth)
     name: str = ""
     new_name: str = ""  # rename
     # swrite: chunk -> (old bytes, new bytes)
@@ -132,23 +139,31 @@ def _new_chunk(rng: random.Random, size: int) -> bytes:
 
 
 META_KINDS = ("hold", "release", "prio", "rename")
+GROW_KINDS = ("sgrow", "ogrow")
+#: grow workloads: the store is made on the first half of its device (the rest is
+#: the enlargement), and the origin may grow to this many times its size
+GROW_START, ORIGIN_GROWTH = 2, 2
 
 
 def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
-                 meta: bool = False, clones: bool = False) -> Run:
+                 meta: bool = False, grow: bool = False, clones: bool = False) -> Run:
     """Run a seeded random workload, recording every store write and barrier.
 
     ``meta`` adds holds, releases, priority changes and renames (a fifth of the
     ops); without it a seed's workload is the same as before they existed.
+    ``grow`` adds store and origin growths (a seventh of the ops): the store is made
+    on half of its device, and grows within the bitmaps' reach or beyond it.
     ``clones`` adds clones of snapshots and steps of their background fill.
     """
     geo = geo or Geometry()
     rng = random.Random(seed)
-    inner = MemoryDevice(geo.store_bytes)
     nchunks, cs = geo.origin_chunks, geo.chunk_size
-    create.create(inner, nchunks * cs, chunk_size=cs, block_size=geo.block_size,
+    made = MemoryDevice(geo.store_bytes // GROW_START if grow else geo.store_bytes)
+    create.create(made, nchunks * cs, chunk_size=cs, block_size=geo.block_size,
                   journal_bytes=geo.journal_blocks * geo.block_size,
                   max_snapshots=geo.max_snapshots)
+    inner = MemoryDevice(geo.store_bytes)
+    inner.data[:made.size] = made.data
     base = bytes(inner.data)
     origin_dev = MemoryDevice(nchunks * cs)
     origin = [_new_chunk(rng, cs) for _ in range(nchunks)]
@@ -174,6 +189,10 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
         kind = rng.choice(choices)
         if meta and rng.random() < 0.2:
             kind = rng.choice(META_KINDS)
+        if grow and rng.random() < 1 / 7:
+            kind = rng.choice(GROW_KINDS)
+            if kind == "ogrow" and len(origin) >= ORIGIN_GROWTH * nchunks:
+                kind = "sgrow"
         if clones and rng.random() < 0.25:
             kind = rng.choice(("clone", "cstep", "cstep"))
         if kind == "clone" and (store.cloning or not live or len(live) >= geo.max_live):
@@ -255,8 +274,18 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
             snaps[op.new_name] = snaps.pop(op.name)
             info[op.new_name] = info.pop(op.name)
             commit_and_ack(op)
+        elif kind == "sgrow":
+            _grow_store(store, rng, geo)
+            commit_and_ack(op)
+        elif kind == "ogrow":
+            added = [_new_chunk(rng, cs) for _ in range(rng.randint(1, 8))]
+            origin_dev.grow((len(origin) + len(added)) * cs)  # the device was enlarged
+            origin_dev.pwrite(len(origin) * cs, b"".join(added))
+            origin.extend(added)
+            store.grow_origin()
+            commit_and_ack(op)
         elif kind == "owrite":
-            ranges = _write_ranges(rng, nchunks, geo.max_write)
+            ranges = _write_ranges(rng, len(origin), geo.max_write)
             if rng.random() < 0.1:
                 _pipelined(store, lambda r=ranges, st=store: st.origin_write(r))
                 rec.mark(("ack", op.index))
@@ -270,8 +299,9 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
         elif kind == "swrite":
             op.name = rng.choice(live)
             slot = store.snaps.find(op.name).slot
-            start = rng.randrange(nchunks)
-            count = min(nchunks - start, rng.randint(1, 4))
+            size = len(snaps[op.name])
+            start = rng.randrange(size)
+            count = min(size - start, rng.randint(1, 4))
             mapped = store.snapshot_write(slot, [(start, count)])
             commit_and_ack(op)
             for chunk, store_chunk in mapped:
@@ -290,9 +320,22 @@ def run_workload(seed: int, nops: int = 40, geo: Geometry | None = None,
             rec.mark(("ack", k))
         ops.append(op)
         models.append(Model(tuple(origin), {n: tuple(v) for n, v in snaps.items()},
-                            dict(info)))
+                            dict(info), store.store_chunks if grow else 0))
     store.close()
     return Run(seed, geo, base, list(rec.log), ops, models)
+
+
+def _grow_store(store: Store, rng: random.Random, geo: Geometry) -> None:
+    """Grow the store: within the bitmaps' reach, just past it, or to the whole device."""
+    f, cs = store.sb, geo.chunk_size
+    reach, top = bitmap_reach(f), geo.store_bytes // cs
+    targets = [c for c in (min(reach, top), reach + 8, top) if f.store_chunks < c <= top]
+    if not targets:
+        return
+    try:
+        store.grow_store(rng.choice(targets) * cs)
+    except GrowthRefused:
+        pass  # too small a step past the reach: nothing changes
 
 
 def _open(dev: Device, origin: Device, meta: bool) -> Store:
@@ -515,7 +558,15 @@ def verify_model(store: Store, run: Run, exp: Expectation) -> list[str]:
     for name in visible:
         if name not in model.snaps and name != maybe_new:
             failures.append(f"snapshot {name} exists but the model says it must not")
-    cs, n = store.chunk_size, store.origin_chunks
+    cs = store.chunk_size
+    sizes = {m.store_chunks for m in (model, after) if m is not None}
+    if model.store_chunks and store.store_chunks not in sizes:
+        failures.append(f"store has {store.store_chunks} chunks; the model says "
+                        f"{' or '.join(map(str, sorted(sizes)))}")
+    origins = {len(m.origin) * cs for m in (model, after) if m is not None}
+    if store.sb.origin_bytes not in origins:
+        failures.append(f"origin is {store.sb.origin_bytes} bytes; the model says "
+                        f"{' or '.join(map(str, sorted(origins)))}")
     for name, entry in sorted(visible.items()):
         if entry.squashed:
             failures.append(f"snapshot {name} is squashed")
@@ -528,7 +579,11 @@ def verify_model(store: Store, run: Run, exp: Expectation) -> list[str]:
             continue
         failures += _meta_problems(entry, model, after, flight)
         pending = exp.pending_data if exp.pending_data and exp.pending_data.name == name else None
-        for chunk, store_chunk in store.snapshot_map(entry.slot, [(0, n)]):
+        if store.snapshot_bytes(entry.slot) != len(want) * cs:
+            failures.append(f"snapshot {name} is {store.snapshot_bytes(entry.slot)} bytes, "
+                            f"not {len(want) * cs}")
+            continue
+        for chunk, store_chunk in store.snapshot_map(entry.slot, [(0, len(want))]):
             if store_chunk is None:
                 got = store.origin.pread(chunk * cs, cs)
             else:
@@ -618,7 +673,9 @@ def recover_and_verify(image: bytearray, run: Run, exp: Expectation,
                        tally: Tally) -> tuple[Store | None, RecordingDevice | None, list[str]]:
     """Open (recover) a crash image, run the checker, compare with the model."""
     rec = RecordingDevice(ImageDevice(image))
-    origin = origin_device(run.models[exp.acked])
+    growing = exp.inflight is not None and exp.inflight.kind == "ogrow"
+    # an origin growth in flight: the device was enlarged before it started
+    origin = origin_device(run.models[exp.acked + 1 if growing else exp.acked])
     newest = _newest_slot(rec, run.geometry.block_size)
     t0 = time.perf_counter()
     try:
@@ -706,6 +763,9 @@ def check_state(state: CrashState, run: Run, exp: Expectation, tally: Tally,
 def _continue(store: Store, run: Run, exp: Expectation, rng: random.Random) -> list[str]:
     """Use a recovered store: new snapshot, origin writes, a delete pass; verify again."""
     cs, n = store.chunk_size, store.origin_chunks
+
+    def size(slot: int) -> int:
+        return -(-store.snapshot_bytes(slot) // cs)
     try:
         store.count_step(2)  # the space count a server starts after recovery, partly done
         for e in list(store.snaps.visible()):
@@ -723,7 +783,7 @@ def _continue(store: Store, run: Run, exp: Expectation, rng: random.Random) -> l
             slot = store.snaps.find(name).slot
             want[name] = [store.dev.pread(sc * cs, cs) if sc is not None
                           else store.origin.pread(c * cs, cs)
-                          for c, sc in store.snapshot_map(slot, [(0, n)])]
+                          for c, sc in store.snapshot_map(slot, [(0, size(slot))])]
         start = rng.randrange(n)
         count = min(n - start, 8)
         store.origin_write([(start, count)])
@@ -741,7 +801,7 @@ def _continue(store: Store, run: Run, exp: Expectation, rng: random.Random) -> l
         problems = _problems(store)  # the kept space counts included
         for name in names:
             slot = store.snaps.find(name).slot
-            for c, sc in store.snapshot_map(slot, [(0, n)]):
+            for c, sc in store.snapshot_map(slot, [(0, size(slot))]):
                 got = store.dev.pread(sc * cs, cs) if sc is not None else store.origin.pread(c * cs, cs)
                 if got != want[name][c]:
                     problems.append(f"after more work, snapshot {name} chunk {c} changed")
@@ -754,9 +814,9 @@ def _continue(store: Store, run: Run, exp: Expectation, rng: random.Random) -> l
 def run_seed(seed: int, nops: int = 40, max_states: int | None = None,
              geo: Geometry | None = None, double_rate: float = 0.1,
              continue_rate: float = 0.05, stop_on_failure: bool = False,
-             meta: bool = False, clones: bool = False) -> Tally:
+             meta: bool = False, grow: bool = False, clones: bool = False) -> Tally:
     """Record one workload and check its crash states (all, or the first max_states)."""
-    run = run_workload(seed, nops, geo, meta, clones)
+    run = run_workload(seed, nops, geo, meta, grow, clones)
     exps = expectations(run)
     rng = random.Random(seed * 7919 + 1)
     tally = Tally()

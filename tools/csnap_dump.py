@@ -129,7 +129,7 @@ def dump_snapshots(store) -> list[dict[str, Any]]:  # noqa: ANN001
         u = usage.get(e.slot, {"unique": 0, "shared": 0})
         out.append({"slot": e.slot, "name": e.name, "tag": e.tag, "state": states[e.state],
                     "squashed": e.squashed, "priority": e.priority, "holds": e.use_count,
-                    "created_ns": e.created_ns, **u})
+                    "created_ns": e.created_ns, "bytes": store.snapshot_bytes(e.slot), **u})
     return out
 
 

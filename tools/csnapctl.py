@@ -1,10 +1,10 @@
 """csnapctl: administer a running csnapd through its control socket.
 
 Commands: create (--from: a clone), delete, list (--tree), status, set, hold, release,
-shutdown, forget-client. Human-readable output by default, ``--json`` for scripts. Exit
-codes: 0 ok, 1 the server refused (error message on stderr) or did not answer in time,
-2 usage error, 3 cannot connect to the control socket (the message says whether csnapd
-is running, and with which socket).
+shutdown, forget-client, grow. Human-readable output by default, ``--json`` for scripts.
+Exit codes: 0 ok, 1 the server refused (error message on stderr) or did not answer in
+time, 2 usage error, 3 cannot connect to the control socket (the message says whether
+csnapd is running, and with which socket).
 
 The control socket path is, in order: ``--control PATH``, the environment variable
 ``CSNAP_CONTROL``, ``/run/csnapd/control.sock`` if it exists, else ``data/csnapd.sock``.
@@ -34,6 +34,7 @@ from csnap_client.protocol import (
 )
 from csnap_client.units import format_size
 from csnap_client.version import add_version_option
+from tools import csnapctl_grow
 from tools.cli import RunningServer, run_main, running_servers, servers_hint
 
 SYSTEM_SOCKET = "/run/csnapd/control.sock"
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("client_id", type=int, metavar="CLIENT_ID",
                    help="the client id, as shown by 'csnapctl status'")
     f.add_argument("--json", action="store_true", help="print the result as JSON")
+    csnapctl_grow.add_parser(sub)
     return p
 
 
@@ -345,6 +347,8 @@ async def run(args: argparse.Namespace) -> Any:
             return await ctl.status()
         if args.command == "forget-client":
             return await ctl.forget_client(args.client_id)
+        if args.command == "grow":
+            return await csnapctl_grow.run(ctl, args)
         if args.command in ("hold", "release", "set"):
             args.ref = await resolve(ctl, args.snapshot)
             if args.command == "hold":
@@ -407,6 +411,8 @@ def render(args: argparse.Namespace, result: Any) -> str:
     if args.command == "set":
         return (f"snapshot tag {result.get('tag')}: name {result.get('name')!r}, "
                 f"priority {result.get('priority')}")
+    if args.command == "grow":
+        return csnapctl_grow.render(result)
     if args.command == "forget-client":
         if result.get("forgotten"):
             return f"released the grants of client {args.client_id}"
@@ -482,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    csnapctl_grow.check(args, parser)
     if args.control is None:
         args.control = default_control()
     if args.command in ("create", "set") and args.priority is not None \

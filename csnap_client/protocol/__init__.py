@@ -101,6 +101,7 @@ from .messages import (
     finish_ok,
     finish_snapshot_read,
     forget_client,
+    grow,
     hold_snapshot,
     identify,
     identify_ok,
@@ -116,6 +117,7 @@ from .messages import (
     query_write,
     release_snapshot,
     reply_error,
+    resized,
     set_snapshot,
     shutdown,
     snapshot_info,
@@ -159,6 +161,7 @@ __all__ = [
     "shutdown", "snapshot_info", "snapshot_read_ok", "snapshot_write_ok", "status",
     "verify_again", "verify_devices", "verify_ok", "volumes", "write_ok",
     "query_changes", "changes", "hold_snapshot", "release_snapshot", "set_snapshot",
+    "grow", "resized",
     # range helpers
     "compress_mapping", "compress_ranges", "count_chunks", "expand_mapping", "expand_ranges",
 ]

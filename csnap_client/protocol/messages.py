@@ -85,6 +85,8 @@ class Op(enum.StrEnum):
     HOLD_SNAPSHOT = "HOLD_SNAPSHOT"
     RELEASE_SNAPSHOT = "RELEASE_SNAPSHOT"
     SET_SNAPSHOT = "SET_SNAPSHOT"
+    GROW = "GROW"
+    RESIZED = "RESIZED"
     OK = "OK"
 
 
@@ -436,6 +438,9 @@ _SPECS = (
     _spec(Op.RELEASE_SNAPSHOT, _CTL, {"snapshot": SNAPSHOT_REF}, replies=(Op.OK, _E)),
     _spec(Op.SET_SNAPSHOT, _CTL, {"snapshot": SNAPSHOT_REF}, {"name": NAME, "priority": INT8},
           replies=(Op.OK, _E)),
+    _spec(Op.GROW, _CTL, {}, {"store": BOOL, "origin": BOOL, "store_bytes": UINT64,
+                              "origin_bytes": UINT64}, replies=(Op.OK, _E)),
+    _spec(Op.RESIZED, _S2C, {"origin_chunks": UINT64, "origin_bytes": UINT64}),
     _spec(Op.OK, _CTLR, {"result": ANY}),
 )
 
@@ -760,6 +765,24 @@ def set_snapshot(id: int, snapshot: str | int, name: str | None = None,
     if priority is not None:
         msg["priority"] = priority
     return msg
+
+
+def grow(id: int, store: bool = False, origin: bool = False, store_bytes: int | None = None,
+         origin_bytes: int | None = None) -> Message:
+    """GROW (control): take an enlarged store and/or origin device into use (the whole
+    device, or the sizes given); shrinking is refused with the reason."""
+    msg: Message = {"op": "GROW", "id": id, "store": store, "origin": origin}
+    if store_bytes is not None:
+        msg["store_bytes"] = store_bytes
+    if origin_bytes is not None:
+        msg["origin_bytes"] = origin_bytes
+    return msg
+
+
+def resized(origin_chunks: int, origin_bytes: int) -> Message:
+    """RESIZED (unsolicited, id 0, to origin clients): the origin grew to this size."""
+    return {"op": "RESIZED", "id": 0, "origin_chunks": origin_chunks,
+            "origin_bytes": origin_bytes}
 
 
 def ok(id: int, result: Any = None) -> Message:

@@ -242,6 +242,8 @@ class ServerSession:
             op = inflight.pop(rid, None) if rid else None
             if op == "IDENTIFY":
                 self._identified(msg)
+            elif msg.get("op") == "RESIZED" and self.limit is not None:
+                self.limit = msg["origin_chunks"]  # the origin grew (an origin volume)
             self._out.append(encode(msg, max_frame_size=MAX_SERVER_FRAME))
 
     def _identified(self, reply: dict[str, Any]) -> None:

@@ -66,7 +66,9 @@ class Reporter:
 
     def volumes(self) -> list[dict[str, Any]]:
         """LIST_VOLUMES: what a data connection may identify as."""
-        return [{k: d[k] for k in ("name", "tag", "created", "squashed")}
+        store = self.engine.store
+        return [{**{k: d[k] for k in ("name", "tag", "created", "squashed")},
+                 "bytes": store.snapshot_bytes(d["slot"])}  # its size (store/sizes.py)
                 for d in self.list_snapshots()]
 
     def status(self) -> dict[str, Any]:

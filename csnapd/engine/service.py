@@ -34,12 +34,14 @@ from csnapd.engine import locks as lk
 from csnapd.engine.advice import DELETE_SNAPSHOT, NEW_CLONE, NEW_SNAPSHOT, Advice, AdviceFlow
 from csnapd.engine.conns import Conn, Conns
 from csnapd.engine.devices import DeviceVerifier
+from csnapd.engine.growing import changes_past_base, grow, volume_chunks
 from csnapd.engine.report import Reporter, snap_dict
 from csnapd.engine.space import SpacePolicy
 from csnapd.engine.watch import DeviceWatch
 from csnapd.store import diff as sd
 from csnapd.store import errors as se
 from csnapd.store import format as fmt
+from csnapd.store.grow import GrowthRefused
 from csnapd.store.store import Store
 
 log = logging.getLogger("csnapd.engine")
@@ -59,6 +61,7 @@ _STORE_ERRORS: dict[type[Exception], int] = {
     lk.LockLimitExceeded: ErrorCode.LIMIT_EXCEEDED,
     lk.DuplicateRequest: ErrorCode.DUPLICATE_ID,
     lk.InvalidRanges: ErrorCode.BAD_REQUEST,
+    GrowthRefused: ErrorCode.BAD_REQUEST,
 }
 _HANDLED = tuple(_STORE_ERRORS)
 
@@ -136,9 +139,10 @@ class Engine:
             "HOLD_SNAPSHOT": self._hold, "RELEASE_SNAPSHOT": self._hold,
             "SET_SNAPSHOT": self._set_snapshot,
         }
+        self._control["GROW"] = self._grow
         self._privileged = frozenset({"SHUTDOWN", "CREATE_SNAPSHOT", "DELETE_SNAPSHOT",
                                       "FORGET_CLIENT", "HOLD_SNAPSHOT", "RELEASE_SNAPSHOT",
-                                      "SET_SNAPSHOT"})
+                                      "SET_SNAPSHOT", "GROW"})
 
     # ================================================================== input
     def open_conn(self, conn_id: int, control: bool = False, peer: str = "",
@@ -365,9 +369,10 @@ class Engine:
             conn.slot, conn.snap_name = snap.slot, snap.name
             info = m.snapshot_info(snap.name, snap.tag, snap.created_ns / 1e9)
         f = self.store.sb
+        size = f.origin_bytes if snap is None else self.store.snapshot_bytes(snap.slot)
         self._now.append((conn.id, m.identify_ok(
-            rid, chunk_size=f.chunk_size, origin_chunks=f.origin_chunks,
-            origin_bytes=f.origin_bytes, store_uuid=f.uuid.hex(), server_epoch=self.epoch,
+            rid, chunk_size=f.chunk_size, origin_chunks=-(-size // f.chunk_size),
+            origin_bytes=size, store_uuid=f.uuid.hex(), server_epoch=self.epoch,
             lease_ms=int(self.lease * 1000), snapshot=info, read_only=conn.read_only,
             devices=self.devices.offer(conn.id))))
         if snap is None and self.store.grants.exposure(client):
@@ -500,7 +505,7 @@ class Engine:
         msg, rid = req.msg, req.id
         if conn.slot is not None and self._snapshot_gone(conn, rid):
             return
-        limit = self.store.sb.origin_chunks
+        limit = volume_chunks(self.store, conn.slot)  # a snapshot may predate a growth
         start, want = msg["start"], msg.get("max_chunks", m.MAX_CHANGE_CHUNKS)
         if start > limit:
             return self._error(conn.id, rid, ErrorCode.OUT_OF_RANGE,
@@ -523,7 +528,7 @@ class Engine:
                     return self._error(conn.id, rid, ErrorCode.SNAPSHOT_SQUASHED,
                                        f"snapshot {entry.name!r} was squashed")
                 slot = entry.slot
-            scan = sd.changed_chunks(self.store, conn.slot, slot, start, end, want)
+            scan = changes_past_base(self.store, conn.slot, slot, start, end, want)
         self._durable.append((conn.id, m.changes(rid, scan.ranges, scan.next)))
 
     def _read_map(self, slot: int, ranges: Any) -> tuple[list, list]:
@@ -629,6 +634,10 @@ class Engine:
         log.info("snapshot %s (tag %d): name %s, priority %d", old, entry.tag, entry.name,
                  entry.priority)
         self._durable.append((conn.id, m.ok(req.id, snap_dict(entry))))
+
+    def _grow(self, conn: Conn, req: Request, now: float) -> None:
+        """GROW: the answer is durable with the new geometry (engine/growing.py)."""
+        self._durable.append((conn.id, m.ok(req.id, grow(self, conn, req.msg))))
 
     # -- the advice flow --------------------------------------------------------
     def _advise(self, conn: Conn, req: Request, now: float) -> None:

@@ -10,7 +10,8 @@ compares:
 * for each device path: what the path names now (``os.stat``) with what the open
   descriptor is (``os.fstat``): the inode for files, the device number for block
   devices (udev may recreate a node, which changes its inode but not the device), and
-  the size;
+  the size: a device may be enlarged (online growth: ``csnapctl grow`` then takes it
+  into use), never made smaller than what the store uses of it;
 * the store UUID in each superblock slot, read through the open descriptor (from the
   disk, not the page cache, on a block device another machine may write): a slot that
   held it must go on holding it (the server itself only ever writes its own UUID there).
@@ -20,6 +21,7 @@ A check costs two stats, two fstats and two 16-byte reads from the page cache.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from csnapd.store.device import Device, device_size
 from csnapd.store.store import Store
 
 DEFAULT_INTERVAL = 1.0  # seconds between checks
+log = logging.getLogger("csnapd.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +112,14 @@ class DeviceWatch:
             return (f"{what} {path} was replaced: the path now names {is_now.describe()}, "
                     f"not the {was.describe()} csnapd opened")
         if size != self._sizes[what]:
-            return f"{what} {path} changed size from {self._sizes[what]} to {size} bytes"
+            f = self.store.sb
+            used = f.store_chunks * f.chunk_size if what == "store" else f.origin_bytes
+            if size < used:
+                return (f"{what} {path} changed size from {self._sizes[what]} to {size} bytes, "
+                        f"less than the {used} bytes the store uses")
+            log.info("%s %s was enlarged from %d to %d bytes; csnapctl grow --%s takes it "
+                     "into use", what, path, self._sizes[what], size, what)
+            self._sizes[what] = size
         return None
 
     def _uuid_at(self, slot: int) -> bytes:

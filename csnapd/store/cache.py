@@ -64,6 +64,9 @@ class BlockCache:
         self.pending_home: dict[int, bytes] = {}
         #: images a checkpoint in flight is writing home (read-only here)
         self.homing: dict[int, bytes] = {}
+        #: new bitmap blocks of a growth whose transaction is not durable yet: written
+        #: home by that transaction itself, before its journal write (store/grow.py)
+        self.direct: list[Any] = []  # growth.NewBitmaps: image(addr) -> bytes | None
         #: committed images of blocks that a transaction not yet durable frees:
         #: the committed tree still uses them, so a checkpoint must write them
         self.freed_pending: dict[int, bytes] = {}
@@ -101,6 +104,10 @@ class BlockCache:
         raw = self.pending_home.get(addr)
         if raw is None:
             raw = self.homing.get(addr)
+            for new in self.direct if raw is None else ():
+                raw = new.image(addr)
+                if raw is not None:
+                    break
             if raw is None:
                 raw = self.dev.pread(addr * self.block_size, self.block_size)
         return raw
@@ -254,6 +261,7 @@ class BlockCache:
         self.dirty.clear()
         self._pinned.clear()
         self.stamps.clear()
+        self.direct.clear()
         self._freed_now = []
         self.used = 0
 

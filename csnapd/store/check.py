@@ -112,6 +112,7 @@ class _Checker:
         self._snapshot_table()
         self._tree()
         self._grants()
+        self._geometry()
         self._space()
         self._counts()
         self._flags()
@@ -282,6 +283,70 @@ class _Checker:
             self.report.add("error", f"{where}: sharemap names snapshot slots that do not exist "
                             f"(0x{unknown:x})", v.addr, v.path)
 
+    def _geometry(self) -> None:
+        """The bitmaps' places and sizes (a growth may have moved them) and the origin
+        growth records: bitmaps cover the store, lie inside it without overlapping the
+        fixed areas or each other, mark their own blocks, and set the bits past the end."""
+        f, k, bpb = self.f, self.k, fmt.bitmap_bits_per_block(self.f.block_size)
+        self.bitmap_blocks = 0
+        fixed = [("superblocks", 0, 2), ("snapshot table", f.snaptab_start, f.snaptab_blocks),
+                 ("journal", f.journal_start, f.journal_blocks)]
+        areas = []
+        for name, start, count, bits, kind in (
+                ("chunk bitmap", f.cbitmap_start, f.cbitmap_blocks, f.store_chunks,
+                 fmt.BlockKind.CBITMAP),
+                ("metadata bitmap", f.mbitmap_start, f.mbitmap_blocks, f.store_chunks * k,
+                 fmt.BlockKind.MBITMAP)):
+            if count * bpb < bits:
+                self.report.add("error", f"{name}: {count} blocks cover {count * bpb} bits, "
+                                f"the store needs {bits}")
+            if start < 2 or start + count > f.store_chunks * k:
+                self.report.add("error", f"{name}: blocks {start}..{start + count - 1} are "
+                                "outside the store")
+                continue
+            areas.append((name, start, count))
+            self.bitmap_blocks |= ((1 << count) - 1) << start
+            self._past_end(name, kind, start, bits, count * bpb)
+        for i, (name, start, count) in enumerate(areas):
+            for other, ostart, ocount in fixed + areas[i + 1:]:
+                if start < ostart + ocount and ostart < start + count:
+                    self.report.add("error", f"{name} overlaps the {other}")
+            if start >= f.data_start_chunk * k:  # placed by a growth: marked as metadata
+                if not f.incompat & fmt.INCOMPAT_BITMAPS_MOVED:
+                    self.report.add("error", f"{name} lies in the data area without the "
+                                    "BITMAPS_MOVED feature")
+                for block in range(start, start + count):
+                    if self._bit(self.store.alloc.is_meta, block) is False:
+                        self.report.add("error", f"{name} block {block} is not marked in "
+                                        "the metadata bitmap", block)
+                        break
+        records = f.size_records
+        if records and not f.incompat & fmt.INCOMPAT_ORIGIN_GROWN:
+            self.report.add("error", "origin growth records without the ORIGIN_GROWN feature")
+        sizes = [b for _, b in records]
+        times = [t for t, _ in records]
+        if sizes != sorted(sizes) or times != sorted(times) or any(
+                b >= f.origin_bytes or b <= 0 for b in sizes):
+            self.report.add("error", f"origin growth records out of order or not below the "
+                            f"origin size {f.origin_bytes}: {list(records)}")
+
+    def _past_end(self, name: str, kind: fmt.BlockKind, start: int, bits: int,
+                  covered: int) -> None:
+        """Bits past the end of the store must be set (never allocated); only the blocks
+        that hold such bits are read."""
+        bpb = fmt.bitmap_bits_per_block(self.f.block_size)
+        for b in range(bits // bpb, covered // bpb):
+            try:
+                raw = self.store.cache.get(start + b, kind).bits
+            except CorruptionError:
+                return  # reported by _space
+            lo = max(bits - b * bpb, 0)
+            tail = int.from_bytes(raw, "little") >> lo
+            if tail != (1 << (bpb - lo)) - 1:
+                self.report.add("error", f"{name}: bits past the end of the store are not "
+                                "all set", start + b)
+                return
+
     def _counts(self) -> None:
         """The per-snapshot space counts the store keeps up to date (usage.py), when they
         are complete, are what the walk found."""
@@ -309,7 +374,7 @@ class _Checker:
         meta = bitmap_int(self.store, fmt.BlockKind.MBITMAP, self._bitmap_error)
         meta &= (1 << (f.store_chunks * k)) - 1
         reserved_blocks = (1 << (f.data_start_chunk * k)) - 1
-        reachable = reserved_blocks
+        reachable = reserved_blocks | self.bitmap_blocks
         for addr in self.tree_blocks:
             reachable |= 1 << addr
         meta_chunks = 0

@@ -43,6 +43,13 @@ class Device:
     def close(self) -> None:
         """Release the device."""
 
+    def refresh_size(self) -> int:
+        """Look at the device's size again (it may have been enlarged); return it.
+
+        Devices whose size cannot change in place just return it.
+        """
+        return self.size
+
 
 def device_size(fd: int) -> int:
     """Size in bytes of a regular file or block device."""
@@ -80,6 +87,11 @@ class FileDevice(Device):
 
     @property
     def size(self) -> int:
+        return self._size
+
+    def refresh_size(self) -> int:
+        """The file or block device may have been enlarged since it was opened."""
+        self._size = device_size(self.fd)
         return self._size
 
     def pread(self, offset: int, length: int) -> bytes:
@@ -129,6 +141,11 @@ class MemoryDevice(Device):
     def flush(self) -> None:
         self.flushes += 1
 
+    def grow(self, size: int) -> None:
+        """Enlarge the device to ``size`` bytes (new bytes zero), as truncate does a file."""
+        if size > len(self.data):
+            self.data.extend(bytes(size - len(self.data)))
+
 
 class VolatileDevice(Device):
     """Wraps a device with a volatile write cache, to simulate power loss.
@@ -146,6 +163,9 @@ class VolatileDevice(Device):
     @property
     def size(self) -> int:
         return self.inner.size
+
+    def refresh_size(self) -> int:
+        return self.inner.refresh_size()
 
     def pread(self, offset: int, length: int) -> bytes:
         base = bytearray(self.inner.pread(offset, length))

@@ -42,6 +42,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import crc32c as _crc
 
@@ -91,8 +92,23 @@ INCOMPAT_HOLDS = 1 << 3
 #: or free those chunks under the clone.  Set at every read-write open by a csnap that
 #: knows it (as INCOMPAT_HOLDS is).
 INCOMPAT_CLONES = 1 << 4
+#:
+#: INCOMPAT_ORIGIN_GROWN: the origin was grown while snapshots existed, and the
+#: superblock lists origin growth records (offset 288): a snapshot created before a
+#: record's time has that record's (smaller) origin size.  A csnap that ignored them
+#: would show such a snapshot chunks written to the origin after it was taken, and
+#: would not copy them out for it.  Set by an origin growth that leaves records;
+#: cleared by a read-write open once no snapshot needs a record (store/grow.py).
+INCOMPAT_ORIGIN_GROWN = 1 << 5
+#:
+#: INCOMPAT_BITMAPS_MOVED: a store growth moved the bitmaps into the data area
+#: (store/growth.py), and the journal may hold GEOMETRY records.  A csnap that did not
+#: know it would take the moved bitmap blocks for leaked metadata (and csnap-check
+#: --repair would free them).  Set by the growth that moves them, for good.
+INCOMPAT_BITMAPS_MOVED = 1 << 6
 INCOMPAT_KNOWN = (INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
-                  | INCOMPAT_HOLDS | INCOMPAT_CLONES)
+                  | INCOMPAT_HOLDS | INCOMPAT_CLONES | INCOMPAT_ORIGIN_GROWN
+                  | INCOMPAT_BITMAPS_MOVED)
 COMPAT_KNOWN = 0
 #:
 #: AUTOCLEAR_SPACE_COUNTS: every non-free snapshot table entry's exclusive and shared
@@ -314,10 +330,20 @@ class SuperFields:
     clone_slot: int = 0  # slot + 1 of the clone being filled; 0: none
     clone_parent: int = 0
     clone_cursor: int = 0
+    #: origin growth records, oldest first: (grown_ns, origin bytes before that growth);
+    #: a snapshot created before grown_ns has that size (offset 288, store/grow.py)
+    size_records: tuple[tuple[int, int], ...] = ()
 
     @property
     def store_id(self) -> int:
         return int.from_bytes(self.uuid[:8], "little")
+
+    @property
+    def geometry(self) -> tuple[int, ...]:
+        """The fields only a growth changes (journaled as a GEOMETRY record, store/growth.py)."""
+        return (self.store_chunks, self.origin_bytes, self.origin_chunks, self.cbitmap_start,
+                self.cbitmap_blocks, self.mbitmap_start, self.mbitmap_blocks,
+                self.incompat, *(v for r in self.size_records for v in r))
 
 
 _SUPER_ORDER = (
@@ -329,10 +355,25 @@ _SUPER_ORDER = (
     "clone_slot clone_parent clone_cursor"
 ).split()
 
+#: Origin growth records (INCOMPAT_ORIGIN_GROWN), after the fixed fields:
+#:   OFFSET SIZE DESCRIPTION
+#:      288    4 number of records g (0 = none; at most SIZE_RECORDS_MAX)
+#:      292    4 reserved, zero
+#:      296 16*g records, oldest first: u64 grown_ns, u64 origin bytes before it
+SIZE_RECORDS = struct.Struct("<II")
+SIZE_RECORD = struct.Struct("<QQ")
+SIZE_RECORDS_OFFSET = SUPER_OFFSET + SUPER.size
+assert SIZE_RECORDS_OFFSET == 288
+SIZE_RECORDS_MAX = 8  # fits a 512-byte block: 296 + 8 * 16 = 424
+
 
 def encode_super(sb: SuperFields) -> bytes:
     """Payload bytes of a superblock."""
-    return SUPER.pack(SUPER_MAGIC, *(getattr(sb, name) for name in _SUPER_ORDER))
+    out = SUPER.pack(SUPER_MAGIC, *(getattr(sb, name) for name in _SUPER_ORDER))
+    if sb.size_records:
+        out += SIZE_RECORDS.pack(len(sb.size_records), 0) + b"".join(
+            SIZE_RECORD.pack(*r) for r in sb.size_records)
+    return out
 
 
 def decode_super(block: bytes, slot: int) -> SuperFields:
@@ -344,6 +385,14 @@ def decode_super(block: bytes, slot: int) -> SuperFields:
     sb = SuperFields(*values[1:])
     if HEADER.unpack_from(block, 0)[6] != sb.store_id:
         raise CorruptionError(slot, "SUPER", "store id in header does not match UUID")
+    count, _ = SIZE_RECORDS.unpack_from(block, SIZE_RECORDS_OFFSET)
+    if count:
+        if count > SIZE_RECORDS_MAX:
+            raise CorruptionError(slot, "SUPER", f"{count} origin growth records (at most "
+                                  f"{SIZE_RECORDS_MAX})")
+        base = SIZE_RECORDS_OFFSET + SIZE_RECORDS.size
+        sb.size_records = tuple(SIZE_RECORD.unpack_from(block, base + i * SIZE_RECORD.size)
+                                for i in range(count))
     return sb
 
 
@@ -576,6 +625,10 @@ def decode_commit2(block: bytes, addr: int, store_id: int) -> CommitRecord | Non
 #            slot is now this (kind 0: free)
 #   CLONE  5 | u32 clone slot + 1 (0: none) | u32 parent slot | u64 fill cursor:
 #            the superblock's clone-fill fields are now these (INCOMPAT_CLONES)
+#   GEOMETRY 6 | u64 store chunks | u64 origin bytes | u64 origin chunks | u64 chunk
+#            bitmap start | u32 its blocks | u64 metadata bitmap start | u32 its
+#            blocks | u32 incompatible bits | u8 g | g origin growth records (u64
+#            grown_ns, u64 bytes before): a growth's superblock fields (growth.py)
 #
 # Every record states a result, not a difference, so applying it twice is the
 # same as once.  A record names a block that has an image earlier in the
@@ -665,12 +718,18 @@ def commit_fields_unverified(block: bytes, addr: int, store_id: int,
     return seq, first
 
 
-REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT, REC_CLONE = 1, 2, 3, 4, 5
+REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT, REC_CLONE, REC_GEOMETRY = 1, 2, 3, 4, 5, 6
 _REC_ENTRY = struct.Struct("<BQQH")
 _REC_CLONE = struct.Struct("<BIIQ")
 _REC_BITS = struct.Struct("<BQIIB")
 _REC_SUPER = struct.Struct("<BIIQQQQQQQ")
 _REC_GRANT = struct.Struct("<BQHQBHH")
+_REC_GEOMETRY = struct.Struct("<BQQQQIQIIB")
+#: The superblock fields a GEOMETRY record carries (a growth, store/growth.py), in record
+#: order; then the origin growth records (u64 grown_ns, u64 bytes before), as many as the
+#: last byte says.
+GEOMETRY_RECORD_FIELDS = ("store_chunks", "origin_bytes", "origin_chunks", "cbitmap_start",
+                          "cbitmap_blocks", "mbitmap_start", "mbitmap_blocks", "incompat")
 #: The superblock fields a SUPER record carries, in record order.  Every other
 #: field changes only at open (followed by a checkpoint) or never.
 SUPER_RECORD_FIELDS = ("flags", "depth", "root", "free_chunks", "alloc_cursor", "meta_chunk",
@@ -701,6 +760,14 @@ def clone_record(f: SuperFields) -> bytes:
     return _REC_CLONE.pack(REC_CLONE, *(getattr(f, name) for name in CLONE_RECORD_FIELDS))
 
 
+def geometry_record(f: SuperFields) -> bytes:
+    """GEOMETRY: the sizes, the bitmaps' places, the incompatible features and the origin
+    growth records are now those of ``f`` (only a growth changes them while serving)."""
+    out = _REC_GEOMETRY.pack(REC_GEOMETRY, *(getattr(f, n) for n in GEOMETRY_RECORD_FIELDS),
+                             len(f.size_records))
+    return out + b"".join(SIZE_RECORD.pack(*r) for r in f.size_records)
+
+
 def grant_record(block: int, index: int, rec: GrantRecord | None) -> bytes:
     """GRANT: record slot ``index`` of grant ``block`` is now ``rec`` (None: free)."""
     if rec is None:
@@ -721,7 +788,8 @@ def decode_records(stream: bytes, where: int) -> list[Record]:
 
     ENTRY -> (1, block, chunk, [Exc]); BITS -> (2, block, first, count, value);
     SUPER -> (3, {field: value}); GRANT -> (4, block, index, GrantRecord | None);
-    CLONE -> (5, {field: value}).
+    CLONE -> (5, {field: value});
+    GEOMETRY -> (6, {field: value, "size_records": ((grown_ns, bytes), ...)}).
     """
     out: list[Record] = []
     pos, end = 0, len(stream)
@@ -757,6 +825,18 @@ def decode_records(stream: bytes, where: int) -> list[Record]:
                 values = _REC_CLONE.unpack_from(stream, pos)[1:]
                 out.append((REC_CLONE, dict(zip(CLONE_RECORD_FIELDS, values, strict=True))))
                 pos += _REC_CLONE.size
+            elif kind == REC_GEOMETRY:
+                values = _REC_GEOMETRY.unpack_from(stream, pos)
+                pos += _REC_GEOMETRY.size
+                n = values[-1]
+                if n > SIZE_RECORDS_MAX or pos + n * SIZE_RECORD.size > end:
+                    raise CorruptionError(where, "COMMIT3", "bad geometry record in the journal")
+                fields: dict[str, Any] = dict(zip(GEOMETRY_RECORD_FIELDS, values[1:-1],
+                                                  strict=True))
+                fields["size_records"] = tuple(SIZE_RECORD.unpack_from(stream, pos + 16 * i)
+                                               for i in range(n))
+                pos += n * SIZE_RECORD.size
+                out.append((REC_GEOMETRY, fields))
             else:
                 raise CorruptionError(where, "COMMIT3", f"unknown record type {kind} at {pos}")
     except struct.error as exc:

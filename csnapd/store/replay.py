@@ -7,8 +7,9 @@ Recovery scans the journal (journal.py) and hands every transaction found to
 * a compact-format record (format.py, "Journal commit record, compact
   format") sets one unit of a block (a leaf entry, a run of bitmap bits, a
   grant record slot) to the value it states, on the decoded block;
-* a SUPER record sets the superblock's changing fields; in the older formats
-  the superblock travels as an image with home 0.
+* a SUPER record sets the superblock's changing fields, a GEOMETRY record (a
+  growth) its sizes and the bitmaps' places; in the older formats the superblock
+  travels as an image with home 0.
 
 Records state results, so replay is idempotent: a crash during recovery, which
 writes nothing to the journal, is fixed by recovering again.  A record always
@@ -50,8 +51,9 @@ class Replay:
     def transaction(self, t: Transaction) -> None:
         """Apply one transaction on top of everything before it."""
         for home, image in t.images:
-            if home == 0:
+            if home == 0:  # the older formats journal the whole superblock
                 self.super_image = image
+                self.super_fields = {}
             else:
                 self._blocks[home] = image
         if t.records:
@@ -62,7 +64,7 @@ class Replay:
 
     def _apply(self, rec: fmt.Record, where: int) -> None:
         kind = rec[0]
-        if kind in (fmt.REC_SUPER, fmt.REC_CLONE):
+        if kind in (fmt.REC_SUPER, fmt.REC_CLONE, fmt.REC_GEOMETRY):  # GEOMETRY: growth.py
             self.super_fields.update(rec[1])
             return
         block = self._decoded(rec[1], _KINDS[kind], where)

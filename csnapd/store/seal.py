@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import format as fmt
 from . import superblock as sbk
@@ -55,6 +56,13 @@ class Frozen:
     freed_chunks: set[int]
     freed_blocks: list[int]
     ops: int
+    #: a growth changed the geometry: the transaction carries a GEOMETRY record (the
+    #: compact format; the older ones journal the whole superblock anyway)
+    geometry: bool = False
+    #: new bitmaps (growth.NewBitmaps) in space the committed store does not use yet:
+    #: written home with the copy-outs, before the journal transaction that makes the
+    #: store use them (store/growth.py)
+    direct: list[Any] = field(default_factory=list)
 
     def payload(self, version: int, imaged: set[int]) -> tuple[list[tuple[int, bytes]], bytes]:
         """The images and record stream this transaction journals (compact format).
@@ -72,6 +80,8 @@ class Frozen:
                 parts.append(records)
             else:
                 images.append((home, image))
+        if self.geometry:
+            parts.append(fmt.geometry_record(self.fields))
         parts.append(self.super_record)
         return images, b"".join(parts)
 
@@ -106,10 +116,11 @@ class Sealed:
         """Copy, flush, write the journal transaction, flush.  Raises OSError on I/O failure."""
         if self.void:
             raise ReadOnlyError("this sealed transaction was voided by an earlier failure")
-        if self.frozen.runs:
+        if self.frozen.runs or self.frozen.direct:
             if self.fence is not None:
                 self.fence()
             self._copy_out()
+            self._write_direct()
             self._flush()
         if self.fence is not None:
             self.fence()
@@ -118,6 +129,11 @@ class Sealed:
 
     def _copy_out(self) -> None:
         self.bytes_copied += run_copies(self.dev, self.origin, self.chunk_size, self.frozen.runs)
+
+    def _write_direct(self) -> None:
+        """New bitmaps of a growth, in space nothing committed uses (store/growth.py)."""
+        for bitmaps in self.frozen.direct:
+            bitmaps.write(self.dev)
 
     def _write_journal(self) -> None:
         blocks = self.ring.encode(self.pos, self.seq, self.images, self.stream)

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from typing import Any
 
 from . import format as fmt
 from . import journal as jnl
@@ -75,6 +76,9 @@ class Sealing:
         #: only these may be journaled as records (compact format, seal.py)
         self._imaged: set[int] = set()
         self._last_super: tuple[int, ...] = ()  # SUPER record fields as last sealed
+        self._last_geometry: tuple[int, ...] = ()  # geometry as last sealed (store/grow.py)
+        #: new bitmap blocks of a growth, for the next transaction (store/grow.py)
+        self._direct: list[Any] = []  # growth.NewBitmaps
 
     # ------------------------------------------------------------------
     # the open transaction
@@ -132,9 +136,11 @@ class Sealing:
             return j.span(len(images) + (j.version != jnl.COMPACT), len(stream))
         if not self._open_changed():
             return 0
-        # at most every changed block as an image, and the superblock
-        return j.span(len(self.cache.dirty) + 1,
-                      2 * (len(fmt.super_record(self.sb)) + len(fmt.clone_record(self.sb))))
+        # at most every changed block as an image, and the superblock (a growth's too)
+        records = 2 * (len(fmt.super_record(self.sb)) + len(fmt.clone_record(self.sb)))
+        if self.sb.geometry != self._last_geometry:
+            records += len(fmt.geometry_record(self.sb))
+        return j.span(len(self.cache.dirty) + 1, records)
 
     def can_seal(self) -> bool:
         """True if the next transaction fits in the journal now (or there is none)."""
@@ -174,9 +180,12 @@ class Sealing:
         if now[n:] != last[n:]:
             record += fmt.clone_record(fields)
         self._last_super = now
+        geometry = fields.geometry != self._last_geometry
+        self._last_geometry = fields.geometry
+        direct, self._direct = self._direct, []
         sbs.dirty = False
         frozen = Frozen(cache.ticket, runs, blocks, fields, record, self.alloc.take_freed(),
-                        freed_blocks, self._ops_open)
+                        freed_blocks, self._ops_open, geometry, direct)
         self._ops_open = 0
         cache.ticket += 1
         return frozen
@@ -238,6 +247,8 @@ class Sealing:
         self.cache.committed(fr.ticket, fr.blocks, fr.freed_blocks)
         self.alloc.committed(fr.freed_chunks)
         self.committed_super = dataclasses.replace(fr.fields, generation=self.sb.generation)
+        for bitmaps in fr.direct:  # home and durable now: read from there
+            self.cache.direct = [d for d in self.cache.direct if d is not bitmaps]
         self.durable_ticket = fr.ticket
         self.journal.commits += 1
         st = self.stats
@@ -346,6 +357,7 @@ class Sealing:
             sealed.void = True
         self._outstanding.clear()
         self._ready.clear()
+        self._direct = []
         self.sbs.dirty = False
         self.cache.drop_all()
         self.copier.pending = []

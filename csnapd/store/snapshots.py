@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 from . import format as fmt
+from . import sizes
 from .blocks import SnapTable
 from .cache import BlockCache
 from .errors import (
@@ -119,7 +120,11 @@ class Snapshots:
             raise TooManySnapshots(f"all {len(self.entries)} snapshot slots are in use "
                                    "(live or still being deleted)")
         state = fmt.SNAP_CREATING if creating else fmt.SNAP_LIVE
-        entry = fmt.SnapEntry(free.slot, state, 0, priority, tag, time.time_ns(), 0, name,
+        if parent >= 0:  # a clone's point in time is its parent's (and so is its size)
+            created = self.entries[parent].created_ns
+        else:  # never before an origin growth's record, whatever the clock says (sizes.py)
+            created = max(time.time_ns(), sizes.created_ns_floor(self.sbs.f))
+        entry = fmt.SnapEntry(free.slot, state, 0, priority, tag, created, 0, name,
                               parent=parent)
         self._save(entry)
         return entry

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import format as fmt
+from . import growth, sizes
 from . import journal as jnl
 from . import superblock as sbk
 from .bitmap import Allocator
@@ -157,15 +158,21 @@ class Store(Sealing):
              readonly: bool = False, check_origin: bool = True) -> Store:
         """Open a store, replaying the journal first (in memory if readonly)."""
         f, _slot, notes = sbk.load(dev)
-        if check_origin and origin.size != f.origin_bytes:
+        store = cls(dev, origin, f, cache_size, readonly)
+        store.recovery.notes = notes
+        store._recover()  # reads only the journal; a growth in it may change the sizes
+        f = store.sb
+        if check_origin and origin.size < f.origin_bytes:
             raise GeometryError(
                 f"origin {origin.path} is {origin.size} bytes but this store was made for an "
                 f"origin of {f.origin_bytes} bytes: wrong origin device?")
+        if check_origin and origin.size > f.origin_bytes:
+            # enlarged, and not grown yet (or the growth was cut short by a crash)
+            store.recovery.info.append(
+                f"origin {origin.path} is {origin.size} bytes, more than the store's origin "
+                f"of {f.origin_bytes} bytes: the rest is used after csnapctl grow --origin")
         if dev.size < f.store_chunks * f.chunk_size:
             raise GeometryError(f"store {dev.path} is smaller than its superblock says")
-        store = cls(dev, origin, f, cache_size, readonly)
-        store.recovery.notes = notes
-        store._recover()
         store._load_tables()
         if not readonly:
             store._mark_open()
@@ -181,10 +188,12 @@ class Store(Sealing):
         replay = Replay(f.block_size, f.store_id, self.cache.decoders, f.journal_start)
         for txn in scan.transactions:
             replay.transaction(txn)
-        if replay.super_image is not None:
-            self._adopt_journaled_super(fmt.decode_super(replay.super_image, 0))
-        elif replay.super_fields:
-            self._adopt_journaled_super(dataclasses.replace(self.sb, **replay.super_fields))
+        if replay.super_image is not None or replay.super_fields:
+            # a whole superblock image (older formats; a growth) and the SUPER records
+            # written after it, on top
+            base = self.sb if replay.super_image is None else fmt.decode_super(
+                replay.super_image, 0)
+            self._adopt_journaled_super(dataclasses.replace(base, **replay.super_fields))
         self.cache.pending_home.update(replay.images())
         # A block freed by a later transaction keeps its older images in the
         # journal; its chunk is quarantined until a checkpoint, so skipping
@@ -206,6 +215,7 @@ class Store(Sealing):
         self.journal.epoch = self.sb.ha_epoch
         self.committed_super = self.sbs.snapshot()
         self._last_super = self._super_now()
+        self._last_geometry = self.sb.geometry
 
     def _adopt_journaled_super(self, f: fmt.SuperFields) -> None:
         """The superblock as the journal leaves it (format 5.4)."""
@@ -235,6 +245,7 @@ class Store(Sealing):
         # the table's space counts go stale with the first change from now on
         f.autoclear &= fmt.AUTOCLEAR_KNOWN & ~fmt.AUTOCLEAR_SPACE_COUNTS
         f.opened_ns = time.time_ns()
+        growth.tidy_records(self)
         self.sbs.touch()
         self.committed_super = self.sbs.snapshot()
         self._checkpoint()
@@ -462,6 +473,8 @@ class Store(Sealing):
         room = self._reserve(min(BATCH, end - chunk))
         span = self.exmap.span(chunk)
         stop = min(end, span.hi, chunk + BATCH)
+        if self.sb.size_records:  # snapshots older than an origin growth (store/sizes.py)
+            live, stop = sizes.live_from(self._size_limits(), live, chunk, stop)
         if self.fill.active:
             stop = self.fill.touch(span, chunk, stop)
         copied = 0
@@ -504,7 +517,7 @@ class Store(Sealing):
     def snapshot_map(self, slot: int, ranges: Ranges) -> list[tuple[int, int | None]]:
         """(chunk, store chunk or None) for every chunk in ``ranges``."""
         out: list[tuple[int, int | None]] = []
-        for start, count in self.check_ranges(ranges):
+        for start, count in self._snapshot_ranges(slot, ranges):
             self.exmap.map_range(slot, start, count, out)
         fill = self.fill
         if fill.active and slot == fill.clone:
@@ -520,7 +533,7 @@ class Store(Sealing):
         self.snaps.depend()
         out: list[tuple[int, int]] = []
         self._ops_open += 1
-        for start, count in self.check_ranges(ranges):
+        for start, count in self._snapshot_ranges(slot, ranges):
             chunk, end = start, start + count
             while chunk < end:
                 chunk = self._snapshot_batch(slot, chunk, end, out)
@@ -827,6 +840,40 @@ class Store(Sealing):
                        "records": len(self.grants)},
             "failed": self.failed, **self.stats,
         }
+
+    # ------------------------------------------------------------------
+    # growth (store/growth.py)
+    def grow_store(self, device_bytes: int | None = None) -> growth.Grown:
+        """Take an enlarged store device into use (default: all of it); commit to make
+        durable. Shrinking is refused (GrowthRefused, with the reason)."""
+        return growth.grow_store(self, device_bytes)
+
+    def grow_origin(self, size: int | None = None) -> growth.Grown:
+        """Take an enlarged origin into use (default: the whole device); commit to make
+        durable. Existing snapshots keep their size; shrinking is refused."""
+        return growth.grow_origin(self, size)
+
+    def snapshot_bytes(self, slot: int) -> int:
+        """The size of the snapshot in ``slot``: the origin's when it was taken."""
+        return growth.snapshot_bytes(self, slot)
+
+    def _size_limits(self) -> list[tuple[int, int]]:
+        snaps = self.snaps
+        return sizes.limits(self.sb, ((e.slot, e.created_ns) for e in snaps.entries
+                                      if (snaps.live_mask >> e.slot) & 1))
+
+    def _snapshot_ranges(self, slot: int, ranges: Ranges) -> list[tuple[int, int]]:
+        """``check_ranges``, and within the snapshot's own size (it may be older than an
+        origin growth: the chunks past its size did not exist when it was taken)."""
+        out = self.check_ranges(ranges)
+        if self.sb.size_records:
+            limit = growth.snapshot_chunks(self, slot)
+            for start, count in out:
+                if start + count > limit:
+                    raise OutOfRange(f"chunks {start}..{start + count - 1} are outside the "
+                                     f"snapshot (0..{limit - 1}): it is older than the "
+                                     "origin's growth")
+        return out
 
 
 __all__ = ["Store", "Recovery", "FormatError"]

@@ -392,3 +392,59 @@ def test_mutant_clone_fill_not_journaled_is_caught(monkeypatch):
         if tally.failures:
             break
     assert tally.failures, tally.figure()
+
+
+GROW_SEEDS = (7, 8, 9)
+
+
+def test_crash_states_of_store_and_origin_growth(show_figure):
+    """Workloads that grow the store (within the bitmaps' reach and beyond it, moving
+    them) and the origin: in every crash state the store is the old size or the new one
+    (the growth in flight) with a clean check, and every snapshot keeps its size and
+    data."""
+    total = Tally()
+    moved = False
+    for seed in GROW_SEEDS:
+        run = run_workload(seed, 60, grow=True)
+        kinds = {op.kind for op in run.ops}
+        assert {"sgrow", "ogrow"} <= kinds
+        sizes = [m.store_chunks for m in run.models]
+        moved |= any(a and a <= 480 < b for a, b in zip(sizes, sizes[1:], strict=False))
+        total.merge(run_seed(seed, 60, grow=True))
+    assert moved, "no workload grew the store past its bitmaps' reach"
+    show_figure("store and origin growth: " + total.figure())
+    assert total.states >= 1500, total.figure()
+    assert total.failures == 0, "\n".join(total.examples)
+
+
+def _grow_failures(seeds=GROW_SEEDS) -> Tally:
+    total = Tally()
+    for seed in seeds:
+        total.merge(run_seed(seed, 60, grow=True, double_rate=0.0, continue_rate=0.0))
+    return total
+
+
+def test_mutant_growth_writing_the_new_bitmaps_with_the_journal_is_caught(monkeypatch):
+    """The new bitmaps written in the journal's flush window instead of before it: a
+    crash may keep the switch without them."""
+    direct = Sealed._write_direct
+    journal = Sealed._write_journal
+
+    def late(self):
+        journal(self)
+        direct(self)
+
+    monkeypatch.setattr(Sealed, "_write_direct", lambda self: None)
+    monkeypatch.setattr(Sealed, "_write_journal", late)
+    assert _grow_failures().failures > 0
+
+
+def test_mutant_growth_without_the_geometry_record_is_caught(monkeypatch):
+    orig = Frozen.__init__
+
+    def init(self, *args, **kwargs):
+        orig(self, *args, **kwargs)
+        self.geometry = False  # the geometry would travel nowhere (no SUPER field has it)
+
+    monkeypatch.setattr(Frozen, "__init__", init)
+    assert _grow_failures().failures > 0

@@ -215,12 +215,16 @@ def test_file_replaced_by_rename_is_noticed(file_engine, tmp_path):
     assert reason.startswith(f"store {store} was replaced: the path now names inode")
 
 
-def test_origin_removed_or_resized_is_noticed(file_engine):
+def test_origin_removed_or_shrunk_is_noticed_enlarged_is_not(file_engine):
     eng, _, origin = file_engine
     with open(origin, "r+b") as f:
         f.truncate(CHUNKS * CS + 1)
-    assert eng.watch.check() == (f"origin {origin} changed size from {CHUNKS * CS} to "
-                                 f"{CHUNKS * CS + 1} bytes")
+    assert eng.watch.check() is None  # enlarged: csnapctl grow --origin takes it into use
+    with open(origin, "r+b") as f:
+        f.truncate(CHUNKS * CS - 1)
+    assert eng.watch.check() == (f"origin {origin} changed size from {CHUNKS * CS + 1} to "
+                                 f"{CHUNKS * CS - 1} bytes, less than the {CHUNKS * CS} bytes "
+                                 "the store uses")
     os.unlink(origin)
     assert eng.watch.check() == f"origin {origin} no longer exists (removed or renamed away)"
 

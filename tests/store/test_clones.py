@@ -202,3 +202,29 @@ def test_check_finds_a_fill_whose_parent_is_gone():
     s.sb.clone_parent = 7  # a free slot
     problems = [p.message for p in check.check_store(s).problems]
     assert any("parent (slot 7)" in m for m in problems), problems
+
+
+def test_a_clone_of_a_snapshot_older_than_an_origin_growth_keeps_its_size():
+    """A clone's point in time is its parent's: after the origin grew, a clone of an older
+    snapshot is as small as that snapshot (chunks the origin gained later are not in it)."""
+    from csnapd.store import growth
+    from csnapd.store.errors import OutOfRange
+
+    dev, origin = make_store(origin_chunks=32)
+    s = Store.open(dev, origin)
+    p = s.create_snapshot("p")
+    s.commit()
+    origin.grow(48 * CS)
+    s.grow_origin()
+    s.commit()
+    c = s.clone_snapshot("c", "p")
+    s.commit()
+    assert growth.snapshot_chunks(s, c.slot) == growth.snapshot_chunks(s, p.slot) == 32
+    with pytest.raises(OutOfRange):
+        s.snapshot_map(c.slot, [(40, 1)])
+    assert growth.snapshot_chunks(s, s.create_snapshot("new").slot) == 48
+    s.commit()
+    s.close()
+    s = Store.open(dev, origin)
+    assert growth.snapshot_chunks(s, s.snaps.find("c").slot) == 32
+    audit(s)
