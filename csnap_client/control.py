@@ -37,6 +37,7 @@ from .protocol import (
     hold_snapshot,
     list_snapshots,
     release_snapshot,
+    revert_snapshot,
     set_snapshot,
     shutdown,
     status,
@@ -149,6 +150,17 @@ class ControlClient:
         once the new geometry is durable; origin clients then hear the new size.
         """
         return await self.call(grow, store, origin, store_bytes, origin_bytes)
+
+    async def revert(self, name_or_tag: str | int) -> dict[str, Any]:
+        """Make the origin equal to a snapshot, keeping every other snapshot as it is.
+
+        Refused while origin clients are connected (the origin changes under them), and
+        when the copy-outs it may need would not fit. Returns ``{"reverting_to", "tag"}``
+        once the revert is recorded; it then runs in the background ('operations' in
+        :meth:`status`), origin clients are refused until it is done, and a restart
+        resumes it.
+        """
+        return await self.call(revert_snapshot, name_or_tag)
 
     async def call(self, build: Any, *args: Any) -> Any:
         """Send ``build(id, *args)``; return the OK ``result`` or raise the RemoteError."""

@@ -209,6 +209,8 @@ def _record_dict(r: tuple) -> dict[str, Any]:
         return {"super": r[1]}
     if kind == fmt.REC_CLONE:
         return {"clone_fill": r[1]}
+    if kind == fmt.REC_REVERT:
+        return {"revert": r[1]}
     grant = r[3]
     return {"grant_slot": r[2], "grant_block": r[1],
             "record": None if grant is None else {"client": grant.client, "kind": grant.kind,

@@ -1,7 +1,7 @@
 """csnapctl: administer a running csnapd through its control socket.
 
 Commands: create (--from: a clone), delete, list (--tree), status, set, hold, release,
-shutdown, forget-client, grow. Human-readable output by default, ``--json`` for scripts.
+revert, shutdown, forget-client, grow. Human-readable output by default, ``--json`` for scripts.
 Exit codes: 0 ok, 1 the server refused (error message on stderr) or did not answer in
 time, 2 usage error, 3 cannot connect to the control socket (the message says whether
 csnapd is running, and with which socket).
@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="-128..127; lower priorities are squashed first when the store "
                          "fills")
     st.add_argument("--json", action="store_true", help="print the result as JSON")
+    rv = sub.add_parser("revert", help="make the origin equal to a snapshot (others intact)",
+                        description="Make the origin's content that of a snapshot, in the "
+                                    "background ('operations' in csnapctl status). Every "
+                                    "other snapshot keeps its content (it gets its copies "
+                                    "first). Refused while origin clients are connected, and "
+                                    "when the copies it may need do not fit; origin clients "
+                                    "are refused until it is done; a restart resumes it.")
+    rv.add_argument("snapshot", metavar="NAME|TAG", help="the snapshot, as for delete")
+    rv.add_argument("--json", action="store_true", help="print the result as JSON")
     for name, text in (
             ("hold", "hold a snapshot: it cannot be deleted and is never squashed to free "
                      "space until released (holds count: each hold needs a release)"),
@@ -349,6 +358,9 @@ async def run(args: argparse.Namespace) -> Any:
             return await ctl.forget_client(args.client_id)
         if args.command == "grow":
             return await csnapctl_grow.run(ctl, args)
+        if args.command == "revert":
+            args.ref = await resolve(ctl, args.snapshot)
+            return await ctl.revert(args.ref)
         if args.command in ("hold", "release", "set"):
             args.ref = await resolve(ctl, args.snapshot)
             if args.command == "hold":
@@ -392,6 +404,9 @@ def render(args: argparse.Namespace, result: Any) -> str:
                     f"{result.get('parent')!r} at {_when(result.get('created'))}")
         return (f"created snapshot {result.get('name')!r} tag {result.get('tag')} "
                 f"at {_when(result.get('created'))}")
+    if args.command == "revert":
+        return (f"reverting the origin to snapshot {result.get('reverting_to')!r} (tag "
+                f"{result.get('tag')}) in the background; 'csnapctl status' shows progress")
     if args.command == "delete":
         ref = getattr(args, "ref", snapshot_ref(args.snapshot))
         which = f"tag {ref}" if isinstance(ref, int) else repr(ref)

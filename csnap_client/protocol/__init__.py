@@ -118,6 +118,7 @@ from .messages import (
     release_snapshot,
     reply_error,
     resized,
+    revert_snapshot,
     set_snapshot,
     shutdown,
     snapshot_info,
@@ -161,7 +162,7 @@ __all__ = [
     "shutdown", "snapshot_info", "snapshot_read_ok", "snapshot_write_ok", "status",
     "verify_again", "verify_devices", "verify_ok", "volumes", "write_ok",
     "query_changes", "changes", "hold_snapshot", "release_snapshot", "set_snapshot",
-    "grow", "resized",
+    "grow", "resized", "revert_snapshot",
     # range helpers
     "compress_mapping", "compress_ranges", "count_chunks", "expand_mapping", "expand_ranges",
 ]

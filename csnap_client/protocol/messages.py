@@ -86,6 +86,7 @@ class Op(enum.StrEnum):
     RELEASE_SNAPSHOT = "RELEASE_SNAPSHOT"
     SET_SNAPSHOT = "SET_SNAPSHOT"
     GROW = "GROW"
+    REVERT_SNAPSHOT = "REVERT_SNAPSHOT"
     RESIZED = "RESIZED"
     OK = "OK"
 
@@ -438,6 +439,7 @@ _SPECS = (
     _spec(Op.RELEASE_SNAPSHOT, _CTL, {"snapshot": SNAPSHOT_REF}, replies=(Op.OK, _E)),
     _spec(Op.SET_SNAPSHOT, _CTL, {"snapshot": SNAPSHOT_REF}, {"name": NAME, "priority": INT8},
           replies=(Op.OK, _E)),
+    _spec(Op.REVERT_SNAPSHOT, _CTL, {"snapshot": SNAPSHOT_REF}, replies=(Op.OK, _E)),
     _spec(Op.GROW, _CTL, {}, {"store": BOOL, "origin": BOOL, "store_bytes": UINT64,
                               "origin_bytes": UINT64}, replies=(Op.OK, _E)),
     _spec(Op.RESIZED, _S2C, {"origin_chunks": UINT64, "origin_bytes": UINT64}),
@@ -777,6 +779,12 @@ def grow(id: int, store: bool = False, origin: bool = False, store_bytes: int | 
     if origin_bytes is not None:
         msg["origin_bytes"] = origin_bytes
     return msg
+
+
+def revert_snapshot(id: int, snapshot: str | int) -> Message:
+    """REVERT_SNAPSHOT (control): make the origin equal to that snapshot (by name or tag),
+    in the background; the other snapshots keep their content."""
+    return {"op": "REVERT_SNAPSHOT", "id": id, "snapshot": snapshot}
 
 
 def resized(origin_chunks: int, origin_bytes: int) -> Message:

@@ -124,6 +124,10 @@ class Reporter:
             ops.append({"operation": "delete", "progress": round(progress["fraction"], 4)})
         store = eng.store
         fill = store.fill.progress(store.sb.origin_chunks)
+        rev = store.status()["revert"]
+        if rev["active"]:
+            ops.append({"operation": "revert", "snapshot": rev["snapshot"],
+                        "progress": round(rev["fraction"], 4)})
         if fill["active"]:
             ops.append({"operation": "clone", "snapshot": store.snaps.entries[fill["clone"]].name,
                         "from": store.snaps.entries[fill["parent"]].name,

@@ -36,6 +36,8 @@ from csnapd.engine.conns import Conn, Conns
 from csnapd.engine.devices import DeviceVerifier
 from csnapd.engine.growing import changes_past_base, grow, volume_chunks
 from csnapd.engine.report import Reporter, snap_dict
+from csnapd.engine.reverting import CLIENT as REVERT_CLIENT
+from csnapd.engine.reverting import RevertFlow
 from csnapd.engine.space import SpacePolicy
 from csnapd.engine.watch import DeviceWatch
 from csnapd.store import diff as sd
@@ -140,9 +142,11 @@ class Engine:
             "SET_SNAPSHOT": self._set_snapshot,
         }
         self._control["GROW"] = self._grow
+        self._control["REVERT_SNAPSHOT"] = self._revert
+        self.reverting = RevertFlow()
         self._privileged = frozenset({"SHUTDOWN", "CREATE_SNAPSHOT", "DELETE_SNAPSHOT",
                                       "FORGET_CLIENT", "HOLD_SNAPSHOT", "RELEASE_SNAPSHOT",
-                                      "SET_SNAPSHOT", "GROW"})
+                                      "SET_SNAPSHOT", "GROW", "REVERT_SNAPSHOT"})
 
     # ================================================================== input
     def open_conn(self, conn_id: int, control: bool = False, peer: str = "",
@@ -243,6 +247,8 @@ class Engine:
         if self.stopped:
             return False
         more = self.store.count_step(4 * budget_leaves)
+        if self.store.sb.revert_slot:
+            more = self.reverting.step(self) or more
         if self.store.cloning:
             more = self._clone_step(budget_leaves) or more
         if self.revoked and self.store.deleting and self.now >= self.revoke_until:
@@ -350,6 +356,11 @@ class Engine:
         if msg.get("clean") and self.store.grants.clear_client(client):
             log.info("client %d came back clean: its earlier grants are void", client)
         volume, snap = msg["volume"], None
+        if volume == "origin" and self.store.sb.revert_slot:
+            p = self.store.status()["revert"]
+            return self._error(conn.id, rid, ErrorCode.BUSY,
+                               f"the origin is being reverted to snapshot {p['snapshot']!r} "
+                               f"({100 * p['fraction']:.0f}% done); retry when it is done")
         if volume != "origin":
             snap = self._find_snapshot(volume)
             if snap is None:
@@ -463,6 +474,10 @@ class Engine:
             return
         if self.advice.cloning(conn.slot):
             return self.advice.hold(conn.id, req)  # decided once the clone exists
+        if conn.slot == self.store.sb.revert_slot - 1:
+            return self._error(conn.id, req.id, ErrorCode.BUSY,
+                               f"the origin is being reverted to snapshot {conn.snap_name!r}: "
+                               "it takes no writes until the revert is done")
         pairs = self.store.snapshot_write(conn.slot, req.ranges)
         self.store.grants.add_writer(conn.client_id, conn.slot)
         self._durable.append((conn.id, m.snapshot_write_ok(req.id, m.compress_mapping(pairs))))
@@ -544,7 +559,9 @@ class Engine:
     # -- lock events ----------------------------------------------------------
     def _events(self, events: list[Any]) -> None:
         for ev in events:
-            if isinstance(ev, lk.WriteReady):
+            if isinstance(ev, lk.WriteReady) and ev.client == REVERT_CLIENT:
+                self.reverting.unblocked(ev.write_id)
+            elif isinstance(ev, lk.WriteReady):
                 conn = self.conns.of_client(ev.client)
                 if conn is None or ev.payload is None:
                     continue
@@ -634,6 +651,11 @@ class Engine:
         log.info("snapshot %s (tag %d): name %s, priority %d", old, entry.tag, entry.name,
                  entry.priority)
         self._durable.append((conn.id, m.ok(req.id, snap_dict(entry))))
+
+    def _revert(self, conn: Conn, req: Request, now: float) -> None:
+        """REVERT_SNAPSHOT: recorded durably, then done in the background (reverting.py)."""
+        self._durable.append((conn.id, m.ok(req.id, self.reverting.start(
+            self, req.msg["snapshot"]))))
 
     def _grow(self, conn: Conn, req: Request, now: float) -> None:
         """GROW: the answer is durable with the new geometry (engine/growing.py)."""

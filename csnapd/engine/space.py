@@ -49,7 +49,8 @@ class SpacePolicy:
         needing = self.store.snapshots_needing(exc.chunk)
         fill = self.store.fill  # a clone being filled from a snapshot needs all of it
         victims = [e for e in needing if not e.use_count
-                   and not (fill.active and e.slot == fill.parent)]
+                   and not (fill.active and e.slot == fill.parent)
+                   and e.slot != self.store.sb.revert_slot - 1]
         if needing and not victims:
             names = ", ".join(repr(e.name) for e in needing[:4])
             exc.args = (f"{exc}; held snapshots are never squashed and only held ones "

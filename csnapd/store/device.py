@@ -71,7 +71,7 @@ class FileDevice(Device):
     """
 
     def __init__(self, path: str, writable: bool = True, lock: bool = False) -> None:
-        self.path = path
+        self.path, self.writable = path, writable
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
         self.fd = os.open(path, flags)
         try:

@@ -106,9 +106,15 @@ INCOMPAT_ORIGIN_GROWN = 1 << 5
 #: know it would take the moved bitmap blocks for leaked metadata (and csnap-check
 #: --repair would free them).  Set by the growth that moves them, for good.
 INCOMPAT_BITMAPS_MOVED = 1 << 6
+#:
+#: INCOMPAT_REVERT: the origin is being reverted to a snapshot (superblock offsets
+#: 432..447, journal record REVERT; store/revert.py): chunks below the revert cursor
+#: already hold the snapshot's data, the rest do not yet.  A csnap that ignored it
+#: would serve the half-reverted origin as if it were whole.  Set while a revert runs.
+INCOMPAT_REVERT = 1 << 7
 INCOMPAT_KNOWN = (INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
                   | INCOMPAT_HOLDS | INCOMPAT_CLONES | INCOMPAT_ORIGIN_GROWN
-                  | INCOMPAT_BITMAPS_MOVED)
+                  | INCOMPAT_BITMAPS_MOVED | INCOMPAT_REVERT)
 COMPAT_KNOWN = 0
 #:
 #: AUTOCLEAR_SPACE_COUNTS: every non-free snapshot table entry's exclusive and shared
@@ -330,6 +336,8 @@ class SuperFields:
     clone_slot: int = 0  # slot + 1 of the clone being filled; 0: none
     clone_parent: int = 0
     clone_cursor: int = 0
+    revert_slot: int = 0  # slot + 1 of the snapshot the origin is being reverted to; 0: none
+    revert_cursor: int = 0
     #: origin growth records, oldest first: (grown_ns, origin bytes before that growth);
     #: a snapshot created before grown_ns has that size (offset 288, store/grow.py)
     size_records: tuple[tuple[int, int], ...] = ()
@@ -365,6 +373,13 @@ SIZE_RECORD = struct.Struct("<QQ")
 SIZE_RECORDS_OFFSET = SUPER_OFFSET + SUPER.size
 assert SIZE_RECORDS_OFFSET == 288
 SIZE_RECORDS_MAX = 8  # fits a 512-byte block: 296 + 8 * 16 = 424
+#: The revert in progress (INCOMPAT_REVERT), at a fixed place after the growth records:
+#:   OFFSET SIZE DESCRIPTION
+#:      432    4 snapshot slot + 1 the origin is being reverted to (0 = no revert)
+#:      436    4 reserved, zero
+#:      440    8 revert cursor (logical chunk): chunks below it hold the snapshot's data
+REVERT = struct.Struct("<IIQ")
+REVERT_OFFSET = 432
 
 
 def encode_super(sb: SuperFields) -> bytes:
@@ -373,6 +388,9 @@ def encode_super(sb: SuperFields) -> bytes:
     if sb.size_records:
         out += SIZE_RECORDS.pack(len(sb.size_records), 0) + b"".join(
             SIZE_RECORD.pack(*r) for r in sb.size_records)
+    if sb.revert_slot:
+        out = out.ljust(REVERT_OFFSET - SUPER_OFFSET, b"\0")
+        out += REVERT.pack(sb.revert_slot, 0, sb.revert_cursor)
     return out
 
 
@@ -393,6 +411,7 @@ def decode_super(block: bytes, slot: int) -> SuperFields:
         base = SIZE_RECORDS_OFFSET + SIZE_RECORDS.size
         sb.size_records = tuple(SIZE_RECORD.unpack_from(block, base + i * SIZE_RECORD.size)
                                 for i in range(count))
+    sb.revert_slot, _, sb.revert_cursor = REVERT.unpack_from(block, REVERT_OFFSET)
     return sb
 
 
@@ -625,6 +644,8 @@ def decode_commit2(block: bytes, addr: int, store_id: int) -> CommitRecord | Non
 #            slot is now this (kind 0: free)
 #   CLONE  5 | u32 clone slot + 1 (0: none) | u32 parent slot | u64 fill cursor:
 #            the superblock's clone-fill fields are now these (INCOMPAT_CLONES)
+#   REVERT 7 | u32 snapshot slot + 1 (0: none) | u64 revert cursor: the superblock's
+#            revert fields are now these (INCOMPAT_REVERT)
 #   GEOMETRY 6 | u64 store chunks | u64 origin bytes | u64 origin chunks | u64 chunk
 #            bitmap start | u32 its blocks | u64 metadata bitmap start | u32 its
 #            blocks | u32 incompatible bits | u8 g | g origin growth records (u64
@@ -718,7 +739,11 @@ def commit_fields_unverified(block: bytes, addr: int, store_id: int,
     return seq, first
 
 
-REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT, REC_CLONE, REC_GEOMETRY = 1, 2, 3, 4, 5, 6
+REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT, REC_CLONE, REC_GEOMETRY, REC_REVERT = (
+    1, 2, 3, 4, 5, 6, 7)
+_REC_REVERT = struct.Struct("<BIQ")
+#: The superblock fields a REVERT record carries, in record order.
+REVERT_RECORD_FIELDS = ("revert_slot", "revert_cursor")
 _REC_ENTRY = struct.Struct("<BQQH")
 _REC_CLONE = struct.Struct("<BIIQ")
 _REC_BITS = struct.Struct("<BQIIB")
@@ -755,6 +780,11 @@ def super_record(f: SuperFields) -> bytes:
     return _REC_SUPER.pack(REC_SUPER, *(getattr(f, name) for name in SUPER_RECORD_FIELDS))
 
 
+def revert_record(f: SuperFields) -> bytes:
+    """REVERT: the superblock's revert fields are now those of ``f``."""
+    return _REC_REVERT.pack(REC_REVERT, *(getattr(f, name) for name in REVERT_RECORD_FIELDS))
+
+
 def clone_record(f: SuperFields) -> bytes:
     """CLONE: the superblock's clone-fill fields are now those of ``f``."""
     return _REC_CLONE.pack(REC_CLONE, *(getattr(f, name) for name in CLONE_RECORD_FIELDS))
@@ -789,7 +819,8 @@ def decode_records(stream: bytes, where: int) -> list[Record]:
     ENTRY -> (1, block, chunk, [Exc]); BITS -> (2, block, first, count, value);
     SUPER -> (3, {field: value}); GRANT -> (4, block, index, GrantRecord | None);
     CLONE -> (5, {field: value});
-    GEOMETRY -> (6, {field: value, "size_records": ((grown_ns, bytes), ...)}).
+    GEOMETRY -> (6, {field: value, "size_records": ((grown_ns, bytes), ...)});
+    REVERT -> (7, {field: value}).
     """
     out: list[Record] = []
     pos, end = 0, len(stream)
@@ -821,6 +852,10 @@ def decode_records(stream: bytes, where: int) -> list[Record]:
                 rec = None if gkind == GRANT_FREE else GrantRecord(
                     client, gkind, slot, runs if gkind == GRANT_ORIGIN else None)
                 out.append((REC_GRANT, block, index, rec))
+            elif kind == REC_REVERT:
+                values = _REC_REVERT.unpack_from(stream, pos)[1:]
+                out.append((REC_REVERT, dict(zip(REVERT_RECORD_FIELDS, values, strict=True))))
+                pos += _REC_REVERT.size
             elif kind == REC_CLONE:
                 values = _REC_CLONE.unpack_from(stream, pos)[1:]
                 out.append((REC_CLONE, dict(zip(CLONE_RECORD_FIELDS, values, strict=True))))

@@ -64,7 +64,7 @@ class Replay:
 
     def _apply(self, rec: fmt.Record, where: int) -> None:
         kind = rec[0]
-        if kind in (fmt.REC_SUPER, fmt.REC_CLONE, fmt.REC_GEOMETRY):  # GEOMETRY: growth.py
+        if kind in (fmt.REC_SUPER, fmt.REC_CLONE, fmt.REC_GEOMETRY, fmt.REC_REVERT):  # GEOMETRY: growth.py
             self.super_fields.update(rec[1])
             return
         block = self._decoded(rec[1], _KINDS[kind], where)

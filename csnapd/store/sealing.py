@@ -137,7 +137,8 @@ class Sealing:
         if not self._open_changed():
             return 0
         # at most every changed block as an image, and the superblock (a growth's too)
-        records = 2 * (len(fmt.super_record(self.sb)) + len(fmt.clone_record(self.sb)))
+        records = 2 * (len(fmt.super_record(self.sb)) + len(fmt.clone_record(self.sb))
+                       + len(fmt.revert_record(self.sb)))
         if self.sb.geometry != self._last_geometry:
             records += len(fmt.geometry_record(self.sb))
         return j.span(len(self.cache.dirty) + 1, records)
@@ -163,7 +164,7 @@ class Sealing:
     def _super_now(self) -> tuple[int, ...]:
         f = self.sbs.f
         return tuple(getattr(f, name) for name in fmt.SUPER_RECORD_FIELDS
-                     + fmt.CLONE_RECORD_FIELDS)
+                     + fmt.CLONE_RECORD_FIELDS + fmt.REVERT_RECORD_FIELDS)
 
     def _freeze(self) -> Frozen | None:
         """Everything changed since the previous freeze, frozen; the next ticket opens."""
@@ -175,10 +176,13 @@ class Sealing:
         fields = sbs.snapshot()
         now = self._super_now()
         n = len(fmt.SUPER_RECORD_FIELDS)
+        m = n + len(fmt.CLONE_RECORD_FIELDS)
         last = self._last_super
         record = fmt.super_record(fields) if now[:n] != last[:n] else b""
-        if now[n:] != last[n:]:
+        if now[n:m] != last[n:m]:
             record += fmt.clone_record(fields)
+        if now[m:] != last[m:]:
+            record += fmt.revert_record(fields)
         self._last_super = now
         geometry = fields.geometry != self._last_geometry
         self._last_geometry = fields.geometry

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import format as fmt
-from . import growth, sizes
+from . import growth, revert, sizes
 from . import journal as jnl
 from . import superblock as sbk
 from .bitmap import Allocator
@@ -652,6 +652,10 @@ class Store(Sealing):
                           "shows the fill done")
         if fill.active and entry.slot == fill.clone:
             fill.end()
+        if entry.slot == self.sb.revert_slot - 1:
+            raise SnapshotHeld(f"cannot {doing} snapshot {entry.name!r}: the origin is being "
+                               "reverted to it; retry when 'csnapctl status' shows the revert "
+                               "done")
 
     def create_snapshot(self, name: str, tag: int | None = None, priority: int = 0,
                         creating: bool = False) -> fmt.SnapEntry:
@@ -836,6 +840,7 @@ class Store(Sealing):
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses,
             "snapshots": len(self.snaps.visible()), "deleting": self.delete_progress(),
             "clone_fill": self.fill.progress(f.origin_chunks),
+            "revert": revert.progress(self),
             "grants": {"exposed_clients": len(self.grants.exposed_clients()),
                        "records": len(self.grants)},
             "failed": self.failed, **self.stats,

@@ -24,8 +24,8 @@ def _store(**changes: int) -> tuple[MemoryDevice, MemoryDevice]:
 
 
 def test_unknown_incompatible_feature_refuses_to_open():
-    dev, origin = _store(incompat=1 << 7)
-    with pytest.raises(FormatError, match="unknown incompatible features 0x80"):
+    dev, origin = _store(incompat=1 << 12)
+    with pytest.raises(FormatError, match="unknown incompatible features 0x1000"):
         Store.open(dev, origin)
 
 
