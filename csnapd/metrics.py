@@ -241,6 +241,7 @@ class EngineCollector(Collector):
         jblocks = st.get("journal_blocks", 0)
         deleting = st.get("deleting") or {}
         fill = st.get("clone_fill") or {}
+        rev = st.get("revert") or {}
         yield from (
             _gauge("csnap_store_chunks", "Chunks in the snapshot store", st["store_chunks"]),
             _gauge("csnap_store_free_chunks", "Free chunks in the snapshot store",
@@ -257,6 +258,11 @@ class EngineCollector(Collector):
                    int(bool(deleting.get("active")))),
             _gauge("csnap_clone_fill_active", "1 while a clone's copies are being shared "
                    "with it in the background", int(bool(fill.get("active")))),
+            _gauge("csnap_revert_active", "1 while the origin is being reverted to a "
+                   "snapshot (origin clients are refused meanwhile)",
+                   int(bool(rev.get("active")))),
+            _gauge("csnap_revert_ratio", "How far the revert has come (1 when none runs)",
+                   rev.get("fraction", 1.0)),
             _gauge("csnap_clone_fill_ratio", "How far the clone fill has come (1 when none "
                    "runs)", fill.get("fraction", 1.0)),
             _gauge("csnap_journal_blocks", "Journal size in blocks", jblocks),

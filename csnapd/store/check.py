@@ -176,6 +176,24 @@ class _Checker:
                                 f"{e.use_count} hold(s) but is {what}: a held snapshot "
                                 "is never deleted nor squashed")
         self._clone_fill()
+        self._revert()
+
+    def _revert(self) -> None:
+        """A revert in progress names a live, whole snapshot and has its feature bit."""
+        f = self.store.sb
+        if not f.revert_slot:
+            return
+        entry = self.known_slots.get(f.revert_slot - 1)
+        problem = ""
+        if entry is None or entry.state != fmt.SNAP_LIVE or entry.squashed:
+            problem = (f"its snapshot (slot {f.revert_slot - 1}) is not a live snapshot: the "
+                       "origin is half reverted")
+        elif not f.incompat & fmt.INCOMPAT_REVERT:
+            problem = "the REVERT feature bit is not set"
+        elif f.revert_cursor > KEY_LIMIT:
+            problem = f"cursor {f.revert_cursor} is past the key space"
+        if problem:
+            self.report.add("error", f"revert in progress: {problem}")
 
     def _clone_fill(self) -> None:
         """A clone fill in progress names a live clone of a live, whole parent."""

@@ -148,3 +148,18 @@ def test_a_revert_that_would_not_fit_is_refused():
     with pytest.raises(StoreFullError, match="may need up to 20 copy-outs"):
         revert.start(s, "a")
     assert not revert.active(s)
+
+
+def test_check_finds_a_revert_whose_snapshot_is_gone():
+    from csnapd.store import check
+
+    dev, origin = make_store(origin_chunks=N)
+    s = Store.open(dev, origin)
+    s.create_snapshot("a")
+    s.commit()
+    revert.start(s, "a")
+    s.commit()
+    assert check.check_store(s).clean
+    s.sb.revert_slot = 9  # a free slot
+    problems = [p.message for p in check.check_store(s).problems]
+    assert any("revert in progress" in p for p in problems), problems
