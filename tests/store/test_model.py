@@ -23,7 +23,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from csnapd.store import create
+from csnapd.store import create, revert
 from csnapd.store.device import MemoryDevice, VolatileDevice
 from csnapd.store.errors import LimitError, NoSuchSnapshot, SnapshotHeld, StoreFullError
 from csnapd.store.store import Store
@@ -154,6 +154,45 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(steps=st.sampled_from([1, 3, -1]))
     def clone_steps(self, steps):
         self._clone_steps(steps)
+
+    @precondition(lambda self: self.snaps)
+    @rule(data=st.data(), crash_after=st.sampled_from([None, 0, 1, 3]),
+          batch=st.sampled_from([1, 5, 64]), cache=cache_sizes)
+    def revert_origin(self, data, crash_after, batch, cache):
+        """The origin becomes a snapshot's content and every snapshot keeps its own,
+        whether or not a power cut interrupts the revert (it resumes after the reopen)."""
+        name = data.draw(st.sampled_from(sorted(self.snaps)))
+        try:
+            revert.start(self.s, name)
+        except StoreFullError:
+            event("revert refused: would not fit")
+            return
+        self.s.commit()
+        steps = 0
+        while revert.active(self.s):
+            if crash_after is not None and steps == crash_after:
+                b = revert.prepare(self.s, batch)
+                self.s.commit()
+                revert.apply(self.s, b, self.origin)
+                sealed = self.s.seal()  # the restore's transaction, cut short
+                if sealed is not None and data.draw(st.booleans()):
+                    for d in sealed.frozen.direct:
+                        d.write(self.dev)
+                self.dev.crash()
+                self.dev = VolatileDevice(self.inner)
+                self._reopen(cache)
+                crash_after = None
+                event("revert crashed and resumed")
+                continue
+            b = revert.prepare(self.s, batch)
+            self.s.commit()
+            revert.apply(self.s, b, self.origin)
+            self.s.commit()
+            steps += 1
+        self.model_origin = dict(self.snaps[name])
+        self._verify_data()
+        for c in range(ORIGIN_CHUNKS):
+            assert self.origin.pread(c * CS, CS) == self.model_origin[c], c
 
     @rule(start=chunks, count=counts, part=parts)
     def origin_write(self, start, count, part):
