@@ -37,7 +37,11 @@ device (a paused process) can only reach the origin, because the server copies o
 a new snapshot, every chunk a client that did not acknowledge may still write.
 
 Data I/O uses os.pread/os.pwrite (preadv into the result buffer) in a small thread pool so
-the event loop never blocks. Must not import csnapd.
+the event loop never blocks, except where the page cache answers at once: reads of the
+origin volume and of store chunks first try ``preadv(RWF_NOWAIT)`` on the event loop (a
+page-cache hit costs a few microseconds, the thread hand-off tens of them), and only what
+the cache could not give goes to the pool. Origin chunks read under a snapshot read lock
+always go through the pool (``_pread_into``). Must not import csnapd.
 """
 
 from __future__ import annotations
@@ -121,6 +125,30 @@ def _pread_into(fd: int, buf: memoryview, dev_off: int) -> None:
         done += n
 
 
+#: ``preadv`` flag: fail with EAGAIN instead of waiting for the device (0 if unsupported).
+RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+
+
+def _pread_cached(fd: int, buf: memoryview, dev_off: int) -> int:
+    """Fill what the page cache holds of ``buf`` (from ``dev_off``) without blocking.
+
+    Returns the bytes filled from the start of ``buf`` (a prefix; 0 if nothing was
+    cached). Raises OSError only for errors other than "would block" (EOPNOTSUPP on a
+    file system without RWF_NOWAIT is left to the caller). A zero-byte read (end of file)
+    stops here: the blocking path zero-fills past the end.
+    """
+    done, total = 0, len(buf)
+    while done < total:
+        try:
+            n = os.preadv(fd, [buf[done:]], dev_off + done, RWF_NOWAIT)
+        except BlockingIOError:
+            return done
+        if n <= 0:
+            return done
+        done += n
+    return done
+
+
 #: Writes up to this size are done on the event loop (see Volume._io).
 INLINE_WRITE = 64 << 10
 
@@ -163,6 +191,7 @@ class Volume:
         self._deleted: SnapshotDeletedError | None = None
         self._dirty_origin = self._dirty_store = False
         self._read_locks = Slots(info.max_read_locks)
+        self._nowait = bool(RWF_NOWAIT)  # cleared if the file system refuses RWF_NOWAIT
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="csnap-io")
         self._closed = False
         self._origin_fd = os.open(origin, os.O_RDWR if self.is_origin and not self.read_only
@@ -190,15 +219,63 @@ class Volume:
 
     async def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes of the volume from ``offset``."""
+        buf = bytearray(length)
+        await self.read_into(offset, buf)
+        return bytes(buf)
+
+    async def read_into(self, offset: int, buf: bytearray | memoryview) -> None:
+        """Fill the writable buffer ``buf`` with the volume's bytes from ``offset``.
+
+        Like :meth:`read` without the copy into a new ``bytes``: a gateway reads straight
+        into the buffer it sends (with room for its reply header in front).
+        """
+        mv = memoryview(buf).cast("B")
+        length = len(mv)
         self._check_range(offset, length)
         if length == 0:
-            return b""
-        buf = bytearray(length)
+            return
         if self.is_origin:
-            await self._io(_pread_into, [(self._origin_fd, offset, 0, length)], buf)
+            await self._io(_pread_into, [(self._origin_fd, offset, 0, length)], mv)
         else:
-            await self._read_snapshot(offset, length, buf)
-        return bytes(buf)
+            await self._read_snapshot(offset, length, mv)
+
+    def read_cached(self, offset: int, buf: bytearray | memoryview) -> bool:
+        """Fill ``buf`` from ``offset`` at once, without awaiting, if that needs nothing
+        but the page cache: True if done, False if the caller must use :meth:`read_into`.
+
+        Done for the origin volume, and for snapshot ranges whose every chunk is in the
+        snapshot's known store mapping, when the page cache holds all the bytes. No message
+        and no read lock is involved in either, so the answer is what :meth:`read_into`
+        would give; the point is to skip the thread pool and the task a caller would
+        otherwise need for each small read (the NBD gateway's sequential reads). On False
+        ``buf`` may hold part of the data: read it again. Never raises for a closed or
+        deleted volume: it returns False and :meth:`read_into` raises.
+        """
+        if not self._nowait or self._closed or self._deleted is not None:
+            return False
+        mv = memoryview(buf).cast("B")
+        length = len(mv)
+        if length == 0 or offset < 0 or offset + length > self.size:
+            return False
+        if self.is_origin:
+            pieces: list[Piece] = [(self._origin_fd, offset, 0, length)]
+        else:
+            cs = self.chunk_size
+            c0, n = chunk_span(offset, length, cs)
+            pieces = []
+            for c, k, s in self.store_map.lookup(c0, n):
+                if s is None:
+                    return False
+                if (p := map_pieces(self._store_fd, c, k, s, cs, offset, length)) is not None:
+                    pieces.append(p)
+        try:
+            for fd, dev, b, nbytes in pieces:
+                if _pread_cached(fd, mv[b:b + nbytes], dev) < nbytes:
+                    return False
+        except OSError:
+            self._nowait = False  # e.g. EOPNOTSUPP: this file system cannot; stop trying
+            return False
+        return True
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset`` (any alignment); returns when the data is written
@@ -272,8 +349,11 @@ class Volume:
         """Run ``fn(fd, buffer_slice, device_offset)`` for every piece.
 
         Small writes go straight to the page cache on the event loop (a thread hand-off
-        costs more than the copy); reads and large writes run in the thread pool, so a
-        slow device never stalls the loop.
+        costs more than the copy); large writes run in the thread pool, so a slow device
+        never stalls the loop. Reads (``fn`` is ``_pread_into``) first take what the page
+        cache holds without blocking (``RWF_NOWAIT``) on the loop, except origin pieces of a
+        snapshot read (read under a read lock: those always go through ``_pread_into``);
+        the rest of each piece goes to the pool.
         """
         loop = asyncio.get_running_loop()
         mv = memoryview(buf)
@@ -284,12 +364,31 @@ class Volume:
                 for fd, dev, b, n in pieces:
                     fn(fd, mv[b:b + n], dev)
                 return
+            if fn is _pread_into and self._nowait:
+                pieces = self._read_cached_pieces(pieces, mv)
+                if not pieces:
+                    return
             await asyncio.gather(*(loop.run_in_executor(self._pool, fn, fd, mv[b:b + n], dev)
                                    for fd, dev, b, n in pieces))
         finally:
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
+
+    def _read_cached_pieces(self, pieces: list[Piece], mv: memoryview) -> list[Piece]:
+        """Read what the page cache holds of ``pieces`` now; the pieces (or their tails)
+        still to read. Origin pieces of a snapshot volume are left whole."""
+        rest: list[Piece] = []
+        for fd, dev, b, n in pieces:
+            got = 0
+            if self._nowait and (self.is_origin or fd != self._origin_fd):
+                try:
+                    got = _pread_cached(fd, mv[b:b + n], dev)
+                except OSError:
+                    self._nowait = False  # e.g. EOPNOTSUPP; the pool reads it all
+            if got < n:
+                rest.append((fd, dev + got, b + got, n - got))
+        return rest
 
     async def _query_all(self, build: Any, ranges: list[list[int]]) -> list[Message]:
         """Send one query per batch of ranges (normally one) concurrently; all replies."""
@@ -416,7 +515,7 @@ class Volume:
         await self._io(_pwrite_all, pieces, buf)
         self._dirty_store = True  # again: a flush() that ran meanwhile cleared the flag
 
-    async def _read_snapshot(self, offset: int, length: int, buf: bytearray) -> None:
+    async def _read_snapshot(self, offset: int, length: int, buf: memoryview) -> None:
         cs, length_ = self.chunk_size, length
         c0, n = chunk_span(offset, length, cs)
         pieces: list[Piece] = []
@@ -441,7 +540,7 @@ class Volume:
                          len(missing), rounds)
 
     async def _read_locked(self, ranges: list[list[int]], offset: int, length: int,
-                           buf: bytearray) -> list[list[int]]:
+                           buf: memoryview) -> list[list[int]]:
         """One QUERY_SNAPSHOT_READ round; returns the origin ranges to read again."""
         cs = self.chunk_size
         await self._read_locks.acquire()

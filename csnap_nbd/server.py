@@ -10,7 +10,16 @@ payloads) in order and starts one task per request, so many requests are in flig
 replies go out in completion order (the protocol allows it). A reply is written with
 synchronous ``transport.write`` calls and no await in between, so replies never interleave
 on the wire. Back-pressure: at most ``MAX_INFLIGHT`` requests and ``MAX_INFLIGHT_BYTES``
-of payload per connection; the reader stops reading while over either limit.
+of payload per connection; the reader stops reading while over either limit, and while
+more than ``WRITE_HIGH`` bytes of replies wait in the socket's write buffer.
+
+The read fast path (why sequential reads are fast): a READ whose bytes the page cache
+holds and that needs no metadata from csnapd (any origin read; a snapshot read of chunks
+whose store address the volume already knows) is answered by the reader loop itself,
+synchronously: ``Volume.read_cached`` reads with ``preadv(RWF_NOWAIT)`` straight into the
+reply buffer behind its header, and one ``transport.write`` sends it. No task, no thread
+hand-off, no copy. Every other READ takes the task path (``Volume.read_into``, the same
+one-buffer reply).
 
 Errors: a bad request (out of range, too large, unknown command or flag, write to a
 read-only export, block status without contexts) gets its NBD error code and the
@@ -48,6 +57,8 @@ ZERO_PIECE = 4 * 1024 * 1024  # WRITE_ZEROES is written in pieces this large
 MAX_INFLIGHT = 64  # requests in progress per connection
 MAX_INFLIGHT_BYTES = 128 * 1024 * 1024  # read/write payload bytes in progress per connection
 MAX_OPTIONS = 1024  # options one connection may send before it is dropped (denial of service)
+WRITE_HIGH = 8 * 1024 * 1024  # reply bytes buffered per connection before the reader waits
+INLINE_READ = 1024 * 1024  # largest READ the reader loop answers itself (the fast path)
 
 
 class Disconnect(Exception):
@@ -134,6 +145,7 @@ class Connection:
         self.slots = asyncio.Semaphore(MAX_INFLIGHT)
         self.room = asyncio.Event()
         self.room.set()
+        self._allowed: dict[int, int] = {}  # see _allowed_flags(), set for transmission
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -300,8 +312,14 @@ class Connection:
     # ------------------------------------------------------------------ transmission
 
     async def transmission(self) -> None:
-        """Read requests until DISC or EOF; each runs as its own task."""
+        """Read requests until DISC or EOF; each runs as its own task (but see
+        :meth:`_read_inline`)."""
         reader = self.reader
+        transport = self.writer.transport
+        # Large limits: a stream of 64 KiB..256 KiB read replies must not pause the reader
+        # (the default high-water mark is below one reply).
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        self._allowed = self._allowed_flags()
         while True:
             header = await reader.readexactly(nbd.REQUEST_HEADER.size)
             try:
@@ -309,6 +327,10 @@ class Connection:
             except ValueError as exc:
                 log.info("%s: %s; dropping", self.peer, exc)
                 return
+            if req.type == nbd.CMD_READ and self._read_inline(req):
+                if transport.get_write_buffer_size() > WRITE_HIGH:
+                    await self.writer.drain()
+                continue
             if req.type == nbd.CMD_DISC:
                 return  # cleanup() waits for what is in flight, then closes
             payload: bytes | None = None
@@ -328,6 +350,24 @@ class Connection:
             task = asyncio.ensure_future(self._handle(req, payload))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+
+    def _read_inline(self, req: nbd.Request) -> bool:
+        """Answer a valid READ now if the page cache has it and csnapd is not needed.
+
+        True when the reply is queued; False (nothing sent) when the request must take
+        the task path: invalid, or data not cached, or metadata needed (those are decided
+        there, with the error replies).
+        """
+        length = req.length
+        if not 0 < length <= INLINE_READ or self._check(req)[0]:
+            return False
+        session = self.session
+        assert session is not None
+        reply, data = nbd.read_reply_buffer(req.cookie, req.offset, length, self.structured)
+        if not session.volume.read_cached(req.offset, data):
+            return False
+        self._write(reply)
+        return True
 
     async def _wait_room(self, nbytes: int) -> None:
         """Back-pressure on payload bytes in flight (one huge request may always go)."""
@@ -375,11 +415,7 @@ class Connection:
         """Validate a request before doing anything: (NBD error, message) or (0, "")."""
         size = self.gateway.size
         typ, flags, off, length = req.type, req.flags, req.offset, req.length
-        allowed = {nbd.CMD_READ: nbd.CMD_FLAG_FUA | (nbd.CMD_FLAG_DF if self.structured else 0),
-                   nbd.CMD_WRITE: nbd.CMD_FLAG_FUA,
-                   nbd.CMD_FLUSH: nbd.CMD_FLAG_FUA,
-                   nbd.CMD_WRITE_ZEROES: nbd.CMD_FLAG_FUA | nbd.CMD_FLAG_NO_HOLE,
-                   nbd.CMD_BLOCK_STATUS: nbd.CMD_FLAG_FUA | nbd.CMD_FLAG_REQ_ONE}
+        allowed = self._allowed
         if typ not in allowed:
             return nbd.EINVAL, f"command {typ} is not supported"
         if flags & ~allowed[typ]:
@@ -402,14 +438,27 @@ class Connection:
                 return nbd.EINVAL, "block status of zero bytes"
         return 0, ""
 
+    def _allowed_flags(self) -> dict[int, int]:
+        """Command -> the request flags it accepts (fixed once transmission begins)."""
+        return {nbd.CMD_READ: nbd.CMD_FLAG_FUA | (nbd.CMD_FLAG_DF if self.structured else 0),
+                nbd.CMD_WRITE: nbd.CMD_FLAG_FUA,
+                nbd.CMD_FLUSH: nbd.CMD_FLAG_FUA,
+                nbd.CMD_WRITE_ZEROES: nbd.CMD_FLAG_FUA | nbd.CMD_FLAG_NO_HOLE,
+                nbd.CMD_BLOCK_STATUS: nbd.CMD_FLAG_FUA | nbd.CMD_FLAG_REQ_ONE}
+
     async def _execute(self, req: nbd.Request, payload: bytes | None) -> None:
         session = self.session
         assert session is not None
         vol = session.volume
         typ = req.type
         if typ == nbd.CMD_READ:
-            data = await vol.read(req.offset, req.length)
-            self._reply_data(req, data)
+            if req.length == 0:
+                self._reply_ok(req)
+                return
+            reply, data = nbd.read_reply_buffer(req.cookie, req.offset, req.length,
+                                                self.structured)
+            await vol.read_into(req.offset, data)
+            self._write(reply)
         elif typ == nbd.CMD_WRITE:
             assert payload is not None
             await vol.write(req.offset, payload)
@@ -444,7 +493,7 @@ class Connection:
 
     # ------------------------------------------------------------------ replies
 
-    def _write(self, *parts: bytes) -> None:
+    def _write(self, *parts: bytes | bytearray) -> None:
         """Queue one whole reply (no await between the parts: replies never interleave)."""
         transport = self.writer.transport
         if transport.is_closing():
@@ -460,15 +509,6 @@ class Connection:
             self._write(nbd.chunk_none(req.cookie))
         else:
             self._write(nbd.simple_reply(req.cookie))
-
-    def _reply_data(self, req: nbd.Request, data: bytes) -> None:
-        if self.structured:
-            if not data:
-                self._write(nbd.chunk_none(req.cookie))
-            else:
-                self._write(nbd.chunk_data_header(req.cookie, req.offset, len(data)), data)
-        else:
-            self._write(nbd.simple_reply(req.cookie), data)
 
     def _reply_error(self, req: nbd.Request, error: int, message: str) -> None:
         log.debug("%s: request %d type %d -> error %d: %s", self.peer, req.cookie, req.type,
