@@ -10,10 +10,23 @@ How each operation works (the "why" is docs/protocol.md and the design paper):
   unique and written. Partial-chunk writes are fine: the server already copied the whole
   chunk out.
 * **origin read**: straight from the origin device, no message.
-* **snapshot read**: chunks cached with a unique store address are read from the store;
-  for the rest QUERY_SNAPSHOT_READ, then store chunks from the store and origin chunks from
-  the origin (read-locked by the server), then FINISH_SNAPSHOT_READ. ``valid: false`` (the
+* **snapshot read**: chunks whose store address is known are read from the store; for the
+  rest QUERY_SNAPSHOT_READ, then store chunks from the store and origin chunks from the
+  origin (read-locked by the server), then FINISH_SNAPSHOT_READ. ``valid: false`` (the
   server broke the lock) means the origin data may be torn: those chunks are queried again.
+  Known store addresses are the unique map (SNAPSHOT_WRITE_OK) and the **read map**: the
+  ``store`` part of SNAPSHOT_READ_OK and MAP_OK answers, which the protocol lets clients
+  cache for the life of the snapshot (origin answers are never cached: they need a fresh
+  lock each time). Sequential reads ask QUERY_MAP ahead of themselves (``READ_AHEAD``
+  bytes, no locks), so a scan of chunks the snapshot has in the store sends one query per
+  window instead of one per read. The read map is for reads only (its chunks may be shared
+  with other snapshots, so a write must still ask); a write through this volume forgets
+  its chunks there, and answers to reads that were in flight across a write, a reset or a
+  deletion are not cached (``_map_gen``). Reads that need the server at the same moment
+  (started in one event-loop iteration, e.g. the NBD gateway's queue of requests) share
+  one QUERY_SNAPSHOT_READ and one FINISH_SNAPSHOT_READ: one lock covers all their chunks,
+  each read gets its own pieces, and a broken lock sends each of them back for its own
+  origin chunks.
 * **snapshot write**: QUERY_WRITE answers with the store chunks to write (SNAPSHOT_WRITE_OK);
   the client writes there and caches the addresses as unique to this snapshot.
 
@@ -51,6 +64,7 @@ import logging
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -65,6 +79,7 @@ from .protocol import (
     SnapshotDeletedError,
     UnknownLockError,
     finish_snapshot_read,
+    query_map,
     query_snapshot_read,
     query_write,
 )
@@ -125,6 +140,12 @@ def _pread_into(fd: int, buf: memoryview, dev_off: int) -> None:
         done += n
 
 
+#: Bytes of map a sequential snapshot read asks ahead of itself (QUERY_MAP, no locks).
+READ_AHEAD = 16 << 20
+#: A snapshot read starting within this many chunks of where the last one ended counts as
+#: sequential (concurrent readers of one scan arrive slightly out of order).
+SEQUENTIAL_SLACK = 64
+
 #: ``preadv`` flag: fail with EAGAIN instead of waiting for the device (0 if unsupported).
 RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
@@ -153,11 +174,58 @@ def _pread_cached(fd: int, buf: memoryview, dev_off: int) -> int:
 INLINE_WRITE = 64 << 10
 
 
+#: Pool transfers up to this many bytes in all are done in one thread hand-off.
+ONE_HOP = 1 << 20
+
+Transfer = tuple[int, memoryview, int]
+"""``(fd, buffer_view, device_offset)``: one transfer ready to run."""
+
+
+def _run_all(fn: Any, jobs: list[Transfer]) -> None:
+    """Run ``fn(fd, view, device_offset)`` for every job, in order (in one pool thread)."""
+    for fd, view, dev in jobs:
+        fn(fd, view, dev)
+
+
 def _pwrite_all(fd: int, buf: memoryview, dev_off: int) -> None:
     """Write all of ``buf`` to ``fd`` at ``dev_off``."""
     done = 0
     while done < len(buf):
         done += os.pwrite(fd, buf[done:], dev_off + done)
+
+
+def merge_ranges(ranges: Iterable[list[int]]) -> list[list[int]]:
+    """The union of ``[[start, count], ...]`` (any order, overlaps allowed), sorted, merged."""
+    out: list[list[int]] = []
+    for start, count in sorted((r[0], r[1]) for r in ranges if r[1] > 0):
+        if out and start <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], start + count - out[-1][0])
+        else:
+            out.append([start, count])
+    return out
+
+
+def intersect_ranges(a: list[list[int]], b: list[list[int]]) -> list[list[int]]:
+    """The chunks of ``a`` that are also in ``b`` (both as ``[[start, count], ...]``)."""
+    out: list[list[int]] = []
+    for s1, n1 in a:
+        for s2, n2 in b:
+            lo, hi = max(s1, s2), min(s1 + n1, s2 + n2)
+            if lo < hi:
+                out.append([lo, hi - lo])
+    return merge_ranges(out)
+
+
+@dataclass(slots=True)
+class _Target:
+    """One snapshot read's share of a QUERY_SNAPSHOT_READ: the chunks it needs and where
+    its bytes go; ``done`` gets the origin ranges it must read again (a broken lock)."""
+
+    ranges: list[list[int]]
+    offset: int
+    length: int
+    buf: memoryview
+    done: asyncio.Future[list[list[int]]] | None = None
 
 
 class Volume:
@@ -181,6 +249,14 @@ class Volume:
         self.read_only = info.read_only
         self.unique = RunSet(cache_runs)  # origin: chunks known unshared
         self.store_map = StoreMap(cache_runs)  # snapshot: chunks known unique in the store
+        self.read_map = StoreMap(cache_runs)  # snapshot: store addresses for reads only
+        self._mapped = RunSet(cache_runs)  # snapshot: chunks whose map was asked ahead
+        self._map_gen = 0  # bumped when read-map answers in flight may be stale
+        self._seq_next = -1  # snapshot: chunk after the last read (sequential detection)
+        self._ahead: asyncio.Task[None] | None = None  # the QUERY_MAP read-ahead in flight
+        self._ahead_chunks = max(1, min(info.max_chunks, READ_AHEAD // info.chunk_size))
+        self._queued: list[_Target] = []  # snapshot reads waiting to share one query
+        self._groups: set[asyncio.Task[None]] = set()  # shared query rounds running
         self._gen = 0  # bumped whenever approvals obtained earlier become void
         self._active = 0  # data transfers past their safety checks, not yet finished
         self._idle = asyncio.Event()
@@ -243,8 +319,8 @@ class Volume:
         """Fill ``buf`` from ``offset`` at once, without awaiting, if that needs nothing
         but the page cache: True if done, False if the caller must use :meth:`read_into`.
 
-        Done for the origin volume, and for snapshot ranges whose every chunk is in the
-        snapshot's known store mapping, when the page cache holds all the bytes. No message
+        Done for the origin volume, and for snapshot ranges whose every chunk has a known
+        store address (unique or read map), when the page cache holds all the bytes. No message
         and no read lock is involved in either, so the answer is what :meth:`read_into`
         would give; the point is to skip the thread pool and the task a caller would
         otherwise need for each small read (the NBD gateway's sequential reads). On False
@@ -263,7 +339,7 @@ class Volume:
             cs = self.chunk_size
             c0, n = chunk_span(offset, length, cs)
             pieces = []
-            for c, k, s in self.store_map.lookup(c0, n):
+            for c, k, s in self._read_lookup(c0, n):
                 if s is None:
                     return False
                 if (p := map_pieces(self._store_fd, c, k, s, cs, offset, length)) is not None:
@@ -275,6 +351,8 @@ class Volume:
         except OSError:
             self._nowait = False  # e.g. EOPNOTSUPP: this file system cannot; stop trying
             return False
+        if not self.is_origin:
+            self._read_ahead(*chunk_span(offset, length, self.chunk_size))
         return True
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -308,6 +386,8 @@ class Volume:
         """
         if self._closed:
             return
+        if self._ahead is not None:
+            self._ahead.cancel()
         try:
             await self._idle.wait()
             await self.flush()
@@ -355,39 +435,53 @@ class Volume:
         snapshot read (read under a read lock: those always go through ``_pread_into``);
         the rest of each piece goes to the pool.
         """
-        loop = asyncio.get_running_loop()
         mv = memoryview(buf)
+        await self._transfer(fn, [(fd, mv[b:b + n], dev) for fd, dev, b, n in pieces])
+
+    async def _transfer(self, fn: Any, jobs: list[Transfer]) -> None:
+        """Run ``fn(fd, view, device_offset)`` for every job, as :meth:`_io` describes.
+
+        What goes to the pool goes in **one** hand-off when it is at most ``ONE_HOP``
+        bytes (a snapshot read's pieces, from one or many reads sharing a query): a
+        thread hand-off costs far more than the copy from the page cache, and paying it
+        once per piece was most of the time of a locked read. Larger transfers still run
+        piece by piece in parallel, for slow devices.
+        """
+        loop = asyncio.get_running_loop()
         self._active += 1
         self._idle.clear()
         try:
-            if fn is _pwrite_all and len(mv) <= INLINE_WRITE:
-                for fd, dev, b, n in pieces:
-                    fn(fd, mv[b:b + n], dev)
+            if fn is _pwrite_all and sum(len(v) for _, v, _ in jobs) <= INLINE_WRITE:
+                for fd, view, dev in jobs:
+                    fn(fd, view, dev)
                 return
             if fn is _pread_into and self._nowait:
-                pieces = self._read_cached_pieces(pieces, mv)
-                if not pieces:
-                    return
-            await asyncio.gather(*(loop.run_in_executor(self._pool, fn, fd, mv[b:b + n], dev)
-                                   for fd, dev, b, n in pieces))
+                jobs = self._read_cached_jobs(jobs)
+            if not jobs:
+                return
+            if len(jobs) > 1 and sum(len(v) for _, v, _ in jobs) <= ONE_HOP:
+                await loop.run_in_executor(self._pool, _run_all, fn, jobs)
+                return
+            await asyncio.gather(*(loop.run_in_executor(self._pool, fn, fd, view, dev)
+                                   for fd, view, dev in jobs))
         finally:
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
 
-    def _read_cached_pieces(self, pieces: list[Piece], mv: memoryview) -> list[Piece]:
-        """Read what the page cache holds of ``pieces`` now; the pieces (or their tails)
+    def _read_cached_jobs(self, jobs: list[Transfer]) -> list[Transfer]:
+        """Read what the page cache holds of ``jobs`` now; the jobs (or their tails)
         still to read. Origin pieces of a snapshot volume are left whole."""
-        rest: list[Piece] = []
-        for fd, dev, b, n in pieces:
+        rest: list[Transfer] = []
+        for fd, view, dev in jobs:
             got = 0
             if self._nowait and (self.is_origin or fd != self._origin_fd):
                 try:
-                    got = _pread_cached(fd, mv[b:b + n], dev)
+                    got = _pread_cached(fd, view, dev)
                 except OSError:
                     self._nowait = False  # e.g. EOPNOTSUPP; the pool reads it all
-            if got < n:
-                rest.append((fd, dev + got, b + got, n - got))
+            if got < len(view):
+                rest.append((fd, view[got:], dev + got))
         return rest
 
     async def _query_all(self, build: Any, ranges: list[list[int]]) -> list[Message]:
@@ -451,7 +545,14 @@ class Volume:
         if self.is_origin and len(self.unique):
             log.info("origin unique cache cleared: %s", why)
         self.unique.clear()
+        self._forget_maps()
+
+    def _forget_maps(self) -> None:
+        """Drop every store address (a reset, a deletion): the snapshot may be gone."""
         self.store_map.clear()
+        self.read_map.clear()
+        self._mapped.clear()
+        self._map_gen += 1
 
     async def _drain(self) -> None:
         """Before re-identifying: wait for every transfer started under the old session."""
@@ -470,7 +571,7 @@ class Volume:
         elif kind == "DELETE_SNAPSHOT" and not self.is_origin and msg["snapshot"] == self.name:
             self._deleted = SnapshotDeletedError(
                 ErrorCode.SNAPSHOT_DELETED, f"snapshot {self.name!r} was deleted")
-            self.store_map.clear()
+            self._forget_maps()
 
     async def _handle_advice(self, msg: Message) -> None:
         """The rest of an ADVICE (after ``_advice_sync``): finish, flush, acknowledge."""
@@ -499,6 +600,10 @@ class Volume:
     async def _write_snapshot(self, offset: int, buf: memoryview) -> None:
         self._check_alive()
         c0, n = chunk_span(offset, len(buf), self.chunk_size)
+        # The write may move these chunks (unsharing): reads must not trust the read map's
+        # addresses for them, nor cache answers to reads still in flight.
+        self.read_map.discard(c0, n)
+        self._map_gen += 1
         segs = self.store_map.lookup(c0, n)
         located = [(c, k, s) for c, k, s in segs if s is not None]
         missing = [[c, k] for c, k, s in segs if s is None]
@@ -515,48 +620,159 @@ class Volume:
         await self._io(_pwrite_all, pieces, buf)
         self._dirty_store = True  # again: a flush() that ran meanwhile cleared the flag
 
+    def _read_lookup(self, start: int, count: int) -> list[tuple[int, int, int | None]]:
+        """Segments ``(chunk, count, store | None)`` of a snapshot read: the unique map
+        first (it follows this volume's writes), then the read map."""
+        out: list[tuple[int, int, int | None]] = []
+        for c, k, s in self.store_map.lookup(start, count):
+            if s is None and len(self.read_map):
+                out.extend(self.read_map.lookup(c, k))
+            else:
+                out.append((c, k, s))
+        return out
+
+    def _read_ahead(self, first: int, count: int) -> None:
+        """On a sequential snapshot read of chunks ``[first, first + count)``, make sure
+        the map of the next window is known or being asked (one QUERY_MAP at a time)."""
+        end = first + count
+        sequential = abs(first - self._seq_next) <= SEQUENTIAL_SLACK
+        self._seq_next = end
+        if not sequential or self._ahead is not None or self._deleted is not None:
+            return
+        limit = self.size // self.chunk_size
+        want = min(self._ahead_chunks, limit - end)
+        if want <= 0 or self._mapped.covers(end, max(1, want // 2)):
+            return
+        missing = self._mapped.missing(end, want)
+        start = missing[0][0]
+        count = min(self._ahead_chunks, limit - start)
+        self._ahead = asyncio.get_running_loop().create_task(
+            self._ask_map(start, count, self._map_gen))
+
+    async def _ask_map(self, start: int, count: int, gen: int) -> None:
+        """QUERY_MAP of ``[start, start + count)`` into the read map (a hint: on any
+        failure the reads just ask for themselves)."""
+        try:
+            reply = await self.client.request(query_map, [[start, count]])
+            if gen == self._map_gen and self._deleted is None:
+                self.read_map.add_mapping(reply["store"])
+                self._mapped.add(start, count)
+        except Exception as exc:  # noqa: BLE001 - read-ahead is only a hint
+            log.debug("snapshot map read-ahead of %d+%d failed: %s", start, count, exc)
+        finally:
+            self._ahead = None
+
     async def _read_snapshot(self, offset: int, length: int, buf: memoryview) -> None:
         cs, length_ = self.chunk_size, length
         c0, n = chunk_span(offset, length, cs)
         pieces: list[Piece] = []
         missing: list[list[int]] = []
-        for c, k, s in self.store_map.lookup(c0, n):
+        for c, k, s in self._read_lookup(c0, n):
             if s is None:
                 missing.append([c, k])
             elif (p := map_pieces(self._store_fd, c, k, s, cs, offset, length_)) is not None:
                 pieces.append(p)
+        self._read_ahead(c0, n)
         if pieces:
             await self._io(_pread_into, pieces, buf)
         rounds = 0
+        info = self.info
         while missing:
             self._check_alive()
             rounds += 1
-            batches = batch_ranges(missing, self.info.max_ranges, self.info.max_chunks)
-            results = await asyncio.gather(
-                *(self._read_locked(b, offset, length, buf) for b in batches))
-            missing = [r for redo in results for r in redo]
+            if len(missing) <= info.max_ranges and \
+                    sum(k for _, k in missing) <= info.max_chunks:
+                missing = await self._queue_read(_Target(missing, offset, length, buf))
+            else:  # too big to share a query: this read's own queries, concurrently
+                target = [_Target(missing, offset, length, buf)]
+                batches = batch_ranges(missing, info.max_ranges, info.max_chunks)
+                results = await asyncio.gather(*(self._read_locked(b, target)
+                                                 for b in batches))
+                missing = [r for redo in results for r in redo]
             if missing:
                 log.info("snapshot read lock broken; re-reading %d ranges (round %d)",
                          len(missing), rounds)
 
-    async def _read_locked(self, ranges: list[list[int]], offset: int, length: int,
-                           buf: memoryview) -> list[list[int]]:
-        """One QUERY_SNAPSHOT_READ round; returns the origin ranges to read again."""
+    async def _queue_read(self, target: _Target) -> list[list[int]]:
+        """Read ``target`` through the server together with the other reads queued in
+        this event-loop iteration; the origin ranges it must read again."""
+        loop = asyncio.get_running_loop()
+        target.done = loop.create_future()
+        self._queued.append(target)
+        if len(self._queued) == 1:
+            loop.call_soon(self._send_queued)
+        return await target.done
+
+    def _send_queued(self) -> None:
+        """Group the queued reads into as few queries as the limits allow; start them."""
+        queued, self._queued = self._queued, []
+        info = self.info
+        log.debug("%d snapshot reads share the server's read queries", len(queued))
+        group: list[_Target] = []
+        ranges: list[list[int]] = []
+        for target in queued:
+            merged = merge_ranges(ranges + target.ranges)
+            if group and (len(merged) > info.max_ranges
+                          or sum(k for _, k in merged) > info.max_chunks):
+                self._start_group(ranges, group)
+                group, merged = [], merge_ranges(target.ranges)
+            group.append(target)
+            ranges = merged
+        if group:
+            self._start_group(ranges, group)
+
+    def _start_group(self, ranges: list[list[int]], group: list[_Target]) -> None:
+        """Run one shared QUERY_SNAPSHOT_READ round for ``group`` in a task of its own."""
+        async def run() -> None:
+            try:
+                redo = await self._read_locked(ranges, group)
+            except BaseException as exc:
+                for t in group:
+                    assert t.done is not None
+                    if not t.done.done():
+                        t.done.set_exception(exc)
+                        t.done.exception()  # its reader may be gone (cancelled): no warning
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            for t in group:
+                assert t.done is not None
+                if not t.done.done():
+                    t.done.set_result(intersect_ranges(redo, t.ranges) if redo else [])
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._groups.add(task)  # a strong reference until it ends
+        task.add_done_callback(self._groups.discard)
+
+    async def _read_locked(self, ranges: list[list[int]], targets: list[_Target]
+                           ) -> list[list[int]]:
+        """One QUERY_SNAPSHOT_READ round for ``ranges`` filling every target's buffer with
+        its bytes; returns the origin ranges to read again (all of them if the lock was
+        broken, else none)."""
         cs = self.chunk_size
         await self._read_locks.acquire()
         try:
+            gen = self._map_gen
             reply = await self.client.request(query_snapshot_read, ranges)
-            pieces = [p for c, k, s in reply["store"]
-                      if (p := map_pieces(self._store_fd, c, k, s, cs, offset, length))]
-            pieces += [p for c, k in reply["origin"]
-                       if (p := map_pieces(self._origin_fd, c, k, c, cs, offset, length))]
-            if not reply["origin"]:
-                await self._io(_pread_into, pieces, buf)
-                return []
+            if gen == self._map_gen and self._deleted is None:
+                self.read_map.add_mapping(reply["store"])  # the protocol lets us cache these
+            jobs: list[Transfer] = []
+            for t in targets:
+                off, length, mv = t.offset, t.length, t.buf
+                pieces = [p for c, k, s in reply["store"]
+                          if (p := map_pieces(self._store_fd, c, k, s, cs, off, length))]
+                pieces += [p for c, k in reply["origin"]
+                           if (p := map_pieces(self._origin_fd, c, k, c, cs, off, length))]
+                jobs += [(fd, mv[b:b + n], dev) for fd, dev, b, n in pieces]
+            # The transfers end before the lock is released, even when they fail.
+            error: BaseException | None = None
             try:
-                await self._io(_pread_into, pieces, buf)
-            finally:
-                valid = await self._finish(reply["id"])
+                await self._transfer(_pread_into, jobs)
+            except Exception as exc:  # noqa: BLE001 - raised after the FINISH
+                error = exc
+            valid = await self._finish(reply["id"]) if reply["origin"] else True
+            if error is not None:
+                raise error
             return [] if valid else [list(r) for r in reply["origin"]]
         finally:
             self._read_locks.release()
