@@ -369,6 +369,17 @@ class Volume:
         else:
             await self._write_snapshot(offset, buf)
 
+    def write_cached(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
+        """Write ``data`` at ``offset`` at once, without awaiting, if no message is needed
+        (origin chunks known unique, a small write): True if written, False if the caller
+        must use :meth:`write`. The same checks as :meth:`write`'s own fast path; the
+        point is to let a gateway answer such a write without a task of its own."""
+        length = len(data)
+        if not self.is_origin or self.read_only or self._closed or length == 0 \
+                or offset < 0 or offset + length > self.size:
+            return False
+        return self._write_cached(offset, memoryview(data).cast("B"))
+
     async def flush(self) -> None:
         """Make every completed write durable (fdatasync of the devices written)."""
         loop = asyncio.get_running_loop()
