@@ -23,8 +23,9 @@ How each operation works (the "why" is docs/protocol.md and the design paper):
   with other snapshots, so a write must still ask); a write through this volume forgets
   its chunks there, and answers to reads that were in flight across a write, a reset or a
   deletion are not cached (``_map_gen``). Reads that need the server at the same moment
-  (started in one event-loop iteration, e.g. the NBD gateway's queue of requests) share
-  one QUERY_SNAPSHOT_READ and one FINISH_SNAPSHOT_READ: one lock covers all their chunks,
+  (started in one event-loop iteration, e.g. the NBD gateway's queue of requests, or
+  queued while ``SHARED_ROUNDS`` such rounds are already in flight) share one
+  QUERY_SNAPSHOT_READ and one FINISH_SNAPSHOT_READ: one lock covers all their chunks,
   each read gets its own pieces, and a broken lock sends each of them back for its own
   origin chunks.
 * **snapshot write**: QUERY_WRITE answers with the store chunks to write (SNAPSHOT_WRITE_OK);
@@ -146,6 +147,10 @@ READ_AHEAD = 16 << 20
 #: sequential (concurrent readers of one scan arrive slightly out of order).
 SEQUENTIAL_SLACK = 64
 
+#: Shared QUERY_SNAPSHOT_READ rounds in flight per volume; reads that need the server while
+#: all are busy queue up and share the next round (fewer, larger queries under load).
+SHARED_ROUNDS = 4
+
 #: ``preadv`` flag: fail with EAGAIN instead of waiting for the device (0 if unsupported).
 RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
@@ -257,6 +262,7 @@ class Volume:
         self._ahead_chunks = max(1, min(info.max_chunks, READ_AHEAD // info.chunk_size))
         self._queued: list[_Target] = []  # snapshot reads waiting to share one query
         self._groups: set[asyncio.Task[None]] = set()  # shared query rounds running
+        self._kicked = False  # _send_queued is scheduled
         self._gen = 0  # bumped whenever approvals obtained earlier become void
         self._active = 0  # data transfers past their safety checks, not yet finished
         self._idle = asyncio.Event()
@@ -707,29 +713,35 @@ class Volume:
     async def _queue_read(self, target: _Target) -> list[list[int]]:
         """Read ``target`` through the server together with the other reads queued in
         this event-loop iteration; the origin ranges it must read again."""
-        loop = asyncio.get_running_loop()
-        target.done = loop.create_future()
+        target.done = asyncio.get_running_loop().create_future()
         self._queued.append(target)
-        if len(self._queued) == 1:
-            loop.call_soon(self._send_queued)
+        self._kick()
         return await target.done
 
+    def _kick(self) -> None:
+        """Schedule :meth:`_send_queued` (once) if reads wait and a round may start."""
+        if self._queued and not self._kicked and len(self._groups) < SHARED_ROUNDS:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._send_queued)
+
     def _send_queued(self) -> None:
-        """Group the queued reads into as few queries as the limits allow; start them."""
-        queued, self._queued = self._queued, []
+        """Group the queued reads into as few queries as the limits allow and start up to
+        ``SHARED_ROUNDS`` rounds in all; the rest wait for a round to end (``_kick``), by
+        which time more reads have queued up to share the next one."""
+        self._kicked = False
         info = self.info
-        log.debug("%d snapshot reads share the server's read queries", len(queued))
-        group: list[_Target] = []
-        ranges: list[list[int]] = []
-        for target in queued:
-            merged = merge_ranges(ranges + target.ranges)
-            if group and (len(merged) > info.max_ranges
-                          or sum(k for _, k in merged) > info.max_chunks):
-                self._start_group(ranges, group)
-                group, merged = [], merge_ranges(target.ranges)
-            group.append(target)
-            ranges = merged
-        if group:
+        while self._queued and len(self._groups) < SHARED_ROUNDS:
+            group: list[_Target] = []
+            ranges: list[list[int]] = []
+            while self._queued:
+                target = self._queued[0]
+                merged = merge_ranges(ranges + target.ranges)
+                if group and (len(merged) > info.max_ranges
+                              or sum(k for _, k in merged) > info.max_chunks):
+                    break
+                group.append(self._queued.pop(0))
+                ranges = merged
+            log.debug("%d snapshot reads share one read query", len(group))
             self._start_group(ranges, group)
 
     def _start_group(self, ranges: list[list[int]], group: list[_Target]) -> None:
@@ -753,7 +765,11 @@ class Volume:
 
         task = asyncio.get_running_loop().create_task(run())
         self._groups.add(task)  # a strong reference until it ends
-        task.add_done_callback(self._groups.discard)
+        task.add_done_callback(self._round_ended)
+
+    def _round_ended(self, task: asyncio.Task[None]) -> None:
+        self._groups.discard(task)
+        self._kick()
 
     async def _read_locked(self, ranges: list[list[int]], targets: list[_Target]
                            ) -> list[list[int]]:
