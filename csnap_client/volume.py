@@ -629,6 +629,10 @@ class Volume:
                 self._check_alive()
                 self.store_map.add_mapping(reply["map"])
                 located.extend(tuple(e) for e in reply["map"])
+            # Again now that the chunks have moved: a read that asked in between may have
+            # been told the old address (and must not have cached it).
+            self.read_map.discard(c0, n)
+            self._map_gen += 1
         pieces = [p for c, k, s in sorted(located)
                   if (p := map_pieces(self._store_fd, c, k, s, self.chunk_size, offset,
                                       len(buf))) is not None]
