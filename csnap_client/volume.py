@@ -458,11 +458,11 @@ class Volume:
     async def _transfer(self, fn: Any, jobs: list[Transfer]) -> None:
         """Run ``fn(fd, view, device_offset)`` for every job, as :meth:`_io` describes.
 
-        What goes to the pool goes in **one** hand-off when it is at most ``ONE_HOP``
-        bytes (a snapshot read's pieces, from one or many reads sharing a query): a
-        thread hand-off costs far more than the copy from the page cache, and paying it
-        once per piece was most of the time of a locked read. Larger transfers still run
-        piece by piece in parallel, for slow devices.
+        What goes to the pool goes in hand-offs of up to ``ONE_HOP`` bytes each (a
+        snapshot read's pieces, from one or many reads sharing a query, in one or a few):
+        a thread hand-off costs far more than the copy from the page cache, and paying it
+        once per piece was most of the time of a locked read. The hand-offs run in
+        parallel, so a large transfer from a slow device still uses several threads.
         """
         loop = asyncio.get_running_loop()
         self._active += 1
@@ -476,11 +476,16 @@ class Volume:
                 jobs = self._read_cached_jobs(jobs)
             if not jobs:
                 return
-            if len(jobs) > 1 and sum(len(v) for _, v, _ in jobs) <= ONE_HOP:
-                await loop.run_in_executor(self._pool, _run_all, fn, jobs)
-                return
-            await asyncio.gather(*(loop.run_in_executor(self._pool, fn, fd, view, dev)
-                                   for fd, view, dev in jobs))
+            hops: list[list[Transfer]] = []
+            size = ONE_HOP
+            for job in jobs:
+                if size + len(job[1]) > ONE_HOP:
+                    hops.append([])
+                    size = 0
+                hops[-1].append(job)
+                size += len(job[1])
+            await asyncio.gather(*(loop.run_in_executor(self._pool, _run_all, fn, hop)
+                                   for hop in hops))
         finally:
             self._active -= 1
             if self._active == 0:
