@@ -70,9 +70,10 @@ class ReplyBuffers:
 
     Why: a new ``bytearray`` is zero-filled (and often freshly mapped and faulted in) only
     to be overwritten by the read; for 256 KiB replies that was ~15% of the gateway's CPU.
-    A buffer is taken back only when nothing but the caller refers to it (``recycle``
-    checks the reference count): the transport keeps a reference to a reply it could not
-    send at once, and such a buffer is simply left to it. At most ``KEEP_BYTES`` are kept.
+    A buffer is taken back only when nothing but the caller refers to it (the caller
+    checks the reference count before ``put``): the transport keeps a reference to a reply
+    it could not send at once, and such a buffer is simply left to it. At most
+    ``KEEP_BYTES`` are kept.
     """
 
     KEEP_BYTES = 8 * 1024 * 1024
@@ -426,7 +427,7 @@ class Connection:
     def _write_inline(self, req: nbd.Request, payload: bytes) -> bool:
         """Answer a valid WRITE now if the volume can write it without csnapd (origin
         chunks known unique) and it asks no flush (FUA). True when done and answered;
-        False (nothing written) sends it down the task path."""
+        False sends it down the task path (which writes it again if a pwrite failed here)."""
         if req.flags & nbd.CMD_FLAG_FUA or self._check(req)[0]:
             return False
         session = self.session
