@@ -239,6 +239,12 @@ def print_report(out: dict[str, Any]) -> None:
         d = s["large"]["delete"]
         print(f"delete {d['doomed_exceptions']} exceptions: {d['delete_seconds']} s, worst "
               f"latency of other clients {d['worst_latency_ms']} ms (p99 {d['p99_latency_ms']})")
+        r = s["large"].get("revert")
+        if r:
+            print(f"revert to a snapshot owning {r['snapshot_exceptions']} exceptions: "
+                  f"answered in {r['revert_ack_seconds']} s, done in {r['revert_seconds']} s, "
+                  f"worst latency of snapshot readers {r['worst_latency_ms']} ms "
+                  f"(p99 {r['p99_latency_ms']})")
         c = s["large"].get("clone")
         if c:
             print(f"clone of a snapshot owning {c['parent_exceptions']} exceptions: answered "

@@ -140,6 +140,7 @@ async def scale_point(cfg: Config, built: BuiltStore, label: str,
         if with_delete:
             result["clone"] = await clone_under_load(srv, built)
             result["delete"] = await delete_under_load(srv, built)
+            result["revert"] = await revert_under_load(srv, built)
     finally:
         srv.stop(timeout=600)
     result["store_layer_lookups_per_s"] = round(
@@ -172,16 +173,20 @@ class StoreProbe:
         """True while a clone is still being filled (or the probe failed)."""
         return self._ask(lambda st: st.cloning)
 
+    def reverting(self) -> bool:
+        """True while the origin is still being reverted (or the probe failed)."""
+        return self._ask(lambda st: st.sb.revert_slot)
+
 
 async def _under_load(srv: ServerProc, built: BuiltStore, what: str,
-                      start: Callable[[Any], Awaitable[Any]], pending: Callable[[], bool]
-                      ) -> dict[str, Any]:
+                      start: Callable[[Any], Awaitable[Any]], pending: Callable[[], bool],
+                      origin_clients: bool = True) -> dict[str, Any]:
     """Run control call ``start(ctl)`` while other clients keep working, then wait until
     ``pending()`` (run off the loop) says the background work is done; the time to the
     answer, to the end, and the worst latency the other clients saw meanwhile."""
     readers = await connect_many(srv, 4, "keep")
-    writers = await connect_many(srv, 2, "origin")
-    pingers = await connect_many(srv, 2, "origin")
+    writers = await connect_many(srv, 2, "origin") if origin_clients else []
+    pingers = await connect_many(srv, 2, "origin" if origin_clients else "keep")
     first_spare = built.keep_chunks + built.doomed_chunks
     spare = Fresh(first_spare, first_spare + 1024)
     samples: list[tuple[float, float, str]] = []  # (start, latency, kind)
@@ -241,8 +246,11 @@ async def _under_load(srv: ServerProc, built: BuiltStore, what: str,
             "requests_during": len(lats),
             "worst_latency_ms": round(lats[-1] * 1e3, 2) if lats else None,
             "p99_latency_ms": round(lats[int(len(lats) * 0.99)] * 1e3, 2) if lats else None,
-            "workers": "4 snapshot readers (random 1-chunk lookups of 'keep'), 2 origin "
-                       "first-touch writers, 2 pingers; 1 ms think time each",
+            "workers": ("4 snapshot readers (random 1-chunk lookups of 'keep'), 2 origin "
+                        "first-touch writers, 2 pingers; 1 ms think time each")
+            if origin_clients else ("4 snapshot readers (random 1-chunk lookups of 'keep'), "
+                                    "2 pingers on 'keep' (a revert admits no origin "
+                                    "client); 1 ms think time each"),
             "note": "completion is detected by opening the store read-only in the benchmark "
                     "process (journal replayed in memory), not by STATUS"}
 
@@ -253,6 +261,15 @@ async def delete_under_load(srv: ServerProc, built: BuiltStore) -> dict[str, Any
     out = await _under_load(srv, built, "delete", lambda ctl: ctl.delete("doomed"),
                             StoreProbe(built).deleting)
     return {"doomed_exceptions": built.doomed_chunks, **out}
+
+
+async def revert_under_load(srv: ServerProc, built: BuiltStore) -> dict[str, Any]:
+    """Revert the origin to snapshot ``keep`` (its ``keep_chunks`` exceptions are copied
+    onto the origin; run after the clone, so no other snapshot needs copy-outs) while
+    snapshot readers keep working."""
+    out = await _under_load(srv, built, "revert", lambda ctl: ctl.revert("keep"),
+                            StoreProbe(built).reverting, origin_clients=False)
+    return {"snapshot_exceptions": built.keep_chunks, **out}
 
 
 async def clone_under_load(srv: ServerProc, built: BuiltStore) -> dict[str, Any]:
@@ -289,6 +306,10 @@ async def stage_scale(cfg: Config, tmp: Path, out: dict[str, Any]) -> None:
         f"{big.exceptions} vs {s_rate:.0f}/s at {small.exceptions}; RSS "
         f"{sc['large']['rss_bytes'] / MIB:.0f} MiB; delete of {d['doomed_exceptions']} took "
         f"{d['delete_seconds']}s, worst latency {d['worst_latency_ms']} ms")
+    r = sc["large"]["revert"]
+    log(f"scale: revert of the origin to a snapshot owning {r['snapshot_exceptions']} "
+        f"exceptions answered in {r['revert_ack_seconds']}s, done in {r['revert_seconds']}s, "
+        f"worst latency {r['worst_latency_ms']} ms")
     c = sc["large"]["clone"]
     log(f"scale: clone of a snapshot owning {c['parent_exceptions']} exceptions answered in "
         f"{c['clone_ack_seconds']}s, filled in {c['clone_seconds']}s, worst latency "

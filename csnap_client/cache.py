@@ -205,6 +205,11 @@ class StoreMap(_Runs):
             if c + n > end:
                 runs[end] = (c + n - end, s + end - c)
 
+    def discard(self, chunk: int, count: int) -> None:
+        """Forget the mappings of chunks ``[chunk, chunk + count)``."""
+        if count > 0:
+            self._cut(chunk, chunk + count)
+
     def add(self, chunk: int, count: int, store: int) -> None:
         """Map ``chunk + i -> store + i`` for ``i < count`` (replacing older mappings)."""
         if count <= 0:

@@ -10,10 +10,24 @@ How each operation works (the "why" is docs/protocol.md and the design paper):
   unique and written. Partial-chunk writes are fine: the server already copied the whole
   chunk out.
 * **origin read**: straight from the origin device, no message.
-* **snapshot read**: chunks cached with a unique store address are read from the store;
-  for the rest QUERY_SNAPSHOT_READ, then store chunks from the store and origin chunks from
-  the origin (read-locked by the server), then FINISH_SNAPSHOT_READ. ``valid: false`` (the
+* **snapshot read**: chunks whose store address is known are read from the store; for the
+  rest QUERY_SNAPSHOT_READ, then store chunks from the store and origin chunks from the
+  origin (read-locked by the server), then FINISH_SNAPSHOT_READ. ``valid: false`` (the
   server broke the lock) means the origin data may be torn: those chunks are queried again.
+  Known store addresses are the unique map (SNAPSHOT_WRITE_OK) and the **read map**: the
+  ``store`` part of SNAPSHOT_READ_OK and MAP_OK answers, which the protocol lets clients
+  cache for the life of the snapshot (origin answers are never cached: they need a fresh
+  lock each time). Sequential reads ask QUERY_MAP ahead of themselves (``READ_AHEAD``
+  bytes, no locks), so a scan of chunks the snapshot has in the store sends one query per
+  window instead of one per read. The read map is for reads only (its chunks may be shared
+  with other snapshots, so a write must still ask); a write through this volume forgets
+  its chunks there, and answers to reads that were in flight across a write, a reset or a
+  deletion are not cached (``_map_gen``). Reads that need the server at the same moment
+  (started in one event-loop iteration, e.g. the NBD gateway's queue of requests, or
+  queued while ``SHARED_ROUNDS`` such rounds are already in flight) share one
+  QUERY_SNAPSHOT_READ and one FINISH_SNAPSHOT_READ: one lock covers all their chunks,
+  each read gets its own pieces, and a broken lock sends each of them back for its own
+  origin chunks.
 * **snapshot write**: QUERY_WRITE answers with the store chunks to write (SNAPSHOT_WRITE_OK);
   the client writes there and caches the addresses as unique to this snapshot.
 
@@ -41,7 +55,11 @@ device (a paused process) can only reach the origin, because the server copies o
 a new snapshot, every chunk a client that did not acknowledge may still write.
 
 Data I/O uses os.pread/os.pwrite (preadv into the result buffer) in a small thread pool so
-the event loop never blocks. Must not import csnapd.
+the event loop never blocks, except where the page cache answers at once: reads of the
+origin volume and of store chunks first try ``preadv(RWF_NOWAIT)`` on the event loop (a
+page-cache hit costs a few microseconds, the thread hand-off tens of them), and only what
+the cache could not give goes to the pool. Origin chunks read under a snapshot read lock
+always go through the pool (``_pread_into``). Must not import csnapd.
 """
 
 from __future__ import annotations
@@ -51,6 +69,7 @@ import logging
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -65,6 +84,7 @@ from .protocol import (
     SnapshotDeletedError,
     UnknownLockError,
     finish_snapshot_read,
+    query_map,
     query_snapshot_read,
     query_write,
 )
@@ -125,8 +145,55 @@ def _pread_into(fd: int, buf: memoryview, dev_off: int) -> None:
         done += n
 
 
+#: Bytes of map a sequential snapshot read asks ahead of itself (QUERY_MAP, no locks).
+READ_AHEAD = 16 << 20
+#: A snapshot read starting within this many chunks of where the last one ended counts as
+#: sequential (concurrent readers of one scan arrive slightly out of order).
+SEQUENTIAL_SLACK = 64
+
+#: Shared QUERY_SNAPSHOT_READ rounds in flight per volume; reads that need the server while
+#: all are busy queue up and share the next round (fewer, larger queries under load).
+SHARED_ROUNDS = 4
+
+#: ``preadv`` flag: fail with EAGAIN instead of waiting for the device (0 if unsupported).
+RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+
+
+def _pread_cached(fd: int, buf: memoryview, dev_off: int) -> int:
+    """Fill what the page cache holds of ``buf`` (from ``dev_off``) without blocking.
+
+    Returns the bytes filled from the start of ``buf`` (a prefix; 0 if nothing was
+    cached). Raises OSError only for errors other than "would block" (EOPNOTSUPP on a
+    file system without RWF_NOWAIT is left to the caller). A zero-byte read (end of file)
+    stops here: the blocking path zero-fills past the end.
+    """
+    done, total = 0, len(buf)
+    while done < total:
+        try:
+            n = os.preadv(fd, [buf[done:]], dev_off + done, RWF_NOWAIT)
+        except BlockingIOError:
+            return done
+        if n <= 0:
+            return done
+        done += n
+    return done
+
+
 #: Writes up to this size are done on the event loop (see Volume._io).
 INLINE_WRITE = 64 << 10
+
+
+#: Pool transfers up to this many bytes in all are done in one thread hand-off.
+ONE_HOP = 1 << 20
+
+Transfer = tuple[int, memoryview, int]
+"""``(fd, buffer_view, device_offset)``: one transfer ready to run."""
+
+
+def _run_all(fn: Any, jobs: list[Transfer]) -> None:
+    """Run ``fn(fd, view, device_offset)`` for every job, in order (in one pool thread)."""
+    for fd, view, dev in jobs:
+        fn(fd, view, dev)
 
 
 def _pwrite_all(fd: int, buf: memoryview, dev_off: int) -> None:
@@ -134,6 +201,40 @@ def _pwrite_all(fd: int, buf: memoryview, dev_off: int) -> None:
     done = 0
     while done < len(buf):
         done += os.pwrite(fd, buf[done:], dev_off + done)
+
+
+def merge_ranges(ranges: Iterable[list[int]]) -> list[list[int]]:
+    """The union of ``[[start, count], ...]`` (any order, overlaps allowed), sorted, merged."""
+    out: list[list[int]] = []
+    for start, count in sorted((r[0], r[1]) for r in ranges if r[1] > 0):
+        if out and start <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], start + count - out[-1][0])
+        else:
+            out.append([start, count])
+    return out
+
+
+def intersect_ranges(a: list[list[int]], b: list[list[int]]) -> list[list[int]]:
+    """The chunks of ``a`` that are also in ``b`` (both as ``[[start, count], ...]``)."""
+    out: list[list[int]] = []
+    for s1, n1 in a:
+        for s2, n2 in b:
+            lo, hi = max(s1, s2), min(s1 + n1, s2 + n2)
+            if lo < hi:
+                out.append([lo, hi - lo])
+    return merge_ranges(out)
+
+
+@dataclass(slots=True)
+class _Target:
+    """One snapshot read's share of a QUERY_SNAPSHOT_READ: the chunks it needs and where
+    its bytes go; ``done`` gets the origin ranges it must read again (a broken lock)."""
+
+    ranges: list[list[int]]
+    offset: int
+    length: int
+    buf: memoryview
+    done: asyncio.Future[list[list[int]]] | None = None
 
 
 class Volume:
@@ -157,6 +258,15 @@ class Volume:
         self.read_only = info.read_only
         self.unique = RunSet(cache_runs)  # origin: chunks known unshared
         self.store_map = StoreMap(cache_runs)  # snapshot: chunks known unique in the store
+        self.read_map = StoreMap(cache_runs)  # snapshot: store addresses for reads only
+        self._mapped = RunSet(cache_runs)  # snapshot: chunks whose map was asked ahead
+        self._map_gen = 0  # bumped when read-map answers in flight may be stale
+        self._seq_next = -1  # snapshot: chunk after the last read (sequential detection)
+        self._ahead: asyncio.Task[None] | None = None  # the QUERY_MAP read-ahead in flight
+        self._ahead_chunks = max(1, min(info.max_chunks, READ_AHEAD // info.chunk_size))
+        self._queued: list[_Target] = []  # snapshot reads waiting to share one query
+        self._groups: set[asyncio.Task[None]] = set()  # shared query rounds running
+        self._kicked = False  # _send_queued is scheduled
         self._gen = 0  # bumped whenever approvals obtained earlier become void
         self._active = 0  # data transfers past their safety checks, not yet finished
         self._idle = asyncio.Event()
@@ -167,6 +277,7 @@ class Volume:
         self._deleted: SnapshotDeletedError | None = None
         self._dirty_origin = self._dirty_store = False
         self._read_locks = Slots(info.max_read_locks)
+        self._nowait = bool(RWF_NOWAIT)  # cleared if the file system refuses RWF_NOWAIT
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="csnap-io")
         self._closed = False
         self._origin_fd = os.open(origin, os.O_RDWR if self.is_origin and not self.read_only
@@ -195,15 +306,65 @@ class Volume:
 
     async def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes of the volume from ``offset``."""
+        buf = bytearray(length)
+        await self.read_into(offset, buf)
+        return bytes(buf)
+
+    async def read_into(self, offset: int, buf: bytearray | memoryview) -> None:
+        """Fill the writable buffer ``buf`` with the volume's bytes from ``offset``.
+
+        Like :meth:`read` without the copy into a new ``bytes``: a gateway reads straight
+        into the buffer it sends (with room for its reply header in front).
+        """
+        mv = memoryview(buf).cast("B")
+        length = len(mv)
         self._check_range(offset, length)
         if length == 0:
-            return b""
-        buf = bytearray(length)
+            return
         if self.is_origin:
-            await self._io(_pread_into, [(self._origin_fd, offset, 0, length)], buf)
+            await self._io(_pread_into, [(self._origin_fd, offset, 0, length)], mv)
         else:
-            await self._read_snapshot(offset, length, buf)
-        return bytes(buf)
+            await self._read_snapshot(offset, length, mv)
+
+    def read_cached(self, offset: int, buf: bytearray | memoryview) -> bool:
+        """Fill ``buf`` from ``offset`` at once, without awaiting, if that needs nothing
+        but the page cache: True if done, False if the caller must use :meth:`read_into`.
+
+        Done for the origin volume, and for snapshot ranges whose every chunk has a known
+        store address (unique or read map), when the page cache holds all the bytes. No message
+        and no read lock is involved in either, so the answer is what :meth:`read_into`
+        would give; the point is to skip the thread pool and the task a caller would
+        otherwise need for each small read (the NBD gateway's sequential reads). On False
+        ``buf`` may hold part of the data: read it again. Never raises for a closed or
+        deleted volume: it returns False and :meth:`read_into` raises.
+        """
+        if not self._nowait or self._closed or self._deleted is not None:
+            return False
+        mv = memoryview(buf).cast("B")
+        length = len(mv)
+        if length == 0 or offset < 0 or offset + length > self.size:
+            return False
+        if self.is_origin:
+            pieces: list[Piece] = [(self._origin_fd, offset, 0, length)]
+        else:
+            cs = self.chunk_size
+            c0, n = chunk_span(offset, length, cs)
+            pieces = []
+            for c, k, s in self._read_lookup(c0, n):
+                if s is None:
+                    return False
+                if (p := map_pieces(self._store_fd, c, k, s, cs, offset, length)) is not None:
+                    pieces.append(p)
+        try:
+            for fd, dev, b, nbytes in pieces:
+                if _pread_cached(fd, mv[b:b + nbytes], dev) < nbytes:
+                    return False
+        except OSError:
+            self._nowait = False  # e.g. EOPNOTSUPP: this file system cannot; stop trying
+            return False
+        if not self.is_origin:
+            self._read_ahead(*chunk_span(offset, length, self.chunk_size))
+        return True
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset`` (any alignment); returns when the data is written
@@ -218,6 +379,17 @@ class Volume:
                 await self._write_origin(offset, buf)
         else:
             await self._write_snapshot(offset, buf)
+
+    def write_cached(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
+        """Write ``data`` at ``offset`` at once, without awaiting, if no message is needed
+        (origin chunks known unique, a small write): True if written, False if the caller
+        must use :meth:`write`. The same checks as :meth:`write`'s own fast path; the
+        point is to let a gateway answer such a write without a task of its own."""
+        length = len(data)
+        if not self.is_origin or self.read_only or self._closed or length == 0 \
+                or offset < 0 or offset + length > self.size:
+            return False
+        return self._write_cached(offset, memoryview(data).cast("B"))
 
     async def flush(self) -> None:
         """Make every completed write durable (fdatasync of the devices written)."""
@@ -236,6 +408,8 @@ class Volume:
         """
         if self._closed:
             return
+        if self._ahead is not None:
+            self._ahead.cancel()
         try:
             await self._idle.wait()
             await self.flush()
@@ -282,24 +456,65 @@ class Volume:
         """Run ``fn(fd, buffer_slice, device_offset)`` for every piece.
 
         Small writes go straight to the page cache on the event loop (a thread hand-off
-        costs more than the copy); reads and large writes run in the thread pool, so a
-        slow device never stalls the loop.
+        costs more than the copy); large writes run in the thread pool, so a slow device
+        never stalls the loop. Reads (``fn`` is ``_pread_into``) first take what the page
+        cache holds without blocking (``RWF_NOWAIT``) on the loop, except origin pieces of a
+        snapshot read (read under a read lock: those always go through ``_pread_into``);
+        the rest of each piece goes to the pool.
+        """
+        mv = memoryview(buf)
+        await self._transfer(fn, [(fd, mv[b:b + n], dev) for fd, dev, b, n in pieces])
+
+    async def _transfer(self, fn: Any, jobs: list[Transfer]) -> None:
+        """Run ``fn(fd, view, device_offset)`` for every job, as :meth:`_io` describes.
+
+        What goes to the pool goes in hand-offs of up to ``ONE_HOP`` bytes each (a
+        snapshot read's pieces, from one or many reads sharing a query, in one or a few):
+        a thread hand-off costs far more than the copy from the page cache, and paying it
+        once per piece was most of the time of a locked read. The hand-offs run in
+        parallel, so a large transfer from a slow device still uses several threads.
         """
         loop = asyncio.get_running_loop()
-        mv = memoryview(buf)
         self._active += 1
         self._idle.clear()
         try:
-            if fn is _pwrite_all and len(mv) <= INLINE_WRITE:
-                for fd, dev, b, n in pieces:
-                    fn(fd, mv[b:b + n], dev)
+            if fn is _pwrite_all and sum(len(v) for _, v, _ in jobs) <= INLINE_WRITE:
+                for fd, view, dev in jobs:
+                    fn(fd, view, dev)
                 return
-            await asyncio.gather(*(loop.run_in_executor(self._pool, fn, fd, mv[b:b + n], dev)
-                                   for fd, dev, b, n in pieces))
+            if fn is _pread_into and self._nowait:
+                jobs = self._read_cached_jobs(jobs)
+            if not jobs:
+                return
+            hops: list[list[Transfer]] = []
+            size = ONE_HOP
+            for job in jobs:
+                if size + len(job[1]) > ONE_HOP:
+                    hops.append([])
+                    size = 0
+                hops[-1].append(job)
+                size += len(job[1])
+            await asyncio.gather(*(loop.run_in_executor(self._pool, _run_all, fn, hop)
+                                   for hop in hops))
         finally:
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
+
+    def _read_cached_jobs(self, jobs: list[Transfer]) -> list[Transfer]:
+        """Read what the page cache holds of ``jobs`` now; the jobs (or their tails)
+        still to read. Origin pieces of a snapshot volume are left whole."""
+        rest: list[Transfer] = []
+        for fd, view, dev in jobs:
+            got = 0
+            if self._nowait and (self.is_origin or fd != self._origin_fd):
+                try:
+                    got = _pread_cached(fd, view, dev)
+                except OSError:
+                    self._nowait = False  # e.g. EOPNOTSUPP; the pool reads it all
+            if got < len(view):
+                rest.append((fd, view[got:], dev + got))
+        return rest
 
     async def _query_all(self, build: Any, ranges: list[list[int]]) -> list[Message]:
         """Send one query per batch of ranges (normally one) concurrently; all replies."""
@@ -362,7 +577,14 @@ class Volume:
         if self.is_origin and len(self.unique):
             log.info("origin unique cache cleared: %s", why)
         self.unique.clear()
+        self._forget_maps()
+
+    def _forget_maps(self) -> None:
+        """Drop every store address (a reset, a deletion): the snapshot may be gone."""
         self.store_map.clear()
+        self.read_map.clear()
+        self._mapped.clear()
+        self._map_gen += 1
 
     async def _drain(self) -> None:
         """Before re-identifying: wait for every transfer started under the old session."""
@@ -386,7 +608,7 @@ class Volume:
         elif kind == "DELETE_SNAPSHOT" and not self.is_origin and msg["snapshot"] == self.name:
             self._deleted = SnapshotDeletedError(
                 ErrorCode.SNAPSHOT_DELETED, f"snapshot {self.name!r} was deleted")
-            self.store_map.clear()
+            self._forget_maps()
 
     async def _handle_advice(self, msg: Message) -> None:
         """The rest of an ADVICE (after ``_advice_sync``): finish, flush, acknowledge."""
@@ -421,6 +643,10 @@ class Volume:
 
     async def _write_snapshot(self, offset: int, buf: memoryview) -> None:
         c0, n = chunk_span(offset, len(buf), self.chunk_size)
+        # The write may move these chunks (unsharing): reads must not trust the read map's
+        # addresses for them, nor cache answers to reads still in flight.
+        self.read_map.discard(c0, n)
+        self._map_gen += 1
         while True:
             await self._wait_writable()  # a clone of this snapshot being made: wait
             gen = self._gen
@@ -430,6 +656,10 @@ class Volume:
             if missing:
                 replies = await self._query_all(query_write, missing)
                 self._check_alive()
+                # Again now that the chunks have moved: a read that asked in between may
+                # have been told the old address (and must not have cached it).
+                self.read_map.discard(c0, n)
+                self._map_gen += 1
                 if gen != self._gen:
                     continue  # a clone or reset came in between: the addresses may be shared
                 for reply in replies:
@@ -447,48 +677,169 @@ class Volume:
         await self._io(_pwrite_all, pieces, buf)
         self._dirty_store = True  # again: a flush() that ran meanwhile cleared the flag
 
-    async def _read_snapshot(self, offset: int, length: int, buf: bytearray) -> None:
+    def _read_lookup(self, start: int, count: int) -> list[tuple[int, int, int | None]]:
+        """Segments ``(chunk, count, store | None)`` of a snapshot read: the unique map
+        first (it follows this volume's writes), then the read map."""
+        out: list[tuple[int, int, int | None]] = []
+        for c, k, s in self.store_map.lookup(start, count):
+            if s is None and len(self.read_map):
+                out.extend(self.read_map.lookup(c, k))
+            else:
+                out.append((c, k, s))
+        return out
+
+    def _read_ahead(self, first: int, count: int) -> None:
+        """On a sequential snapshot read of chunks ``[first, first + count)``, make sure
+        the map of the next window is known or being asked (one QUERY_MAP at a time)."""
+        end = first + count
+        sequential = abs(first - self._seq_next) <= SEQUENTIAL_SLACK
+        self._seq_next = end
+        if not sequential or self._ahead is not None or self._deleted is not None:
+            return
+        limit = self.size // self.chunk_size
+        want = min(self._ahead_chunks, limit - end)
+        if want <= 0 or self._mapped.covers(end, max(1, want // 2)):
+            return
+        missing = self._mapped.missing(end, want)
+        start = missing[0][0]
+        count = min(self._ahead_chunks, limit - start)
+        self._ahead = asyncio.get_running_loop().create_task(
+            self._ask_map(start, count, self._map_gen))
+
+    async def _ask_map(self, start: int, count: int, gen: int) -> None:
+        """QUERY_MAP of ``[start, start + count)`` into the read map (a hint: on any
+        failure the reads just ask for themselves)."""
+        try:
+            reply = await self.client.request(query_map, [[start, count]])
+            if gen == self._map_gen and self._deleted is None:
+                self.read_map.add_mapping(reply["store"])
+                self._mapped.add(start, count)
+        except Exception as exc:  # noqa: BLE001 - read-ahead is only a hint
+            log.debug("snapshot map read-ahead of %d+%d failed: %s", start, count, exc)
+        finally:
+            self._ahead = None
+
+    async def _read_snapshot(self, offset: int, length: int, buf: memoryview) -> None:
         cs, length_ = self.chunk_size, length
         c0, n = chunk_span(offset, length, cs)
         pieces: list[Piece] = []
         missing: list[list[int]] = []
-        for c, k, s in self.store_map.lookup(c0, n):
+        for c, k, s in self._read_lookup(c0, n):
             if s is None:
                 missing.append([c, k])
             elif (p := map_pieces(self._store_fd, c, k, s, cs, offset, length_)) is not None:
                 pieces.append(p)
+        self._read_ahead(c0, n)
         if pieces:
             await self._io(_pread_into, pieces, buf)
         rounds = 0
+        info = self.info
         while missing:
             self._check_alive()
             rounds += 1
-            batches = batch_ranges(missing, self.info.max_ranges, self.info.max_chunks)
-            results = await asyncio.gather(
-                *(self._read_locked(b, offset, length, buf) for b in batches))
-            missing = [r for redo in results for r in redo]
+            if len(missing) <= info.max_ranges and \
+                    sum(k for _, k in missing) <= info.max_chunks:
+                missing = await self._queue_read(_Target(missing, offset, length, buf))
+            else:  # too big to share a query: this read's own queries, concurrently
+                target = [_Target(missing, offset, length, buf)]
+                batches = batch_ranges(missing, info.max_ranges, info.max_chunks)
+                results = await asyncio.gather(*(self._read_locked(b, target)
+                                                 for b in batches))
+                missing = [r for redo in results for r in redo]
             if missing:
                 log.info("snapshot read lock broken; re-reading %d ranges (round %d)",
                          len(missing), rounds)
 
-    async def _read_locked(self, ranges: list[list[int]], offset: int, length: int,
-                           buf: bytearray) -> list[list[int]]:
-        """One QUERY_SNAPSHOT_READ round; returns the origin ranges to read again."""
+    async def _queue_read(self, target: _Target) -> list[list[int]]:
+        """Read ``target`` through the server together with the other reads queued in
+        this event-loop iteration; the origin ranges it must read again."""
+        target.done = asyncio.get_running_loop().create_future()
+        self._queued.append(target)
+        self._kick()
+        return await target.done
+
+    def _kick(self) -> None:
+        """Schedule :meth:`_send_queued` (once) if reads wait and a round may start."""
+        if self._queued and not self._kicked and len(self._groups) < SHARED_ROUNDS:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._send_queued)
+
+    def _send_queued(self) -> None:
+        """Group the queued reads into as few queries as the limits allow and start up to
+        ``SHARED_ROUNDS`` rounds in all; the rest wait for a round to end (``_kick``), by
+        which time more reads have queued up to share the next one."""
+        self._kicked = False
+        info = self.info
+        while self._queued and len(self._groups) < SHARED_ROUNDS:
+            group: list[_Target] = []
+            ranges: list[list[int]] = []
+            while self._queued:
+                target = self._queued[0]
+                merged = merge_ranges(ranges + target.ranges)
+                if group and (len(merged) > info.max_ranges
+                              or sum(k for _, k in merged) > info.max_chunks):
+                    break
+                group.append(self._queued.pop(0))
+                ranges = merged
+            log.debug("%d snapshot reads share one read query", len(group))
+            self._start_group(ranges, group)
+
+    def _start_group(self, ranges: list[list[int]], group: list[_Target]) -> None:
+        """Run one shared QUERY_SNAPSHOT_READ round for ``group`` in a task of its own."""
+        async def run() -> None:
+            try:
+                redo = await self._read_locked(ranges, group)
+            except BaseException as exc:
+                for t in group:
+                    assert t.done is not None
+                    if not t.done.done():
+                        t.done.set_exception(exc)
+                        t.done.exception()  # its reader may be gone (cancelled): no warning
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            for t in group:
+                assert t.done is not None
+                if not t.done.done():
+                    t.done.set_result(intersect_ranges(redo, t.ranges) if redo else [])
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._groups.add(task)  # a strong reference until it ends
+        task.add_done_callback(self._round_ended)
+
+    def _round_ended(self, task: asyncio.Task[None]) -> None:
+        self._groups.discard(task)
+        self._kick()
+
+    async def _read_locked(self, ranges: list[list[int]], targets: list[_Target]
+                           ) -> list[list[int]]:
+        """One QUERY_SNAPSHOT_READ round for ``ranges`` filling every target's buffer with
+        its bytes; returns the origin ranges to read again (all of them if the lock was
+        broken, else none)."""
         cs = self.chunk_size
         await self._read_locks.acquire()
         try:
+            gen = self._map_gen
             reply = await self.client.request(query_snapshot_read, ranges)
-            pieces = [p for c, k, s in reply["store"]
-                      if (p := map_pieces(self._store_fd, c, k, s, cs, offset, length))]
-            pieces += [p for c, k in reply["origin"]
-                       if (p := map_pieces(self._origin_fd, c, k, c, cs, offset, length))]
-            if not reply["origin"]:
-                await self._io(_pread_into, pieces, buf)
-                return []
+            if gen == self._map_gen and self._deleted is None:
+                self.read_map.add_mapping(reply["store"])  # the protocol lets us cache these
+            jobs: list[Transfer] = []
+            for t in targets:
+                off, length, mv = t.offset, t.length, t.buf
+                pieces = [p for c, k, s in reply["store"]
+                          if (p := map_pieces(self._store_fd, c, k, s, cs, off, length))]
+                pieces += [p for c, k in reply["origin"]
+                           if (p := map_pieces(self._origin_fd, c, k, c, cs, off, length))]
+                jobs += [(fd, mv[b:b + n], dev) for fd, dev, b, n in pieces]
+            # The transfers end before the lock is released, even when they fail.
+            error: BaseException | None = None
             try:
-                await self._io(_pread_into, pieces, buf)
-            finally:
-                valid = await self._finish(reply["id"])
+                await self._transfer(_pread_into, jobs)
+            except Exception as exc:  # noqa: BLE001 - raised after the FINISH
+                error = exc
+            valid = await self._finish(reply["id"]) if reply["origin"] else True
+            if error is not None:
+                raise error
             return [] if valid else [list(r) for r in reply["origin"]]
         finally:
             self._read_locks.release()

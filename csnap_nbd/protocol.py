@@ -334,6 +334,38 @@ def chunk_data_header(cookie: int, offset: int, length: int, done: bool = True) 
     return chunk_header(cookie, flags, REPLY_TYPE_OFFSET_DATA, 8 + length) + U64.pack(offset)
 
 
+#: Bytes in front of the data of a successful READ's reply: simple, structured.
+SIMPLE_DATA_HEADER = SIMPLE_REPLY.size
+STRUCTURED_DATA_HEADER = STRUCTURED_HEADER.size + U64.size
+
+
+def read_reply_size(length: int, structured: bool) -> int:
+    """Bytes of the reply to a successful READ of ``length`` bytes (header + data)."""
+    return (STRUCTURED_DATA_HEADER if structured else SIMPLE_DATA_HEADER) + length
+
+
+def read_reply_buffer(cookie: int, offset: int, length: int, structured: bool,
+                      buf: bytearray | None = None) -> tuple[bytearray, memoryview]:
+    """The whole reply to a successful READ of ``length`` (> 0) bytes, header filled in:
+    ``(reply, data)`` where ``data`` is the view of ``reply`` the caller reads into.
+
+    One buffer for header and data lets the server read straight into what it sends and
+    send it with one write (no ``bytes`` copy of the data, no separate header write).
+    ``buf`` (of :func:`read_reply_size` bytes) is reused instead of a new buffer: its
+    header is rewritten here, its data must be overwritten whole by the caller.
+    """
+    if buf is None:
+        buf = bytearray(read_reply_size(length, structured))
+    assert len(buf) == read_reply_size(length, structured)
+    if structured:
+        STRUCTURED_HEADER.pack_into(buf, 0, STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE,
+                                    REPLY_TYPE_OFFSET_DATA, cookie, 8 + length)
+        U64.pack_into(buf, STRUCTURED_HEADER.size, offset)
+        return buf, memoryview(buf)[STRUCTURED_DATA_HEADER:]
+    SIMPLE_REPLY.pack_into(buf, 0, SIMPLE_REPLY_MAGIC, 0, cookie)
+    return buf, memoryview(buf)[SIMPLE_DATA_HEADER:]
+
+
 def chunk_error(cookie: int, error: int, message: str = "") -> bytes:
     """NBD_REPLY_TYPE_ERROR with DONE (the request failed with ``error``)."""
     msg = message.encode("utf-8")[:1024]

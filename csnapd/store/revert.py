@@ -75,9 +75,21 @@ class Restore:
         """Copy, then make the origin durable (the journal write that follows moves the
         cursor past these chunks)."""
         cs = self.chunk_size
-        for origin_chunk, store_chunk in self.pairs:
-            self.origin.pwrite(origin_chunk * cs, dev.pread(store_chunk * cs, cs))
+        for origin_chunk, store_chunk, n in self._runs():
+            self.origin.pwrite(origin_chunk * cs, dev.pread(store_chunk * cs, n * cs))
         self.origin.flush()
+
+    def _runs(self, max_bytes: int = 1 << 20) -> list[tuple[int, int, int]]:
+        """The pairs as runs contiguous on both sides: (origin chunk, store chunk, count)."""
+        runs: list[list[int]] = []
+        limit = max(1, max_bytes // self.chunk_size)
+        for o, s in self.pairs:
+            if runs and runs[-1][0] + runs[-1][2] == o and runs[-1][1] + runs[-1][2] == s \
+                    and runs[-1][2] < limit:
+                runs[-1][2] += 1
+            else:
+                runs.append([o, s, 1])
+        return [(o, s, n) for o, s, n in runs]
 
 
 def active(store: Store) -> bool:

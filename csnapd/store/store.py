@@ -475,22 +475,24 @@ class Store(Sealing):
         stop = min(end, span.hi, chunk + BATCH)
         if self.sb.size_records:  # snapshots older than an origin growth (store/sizes.py)
             live, stop = sizes.live_from(self._size_limits(), live, chunk, stop)
-        if self.fill.active:
-            stop = self.fill.touch(span, chunk, stop)
         copied = 0
-        for c, need in span.missing(live, chunk, stop):
-            if copied >= room:
-                if not copied:
-                    raise self._full(c)
-                stop = c
-                break
-            store = span.add(c, need, lambda c=c: self._alloc_data(c))
-            self._copy(c, None, store)
-            copied += 1
-            if span.overfull:
-                stop = c + 1
-                break
-        span.finish()
+        try:  # a fill may change the leaf before a full store refuses: keep that change
+            if self.fill.active:
+                stop = self.fill.touch(span, chunk, stop)
+            for c, need in span.missing(live, chunk, stop):
+                if copied >= room:
+                    if not copied:
+                        raise self._full(c)
+                    stop = c
+                    break
+                store = span.add(c, need, lambda c=c: self._alloc_data(c))
+                self._copy(c, None, store)
+                copied += 1
+                if span.overfull:
+                    stop = c + 1
+                    break
+        finally:
+            span.finish()
         return stop, copied
 
     def _copy(self, chunk: int, source: int | None, dest: int) -> None:
@@ -550,23 +552,25 @@ class Store(Sealing):
         span = self.exmap.span(chunk)
         stop = min(end, span.hi, chunk + BATCH)
         made = 0
-        if self.fill.involves(slot):
-            stop, made = self._fill_before_write(span, slot, chunk, stop, room)
-        for c, unique in span.unique(slot, chunk, stop):
-            if unique is None:
-                if made >= room:
-                    if not made:
-                        raise self._full(c)
-                    stop = c
+        try:  # a fill may change the leaf before a full store refuses: keep that change
+            if self.fill.involves(slot):
+                stop, made = self._fill_before_write(span, slot, chunk, stop, room)
+            for c, unique in span.unique(slot, chunk, stop):
+                if unique is None:
+                    if made >= room:
+                        if not made:
+                            raise self._full(c)
+                        stop = c
+                        break
+                    unique, source = span.unshare(c, slot, lambda c=c: self._alloc_data(c))
+                    self._copy(c, source, unique)
+                    made += 1
+                out.append((c, unique))
+                if span.overfull:
+                    stop = c + 1
                     break
-                unique, source = span.unshare(c, slot, lambda c=c: self._alloc_data(c))
-                self._copy(c, source, unique)
-                made += 1
-            out.append((c, unique))
-            if span.overfull:
-                stop = c + 1
-                break
-        span.finish()
+        finally:
+            span.finish()
         return stop
 
     def _fill_before_write(self, span: LeafSpan, slot: int, chunk: int, stop: int,

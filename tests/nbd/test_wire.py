@@ -258,6 +258,47 @@ def test_two_exports_share_nothing_but_the_server(gateway):
     b.close()
 
 
+def test_snapshot_reads_follow_writes_and_copy_outs(gateway):
+    """The read fast paths keep a snapshot export exact: cached store addresses (read map,
+    QUERY_MAP read-ahead), reads sharing one locked query, page-cache reads in the
+    reader loop; a snapshot write that unshares a chunk and origin copy-outs after the
+    snapshot's chunks were read are both seen."""
+    cs = gateway.server.chunk_size
+    a = Wire(str(gateway.socket_path))
+    a.go("origin")
+    a.request(nbd.CMD_WRITE, 1, 0, 4 * cs, payload=b"a" * (4 * cs))
+    assert a.simple_reply() == (1, 0, b"")
+    snapshot(gateway.server, "s1")
+    snapshot(gateway.server, "s2")
+    a.request(nbd.CMD_WRITE, 2, 0, 2 * cs, payload=b"b" * (2 * cs))  # copy-out, s1+s2 share
+    assert a.simple_reply() == (2, 0, b"")
+    b = Wire(str(gateway.socket_path))
+    b.go("s2")
+    chunks = 64
+    for i in range(chunks):  # pipelined: reads share queries, the map is read ahead
+        b.request(nbd.CMD_READ, 100 + i, i * cs, cs)
+    got = dict(b.simple_reply(cs)[::2] for _ in range(chunks))
+    for i in range(chunks):
+        assert got[100 + i] == (b"a" if i < 4 else b"\0") * cs, i
+    c = Wire(str(gateway.socket_path))  # same export, so the same volume as b
+    c.go("s2")
+    c.request(nbd.CMD_WRITE, 3, 100, 10, payload=b"c" * 10)  # unshares chunk 0 from s1
+    assert c.simple_reply() == (3, 0, b"")
+    a.request(nbd.CMD_WRITE, 4, 2 * cs, 2 * cs, payload=b"d" * (2 * cs))  # copy-out 2, 3
+    assert a.simple_reply() == (4, 0, b"")
+    for _ in range(2):  # twice: the second time from what the first one cached
+        b.request(nbd.CMD_READ, 5, 0, 4 * cs)
+        assert b.simple_reply(4 * cs) == (5, 0, b"a" * 100 + b"c" * 10 + b"a" * (4 * cs - 110))
+    d = Wire(str(gateway.socket_path))
+    d.go("s1")
+    d.request(nbd.CMD_READ, 6, 0, 4 * cs)
+    assert d.simple_reply(4 * cs) == (6, 0, b"a" * (4 * cs))
+    a.request(nbd.CMD_READ, 7, 0, 4 * cs)
+    assert a.simple_reply(4 * cs) == (7, 0, b"b" * (2 * cs) + b"d" * (2 * cs))
+    for w in (a, b, c, d):
+        w.close()
+
+
 # ---------------------------------------------------------------------------- pure helpers
 
 
