@@ -364,18 +364,21 @@ def _pipelined(store: Store, change) -> None:  # noqa: ANN001
     """Make ``change`` durable the way a server does when a checkpoint is due.
 
     The checkpoint is captured first; the change is made and sealed while it
-    is in flight; the sealed transaction is written before the checkpoint's
-    home writes (the worker's order when both are queued); then both are done.
+    is in flight; the checkpoint is written in parts (net/commit.py), and the
+    sealed transaction goes between its first part (some home writes) and the
+    rest, and is done before the checkpoint, as the server's worker does it.
     """
     ck = store.seal_checkpoint()
     change()
     sealed = store.seal() if store.can_seal() else None
+    part = max(1, len(ck.images) // 2)
+    done = ck.write_part(part)
     if sealed is not None:
         sealed.write()
-    ck.write()
-    store.checkpoint_done(ck)
-    if sealed is not None:
         store.sealed_done(sealed)
+    while not done:
+        done = ck.write_part(part)
+    store.checkpoint_done(ck)
     store.commit()  # whatever did not fit before the checkpoint was done
 
 

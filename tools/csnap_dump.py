@@ -140,7 +140,7 @@ def dump_tree(store) -> list[dict[str, Any]]:  # noqa: ANN001
         if v.depth:
             item["node"] = [[k, c] for k, c in zip(v.keys, v.children, strict=True)]
         else:
-            item["leaf"] = [[k, [[e.store, hex(e.sharemap)] for e in excs]]
+            item["leaf"] = [[k, [[st, hex(sm)] for st, sm in excs]]
                             for k, excs in v.entries]
             item["bytes"] = v.nbytes
         out.append(item)
@@ -202,7 +202,7 @@ def _record_dict(r: tuple) -> dict[str, Any]:
     kind = r[0]
     if kind == fmt.REC_ENTRY:
         return {"entry": r[2], "leaf": r[1],
-                "exceptions": [[e.store, hex(e.sharemap)] for e in r[3]]}
+                "exceptions": [[st, hex(sm)] for st, sm in r[3]]}
     if kind == fmt.REC_BITS:
         return {"bits": r[2], "count": r[3], "value": r[4], "bitmap_block": r[1]}
     if kind == fmt.REC_SUPER:

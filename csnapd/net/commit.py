@@ -48,6 +48,8 @@ class Committer:
         self.deliver = deliver  # sends replies (on the loop)
         self.waiting: list[tuple[int, list[Out]]] = []  # (ticket, replies), tickets ascending
         self.writing: Sealed | Checkpoint | None = None
+        #: a checkpoint written in parts, with sealed transactions between them
+        self.checkpoint: Checkpoint | None = None
         self.commits = 0
         self.checkpoints = 0
 
@@ -56,7 +58,8 @@ class Committer:
         """Nothing in flight, nothing waiting, nothing changed."""
         if self.store is None:  # an HA standby's engine: nothing to write, ever
             return True
-        return self.writing is None and not self.waiting and not self.store.has_changes()
+        return (self.writing is None and self.checkpoint is None and not self.waiting
+                and not self.store.has_changes())
 
     def submit(self, replies: list[Out], also: int = 0) -> None:
         """``replies`` (from the operations since the last call, and depending on ticket
@@ -87,9 +90,16 @@ class Committer:
                                    else RuntimeError(self.store.failed))
             return
         store = self.store
+        work: Sealed | Checkpoint | None = None
         try:
-            if store.wants_checkpoint() or (store.has_changes() and not store.can_seal()):
-                work: Sealed | Checkpoint | None = store.seal_checkpoint()
+            if self.checkpoint is not None:
+                # a commit that fits goes before the checkpoint's next part: a long
+                # checkpoint never holds the answers waiting for durability back
+                if store.has_changes() and store.can_seal():
+                    work = store.seal()
+                work = work or self.checkpoint
+            elif store.wants_checkpoint() or (store.has_changes() and not store.can_seal()):
+                work = self.checkpoint = store.seal_checkpoint()
             else:
                 work = store.seal()
         except Exception as exc:  # noqa: BLE001 - the store failed: answer, don't crash
@@ -102,7 +112,8 @@ class Committer:
             return
         self.writing = work
         started = time.monotonic()
-        fut = asyncio.get_running_loop().run_in_executor(self.executor, work.write)
+        job = work.write_part if isinstance(work, Checkpoint) else work.write
+        fut = asyncio.get_running_loop().run_in_executor(self.executor, job)
         fut.add_done_callback(lambda f: self._done(work, f, started))
 
     def _done(self, work: Sealed | Checkpoint, fut: asyncio.Future[Any], started: float) -> None:
@@ -111,10 +122,12 @@ class Committer:
         late = exc is None and self.lease_ok is not None and not self.lease_ok()
         store = self.store
         if isinstance(work, Checkpoint):
-            if exc is None:
+            if exc is None and fut.result():
+                self.checkpoint = None
                 store.checkpoint_done(work)
                 self.checkpoints += 1
-            else:
+            elif exc is not None:
+                self.checkpoint = None
                 store.checkpoint_failed(work, exc)
         elif exc is None:
             store.sealed_done(work)

@@ -33,6 +33,9 @@ from .commit import Committer
 
 log = logging.getLogger("csnapd.net")
 TICK = 0.2
+#: How long background work (clone fill, delete, revert) waits when the open transaction
+#: is already large and a write is in flight, seconds.
+BACKGROUND_WAIT = 0.002
 
 
 @dataclass
@@ -348,6 +351,13 @@ class Server:
     def _background(self) -> None:
         """A slice of background work, only when nothing else waits for the engine."""
         if self.stopping.is_set():
+            return
+        store = self.engine.store
+        if store is not None and self.committer.writing is not None and store.needs_seal():
+            # the open transaction is already as large as one seal should be: more
+            # background changes now would only make the next commit (and every answer
+            # waiting for it) longer; go on once the write in flight is done
+            self.loop.call_later(BACKGROUND_WAIT, self._background)
             return
         self.engine.now = time.monotonic()
         self._background_more = self.engine.background()

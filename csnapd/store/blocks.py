@@ -26,7 +26,7 @@ from .format import BlockKind
 class Leaf:
     """Exception B-tree leaf: sorted logical chunks, each with its exceptions.
 
-    ``vals[i]`` is the list of exceptions (``format.Exc``) of logical chunk
+    ``vals[i]`` is the tuple of exceptions (``format.Excs``) of logical chunk
     ``keys[i]``; ``nbytes`` tracks the encoded payload size so splits and
     merges never need to re-encode.  Only the B-tree layer (btree.py, exmap.py)
     looks inside a leaf.
@@ -37,7 +37,7 @@ class Leaf:
     __slots__ = ("addr", "keys", "vals", "nbytes", "changes")
 
     def __init__(self, addr: int, keys: list[int] | None = None,
-                 vals: list[list[fmt.Exc]] | None = None, nbytes: int = 0) -> None:
+                 vals: list[fmt.Excs] | None = None, nbytes: int = 0) -> None:
         self.addr = addr
         self.keys = keys if keys is not None else []
         self.vals = vals if vals is not None else []
@@ -61,13 +61,13 @@ class Leaf:
         keys, vals = self.keys, self.vals
         for chunk in sorted(self.changes):
             i = bisect_left(keys, chunk)
-            excs = vals[i] if i < len(keys) and keys[i] == chunk else []
+            excs = vals[i] if i < len(keys) and keys[i] == chunk else ()
             out += fmt.entry_record(self.addr, chunk, excs)
             if len(out) > limit:
                 return None
         return bytes(out)
 
-    def set_entry(self, chunk: int, excs: list[fmt.Exc]) -> None:
+    def set_entry(self, chunk: int, excs: fmt.Excs) -> None:
         """Replay: the exceptions of ``chunk`` are now ``excs`` (none: no entry)."""
         keys, vals = self.keys, self.vals
         i = bisect_left(keys, chunk)

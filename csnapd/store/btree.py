@@ -1,6 +1,6 @@
 """The exception B-tree: logical chunk -> exceptions with sharemaps.
 
-Index nodes route by key ranges; leaves hold, per logical chunk, the list of
+Index nodes route by key ranges; leaves hold, per logical chunk, the tuple of
 exceptions (``format.Exc``: store chunk, sharemap).  The exception map
 (exmap.py) is the only caller: it finds a leaf, edits it in place, then calls
 ``fixup`` which marks it dirty and restores the shape: split when over

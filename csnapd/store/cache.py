@@ -81,6 +81,9 @@ class BlockCache:
         self.changes = 0  # count of changes, to tell whether an operation changed anything
         self.is_meta: Callable[[int], bool] = lambda addr: True
         self.hits = self.misses = 0
+        #: the last trim found only dirty or sealed blocks to evict: trim again only after
+        #: a transaction is durable (blocks become evictable only then)
+        self._stuck = False
 
     # -- reading ----------------------------------------------------------
     def get(self, addr: int, kind: fmt.BlockKind) -> Any:
@@ -202,6 +205,7 @@ class BlockCache:
                   freed: list[int]) -> None:
         """Transaction ``ticket`` is durable: its images wait for their home write."""
         freed_at, stamps, pinned = self.freed_at, self.stamps, self._pinned
+        self._stuck = False
         for addr, image, _ in blocks:
             if freed_at.get(addr, 0) > ticket:  # a later transaction frees it
                 self.freed_pending[addr] = image
@@ -242,6 +246,8 @@ class BlockCache:
         """Evict least recently used clean blocks until well within budget."""
         if self.used <= self.budget:
             return
+        if self._stuck:
+            return
         low = self.budget - self.budget // 8
         lru, dirty, pinned = self._lru, self.dirty, self._pinned
         keep = len(dirty) + len(pinned)
@@ -253,6 +259,10 @@ class BlockCache:
                 skipped += 1
                 continue
             self.used -= self._costs.pop(addr)
+        # Everything left is dirty or sealed: nothing can go until a transaction is
+        # durable. Scanning them again at every insert would make a long pass over a
+        # large tree (a clone fill, a count, a delete) quadratic in the blocks held.
+        self._stuck = self.used > low
 
     def drop_all(self) -> None:
         """Forget every cached object and every uncommitted change (after a failure)."""
@@ -264,6 +274,7 @@ class BlockCache:
         self.direct.clear()
         self._freed_now = []
         self.used = 0
+        self._stuck = False
 
     def __len__(self) -> int:
         return len(self._lru)

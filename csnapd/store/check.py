@@ -275,10 +275,10 @@ class _Checker:
             if chunk >= f.origin_chunks:
                 self.report.add("error", f"chunk {chunk} beyond the origin", v.addr, v.path)
             seen_bits = 0
-            for e in excs:
+            for store_chunk, sharemap in excs:
                 self.exceptions += 1
-                self._exception(v, chunk, e.store, e.sharemap, seen_bits)
-                seen_bits |= e.sharemap
+                self._exception(v, chunk, store_chunk, sharemap, seen_bits)
+                seen_bits |= sharemap
 
     def _exception(self, v: Visit, chunk: int, store_chunk: int, sharemap: int,
                    seen_bits: int) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .format import Exc
+from .format import Excs
 
 #: Tree entries one scan looks at before it stops and reports ``next`` (bounds the CPU
 #: time of one request: about 4-6 µs of Python per entry, so some 20 ms).
@@ -78,10 +78,8 @@ def changed_chunks(store, volume: int | None, base: int | None, start: int, end:
             return scan
         scan.entries += 1
         here = there = parent = -1  # -1: reads the origin
-        for exc in excs:
-            sharemap = exc.sharemap
+        for store_chunk, sharemap in excs:
             if sharemap & (both | pbit):
-                store_chunk = exc.store
                 if sharemap & vbit:
                     here = store_chunk
                 if sharemap & bbit:
@@ -104,7 +102,7 @@ def changed_chunks(store, volume: int | None, base: int | None, start: int, end:
     return scan
 
 
-def _entries(store, start: int, end: int) -> Iterator[tuple[int, list[Exc]]]:  # noqa: ANN001
+def _entries(store, start: int, end: int) -> Iterator[tuple[int, Excs]]:  # noqa: ANN001
     """``(chunk, exceptions)`` for every tree entry in ``[start, end)``, in chunk order,
     read through the store's exception map."""
     for chunk, excs in store.exmap.entries(start):

@@ -16,8 +16,9 @@ this module; none of them touches a leaf's keys, lists or byte count.
   anything changed.  A span is valid until ``finish()`` or the next change
   elsewhere in the tree; callers never keep one across operations.
 
-Exceptions are ``format.Exc`` objects (slots ``store``, ``sharemap``); the
-ones a span or a walk yields are the live objects, to be read, never changed.
+Exceptions are ``format.Exc`` pairs ``(store chunk, sharemap)``, an entry's a tuple
+of them (``format.Excs``); being tuples they cannot be changed by a reader, and a
+change here replaces the entry's tuple whole.
 
 Reads record their dependency on the leaf (store/cache.py ``depend``), so the
 store can tell whether an answer relies on a change that is not durable yet.
@@ -36,7 +37,7 @@ from .blocks import Leaf, Node
 from .btree import KEY_LIMIT, BTree, Path
 from .cache import BlockCache
 from .errors import CorruptionError, LimitError
-from .format import Exc
+from .format import Exc, Excs
 from .usage import SpaceCounts
 
 ErrorHook = Callable[[CorruptionError], None]
@@ -67,20 +68,20 @@ class LeafSpan:
         return self._leaf.nbytes > self._map.tree.leaf_cap
 
     # -- reading ----------------------------------------------------------
-    def copies(self, chunk: int) -> list[Exc]:
-        """The exceptions of ``chunk`` (empty if it has none); do not change them."""
+    def copies(self, chunk: int) -> Excs:
+        """The exceptions of ``chunk`` (empty if it has none)."""
         keys = self._leaf.keys
         i = bisect_left(keys, chunk)
         if i < len(keys) and keys[i] == chunk:
             return self._leaf.vals[i]
-        return []
+        return ()
 
     def lookup(self, slot: int, chunk: int) -> int | None:
         """Store chunk holding slot ``slot``'s copy of ``chunk``, or None (origin)."""
         bit = 1 << slot
-        for e in self.copies(chunk):
-            if e.sharemap & bit:
-                return e.store
+        for store, sharemap in self.copies(chunk):
+            if sharemap & bit:
+                return store
         return None
 
     def map_into(self, slot: int, start: int, stop: int,
@@ -96,9 +97,9 @@ class LeafSpan:
                 i += 1
             found = None
             if i < n and keys[i] == chunk:
-                for e in vals[i]:
-                    if e.sharemap & bit:
-                        found = e.store
+                for store, sharemap in vals[i]:
+                    if sharemap & bit:
+                        found = store
                         break
             append((chunk, found))
 
@@ -113,8 +114,8 @@ class LeafSpan:
                 i += 1
             need = live
             if i < n and keys[i] == chunk:
-                for e in vals[i]:
-                    need &= ~e.sharemap
+                for _, sharemap in vals[i]:
+                    need &= ~sharemap
             if need:
                 out.append((chunk, need))
         return out
@@ -131,42 +132,41 @@ class LeafSpan:
                 i += 1
             found = None
             if i < n and keys[i] == chunk:
-                for e in vals[i]:
-                    if e.sharemap == bit:
-                        found = e.store
+                for store, sharemap in vals[i]:
+                    if sharemap == bit:
+                        found = store
                         break
             out.append((chunk, found))
         return out
 
-    def entries(self) -> Iterator[tuple[int, list[Exc]]]:
-        """(chunk, exceptions) in key order; do not change them."""
+    def entries(self) -> Iterator[tuple[int, Excs]]:
+        """(chunk, exceptions) in key order."""
         return zip(self._leaf.keys, self._leaf.vals, strict=True)
 
     def store_chunks(self) -> Iterator[int]:
         """Every store chunk an exception of this leaf points at."""
         for excs in self._leaf.vals:
-            for e in excs:
-                yield e.store
+            for store, _ in excs:
+                yield store
 
     # -- changing ---------------------------------------------------------
-    def _entry(self, chunk: int, grow: int) -> list[Exc]:
-        """The exception list of ``chunk`` (created empty), checked to stay within limits."""
+    def _index(self, chunk: int, grow: int) -> int:
+        """Index of ``chunk``'s entry in the leaf (created empty), checked to stay within
+        limits after growing by ``grow`` bytes."""
         leaf = self._leaf
         keys = leaf.keys
         i = bisect_left(keys, chunk)
         if i < len(keys) and keys[i] == chunk:
-            excs = leaf.vals[i]
-            if fmt.entry_size(excs) + grow > self._map.tree.entry_max:
+            if fmt.entry_size(leaf.vals[i]) + grow > self._map.tree.entry_max:
                 raise LimitError(f"chunk {chunk} has too many exceptions for a "
                                  f"{self._map.block_size}-byte leaf; use a larger --block-size")
-            return excs
+            return i
         if not self.lo <= chunk < self.hi:
             raise ValueError(f"chunk {chunk} is outside this leaf's range {self.lo}..{self.hi}")
-        excs = []
         keys.insert(i, chunk)
-        leaf.vals.insert(i, excs)
+        leaf.vals.insert(i, ())
         leaf.nbytes += fmt.ENTRY_OVERHEAD
-        return excs
+        return i
 
     def add(self, chunk: int, sharemap: int, alloc: Alloc) -> int:
         """A new exception of ``chunk`` for ``sharemap``, in a chunk from ``alloc``.
@@ -175,17 +175,29 @@ class LeafSpan:
         a leaf.  Returns the store chunk.
         """
         grow = fmt.sharemap_size(sharemap)
-        excs = self._entry(chunk, grow)
+        i = self._index(chunk, grow)
+        vals = self._leaf.vals
         try:
             store = alloc()
         except BaseException:
-            self._drop_if_empty(chunk, excs)
+            if not vals[i]:  # created for this exception: take it out again
+                del self._leaf.keys[i], vals[i]
+                self._leaf.nbytes -= fmt.ENTRY_OVERHEAD
             raise
-        excs.append(Exc(store, sharemap))
+        vals[i] = vals[i] + ((store, sharemap),)
         self._leaf.nbytes += grow
         self._note(chunk)
         self._map.counts.note(chunk, 0, sharemap)
         return store
+
+    def _rebit(self, chunk: int, store: int, before: int, after: int) -> None:
+        """The exception of ``chunk`` in ``store`` now has sharemap ``after`` (never 0)."""
+        leaf = self._leaf
+        i = bisect_left(leaf.keys, chunk)
+        leaf.vals[i] = tuple((s, after) if s == store else (s, m) for s, m in leaf.vals[i])
+        leaf.nbytes += fmt.sharemap_size(after) - fmt.sharemap_size(before)
+        self._note(chunk)
+        self._map.counts.note(chunk, before, after)
 
     def unshare(self, chunk: int, slot: int, alloc: Alloc) -> tuple[int, int | None]:
         """Give slot ``slot`` its own copy of ``chunk``; return (new store chunk, source).
@@ -194,16 +206,13 @@ class LeafSpan:
         bit), or None when the slot read the origin.  The caller copies it.
         """
         bit = 1 << slot
-        shared = next((e for e in self.copies(chunk) if e.sharemap & bit), None)
+        shared = next((e for e in self.copies(chunk) if e[1] & bit), None)
         store = self.add(chunk, bit, alloc)
         if shared is None:
             return store, None
-        before = shared.sharemap
-        old = fmt.sharemap_size(before)
-        shared.sharemap &= ~bit
-        self._leaf.nbytes += fmt.sharemap_size(shared.sharemap) - old
-        self._map.counts.note(chunk, before, shared.sharemap)
-        return store, shared.store
+        source, before = shared
+        self._rebit(chunk, source, before, before & ~bit)
+        return store, source
 
     def clear_bits(self, mask: int) -> list[int]:
         """Clear ``mask`` from every sharemap; return the store chunks no one uses now.
@@ -214,24 +223,28 @@ class LeafSpan:
         leaf = self._leaf
         freed: list[int] = []
         changed = False
-        keep_keys, keep_vals = [], []
+        keep_keys: list[int] = []
+        keep_vals: list[Excs] = []
         note = self._map.counts.note
         for chunk, excs in zip(leaf.keys, leaf.vals, strict=True):
+            if not any(m & mask for _, m in excs):
+                keep_keys.append(chunk)
+                keep_vals.append(excs)
+                continue
+            changed = True
+            self._note(chunk)
             kept = []
-            for e in excs:
-                if e.sharemap & mask:
-                    changed = True
-                    self._note(chunk)
-                    before = e.sharemap
-                    e.sharemap &= ~mask
-                    note(chunk, before, e.sharemap)
-                    if not e.sharemap:
-                        freed.append(e.store)
-                        continue
-                kept.append(e)
+            for store, before in excs:
+                after = before & ~mask
+                if after != before:
+                    note(chunk, before, after)
+                if after:
+                    kept.append((store, after))
+                else:
+                    freed.append(store)
             if kept:
                 keep_keys.append(chunk)
-                keep_vals.append(kept)
+                keep_vals.append(tuple(kept))
         if changed:
             leaf.keys, leaf.vals = keep_keys, keep_vals
             leaf.recount()
@@ -254,24 +267,26 @@ class LeafSpan:
         n = len(keys)
         while i < n and keys[i] < stop:
             excs = vals[i]
-            shared = None
-            for e in excs:
-                if e.sharemap & cbit:
-                    shared = None
+            at = -1
+            for j, (_, m) in enumerate(excs):
+                if m & cbit:
+                    at = -1
                     break
-                if e.sharemap & pbit:
-                    shared = e
-            if shared is not None:
-                chunk, before = keys[i], shared.sharemap
-                grow = fmt.sharemap_size(before | cbit) - fmt.sharemap_size(before)
+                if m & pbit:
+                    at = j
+            if at >= 0:
+                chunk = keys[i]
+                store, before = excs[at]
+                after = before | cbit
+                grow = fmt.sharemap_size(after) - fmt.sharemap_size(before)
                 if grow and fmt.entry_size(excs) + grow > limit:
                     raise LimitError(f"chunk {chunk} has too many exceptions for a "
                                      f"{self._map.block_size}-byte leaf to share it with "
                                      "a clone; use a larger --block-size")
-                shared.sharemap = before | cbit
+                vals[i] = excs[:at] + ((store, after),) + excs[at + 1:]
                 leaf.nbytes += grow
                 self._note(chunk)
-                note(chunk, before, shared.sharemap)
+                note(chunk, before, after)
                 if self.overfull:
                     return chunk + 1
             i += 1
@@ -283,14 +298,6 @@ class LeafSpan:
         if changes is not None:
             changes.add(chunk)
         self._changed = True
-
-    def _drop_if_empty(self, chunk: int, excs: list[Exc]) -> None:
-        if excs:
-            return
-        leaf = self._leaf
-        i = bisect_left(leaf.keys, chunk)
-        del leaf.keys[i], leaf.vals[i]
-        leaf.nbytes -= fmt.ENTRY_OVERHEAD
 
     def finish(self) -> None:
         """Done with this span: mark the leaf dirty and fix the tree's shape if it changed."""
@@ -314,7 +321,7 @@ class Visit:
     path: str
     keys: list[int]
     children: list[int]
-    entries: list[tuple[int, list[Exc]]]
+    entries: list[tuple[int, Excs]]
     nbytes: int
 
 
@@ -353,9 +360,9 @@ class ExceptionMap:
         i = bisect_left(keys, chunk)
         if i < len(keys) and keys[i] == chunk:
             bit = 1 << slot
-            for e in leaf.vals[i]:
-                if e.sharemap & bit:
-                    return e.store
+            for store, sharemap in leaf.vals[i]:
+                if sharemap & bit:
+                    return store
         return None
 
     def map_range(self, slot: int, start: int, count: int,
@@ -414,7 +421,7 @@ class ExceptionMap:
         entries = list(zip(block.keys, block.vals, strict=True))
         return Visit(addr, 0, lo, hi, path, [], [], entries, block.nbytes)
 
-    def entries(self, start: int = 0) -> Iterator[tuple[int, list[Exc]]]:
+    def entries(self, start: int = 0) -> Iterator[tuple[int, Excs]]:
         """(chunk, exceptions) for every chunk with exceptions from ``start``, in order."""
         key = start
         while key < KEY_LIMIT:
@@ -440,11 +447,10 @@ class ExceptionMap:
         return cursor, False
 
 
-def add_usage(usage: Usage, vals: list[list[Exc]]) -> None:
+def add_usage(usage: Usage, vals: list[Excs]) -> None:
     """Add exceptions to per-slot unique/shared counts."""
     for excs in vals:
-        for e in excs:
-            sharemap = e.sharemap
+        for _, sharemap in excs:
             single = sharemap & (sharemap - 1) == 0
             bits = sharemap
             while bits:

@@ -763,7 +763,7 @@ SUPER_RECORD_FIELDS = ("flags", "depth", "root", "free_chunks", "alloc_cursor", 
 CLONE_RECORD_FIELDS = ("clone_slot", "clone_parent", "clone_cursor")
 
 
-def entry_record(block: int, chunk: int, excs: list[Exc]) -> bytes:
+def entry_record(block: int, chunk: int, excs: Excs) -> bytes:
     """ENTRY: the exceptions of ``chunk`` in leaf ``block`` are now ``excs``."""
     out = bytearray(_REC_ENTRY.pack(REC_ENTRY, block, chunk, len(excs)))
     encode_exceptions(out, excs)
@@ -816,7 +816,7 @@ Record = tuple  # (REC_*, fields...) as decode_records yields them
 def decode_records(stream: bytes, where: int) -> list[Record]:
     """Every record of a stream; CorruptionError (at block ``where``) if it is malformed.
 
-    ENTRY -> (1, block, chunk, [Exc]); BITS -> (2, block, first, count, value);
+    ENTRY -> (1, block, chunk, ((store, sharemap), ...)); BITS -> (2, block, first, count, value);
     SUPER -> (3, {field: value}); GRANT -> (4, block, index, GrantRecord | None);
     CLONE -> (5, {field: value});
     GEOMETRY -> (6, {field: value, "size_records": ((grown_ns, bytes), ...)});
@@ -943,28 +943,14 @@ def leaf_capacity(block_size: int) -> int:
     return block_size - HEADER_SIZE
 
 
-class Exc:
-    """One exception as a leaf holds it: a store chunk and the sharemap of its users.
-
-    Bit s of ``sharemap`` set means snapshot slot s reads this copy.  Only the
-    exception map (store/exmap.py) changes these; everyone else reads them.
-    """
-
-    __slots__ = ("store", "sharemap")
-
-    def __init__(self, store: int, sharemap: int) -> None:
-        self.store = store
-        self.sharemap = sharemap
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Exc):
-            return NotImplemented
-        return self.store == other.store and self.sharemap == other.sharemap
-
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
-    def __repr__(self) -> str:
-        return f"Exc({self.store}, {self.sharemap:#x})"
+#: One exception as a leaf holds it: (store chunk, sharemap of its users); bit s of the
+#: sharemap set means snapshot slot s reads this copy.  An entry's exceptions are a tuple
+#: of them (``Excs``), replaced whole when they change (only store/exmap.py does).  Plain
+#: tuples of ints on purpose: the garbage collector stops tracking them, so a cache of
+#: millions of exceptions adds nothing to a full collection (as class instances, 2M of
+#: them made every full collection stop the event loop for about 0.35 s).
+Exc = tuple[int, int]
+Excs = tuple[Exc, ...]
 
 
 def sharemap_size(sharemap: int) -> int:
@@ -973,48 +959,46 @@ def sharemap_size(sharemap: int) -> int:
     return EXC_OVERHEAD + (sharemap.bit_length() + 7) // 8 - low // 8
 
 
-def entry_size(excs: list[Exc]) -> int:
+def entry_size(excs: Excs) -> int:
     """Encoded bytes of one logical chunk entry with exceptions ``excs``."""
-    return ENTRY_OVERHEAD + sum(sharemap_size(e.sharemap) for e in excs)
+    return ENTRY_OVERHEAD + sum(sharemap_size(sharemap) for _, sharemap in excs)
 
 
 _ONE_BYTE_EXC = struct.Struct("<QHHB")
 
 
-def encode_exceptions(out: bytearray, excs: list[Exc]) -> None:
+def encode_exceptions(out: bytearray, excs: Excs) -> None:
     """Append the encoded exceptions of one entry (after its chunk and count)."""
     exc1, exc = _ONE_BYTE_EXC.pack, LEAF_EXC.pack
-    for e in excs:
-        sharemap = e.sharemap
+    for store, sharemap in excs:
         if sharemap < 256:  # the common case: snapshot slots 0..7
-            out += exc1(e.store, 0, 1, sharemap)
+            out += exc1(store, 0, 1, sharemap)
             continue
         low = ((sharemap & -sharemap).bit_length() - 1) // 8
         raw = (sharemap >> (8 * low)).to_bytes((sharemap.bit_length() + 7) // 8 - low, "little")
-        out += exc(e.store, low, len(raw))
+        out += exc(store, low, len(raw))
         out += raw
 
 
-def encode_leaf(keys: list[int], vals: list[list[Exc]]) -> bytes:
+def encode_leaf(keys: list[int], vals: list[Excs]) -> bytes:
     out = bytearray()
     entry, exc1, exc = LEAF_ENTRY.pack, _ONE_BYTE_EXC.pack, LEAF_EXC.pack
     for chunk, excs in zip(keys, vals, strict=True):
         out += entry(chunk, len(excs))
-        for e in excs:  # encode_exceptions, inlined: this loop is hot at every commit
-            sharemap = e.sharemap
+        for store, sharemap in excs:  # encode_exceptions, inlined: hot at every commit
             if sharemap < 256:
-                out += exc1(e.store, 0, 1, sharemap)
+                out += exc1(store, 0, 1, sharemap)
                 continue
             low = ((sharemap & -sharemap).bit_length() - 1) // 8
             raw = (sharemap >> (8 * low)).to_bytes((sharemap.bit_length() + 7) // 8 - low,
                                                    "little")
-            out += exc(e.store, low, len(raw))
+            out += exc(store, low, len(raw))
             out += raw
     return bytes(out)
 
 
 def decode_exceptions(block: bytes | memoryview, pos: int, m: int, end: int, addr: int,
-                      chunk: int, kind: str = "LEAF") -> tuple[list[Exc], int]:
+                      chunk: int, kind: str = "LEAF") -> tuple[Excs, int]:
     """``m`` exceptions from ``pos``; return them and the position after them."""
     excs = []
     exc_hdr, from_bytes = LEAF_EXC.unpack_from, int.from_bytes
@@ -1030,17 +1014,17 @@ def decode_exceptions(block: bytes | memoryview, pos: int, m: int, end: int, add
         if sharemap == 0:
             raise CorruptionError(addr, kind, f"empty sharemap for chunk {chunk}")
         pos += length
-        excs.append(Exc(store, sharemap))
-    return excs, pos
+        excs.append((store, sharemap))
+    return tuple(excs), pos
 
 
 _ONE_EXC_ENTRY = struct.Struct("<QHQHHB")  # an entry of one exception, one sharemap byte
 
 
-def decode_leaf(block: bytes, addr: int, count: int) -> tuple[list[int], list[list[Exc]], int]:
+def decode_leaf(block: bytes, addr: int, count: int) -> tuple[list[int], list[Excs], int]:
     """Return keys, exception lists and the payload bytes used."""
     keys: list[int] = []
-    vals: list[list[Exc]] = []
+    vals: list[Excs] = []
     pos, end = HEADER_SIZE, len(block)
     prev = -1
     one, one_size = _ONE_EXC_ENTRY.unpack_from, _ONE_EXC_ENTRY.size
@@ -1051,7 +1035,7 @@ def decode_leaf(block: bytes, addr: int, count: int) -> tuple[list[int], list[li
                 if m == 1 and length == 1 and byte and chunk > prev:  # the common case
                     prev = chunk
                     keys.append(chunk)
-                    vals.append([Exc(store, byte << (8 * off))])
+                    vals.append(((store, byte << (8 * off)),))
                     pos += one_size
                     continue
             chunk, m = LEAF_ENTRY.unpack_from(block, pos)

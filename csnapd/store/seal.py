@@ -150,6 +150,11 @@ class Sealed:
                 f"{len(self.frozen.runs)} copy runs>")
 
 
+#: Home images one ``Checkpoint.write_part`` writes: a sealed transaction can go between
+#: two parts, so a checkpoint of thousands of blocks never holds commits back for long.
+PART_BLOCKS = 256
+
+
 @dataclass(eq=False)
 class Checkpoint:
     """Committed images to write home, then the superblock naming the new tail.
@@ -159,6 +164,12 @@ class Checkpoint:
     transaction with the new generation, tail and sequence.  ``head``, ``seq``,
     ``reclaimed`` and ``released`` are what the owning thread applies when it
     is done.
+
+    It is written whole (``write``) or in parts (``write_part``), with sealed
+    transactions written between parts: home writes of committed images may land
+    in any order and be torn by a crash (replay starts from full images,
+    journal.py invariant 11), and the superblock naming the new tail is written
+    only after every one of them has been flushed.
     """
 
     dev: Device
@@ -170,6 +181,8 @@ class Checkpoint:
     flushes: int = 0
     home_bytes: int = field(default=0)
     fence: Callable[[], None] | None = None  # as Sealed.fence
+    _order: list[int] | None = field(default=None, repr=False)  # home addresses, sorted
+    _at: int = field(default=0, repr=False)  # how many of them are written
 
     @property
     def head(self) -> int:
@@ -185,20 +198,41 @@ class Checkpoint:
 
     def write(self) -> None:
         """Home writes, flush, superblock slot, flush.  Raises OSError on I/O failure."""
+        while not self.write_part(len(self.images) or 1):
+            pass
+
+    def write_part(self, max_blocks: int = PART_BLOCKS) -> bool:
+        """The next ``max_blocks`` home writes, or, once all are written, the end (flush,
+        superblock slot, flush).  True when the checkpoint is complete."""
         if self.fence is not None:
             self.fence()
-        self._write_home()
+        if self._order is None:
+            self._order = sorted(self.images)
+        if self._at < len(self._order):
+            part = self._order[self._at:self._at + max_blocks]
+            self._write_home(part)
+            self._at += len(part)
+            if self._at < len(self._order):
+                return False
         self._flush()
         if self.fence is not None:
             self.fence()
         sbk.write_slot(self.dev, self.fields)
         self._flush()
+        return True
 
-    def _write_home(self) -> None:
-        bs = self.block_size
-        for addr in sorted(self.images):
-            self.dev.pwrite(addr * bs, self.images[addr])
-        self.home_bytes += len(self.images) * bs
+    def _write_home(self, addrs: list[int]) -> None:
+        """Write the images of ``addrs`` (ascending) home, adjacent blocks in one write."""
+        bs, images = self.block_size, self.images
+        i = 0
+        while i < len(addrs):
+            j = i + 1
+            while j < len(addrs) and addrs[j] == addrs[j - 1] + 1 and j - i < 64:
+                j += 1
+            first = addrs[i]
+            self.dev.pwrite(first * bs, b"".join(images[a] for a in addrs[i:j]))
+            i = j
+        self.home_bytes += len(addrs) * bs
 
     def _flush(self) -> None:
         self.dev.flush()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .format import Exc
+from .format import Excs
 
 #: One past the largest tree key (btree.KEY_LIMIT; repeated to keep this module a leaf).
 KEY_LIMIT = 1 << 64
@@ -74,15 +74,15 @@ class SpaceCounts:
                 shared.pop(slot, None)
             bits ^= low
 
-    def add_entries(self, entries: Iterable[tuple[int, list[Exc]]], lo: int, hi: int) -> None:
+    def add_entries(self, entries: Iterable[tuple[int, Excs]], lo: int, hi: int) -> None:
         """Count the exceptions of the chunks in ``[max(lo, cursor), hi)`` of one leaf and
         move the cursor to ``hi`` (a leaf merged since the last slice may also hold
         chunks below the cursor: those are counted already)."""
         start = max(lo, self.cursor)
         for chunk, excs in entries:
             if start <= chunk < hi:
-                for e in excs:
-                    self._add(e.sharemap, 1)
+                for _, sharemap in excs:
+                    self._add(sharemap, 1)
         self.cursor = hi
         if hi >= KEY_LIMIT:
             self.complete = True

@@ -72,7 +72,7 @@ def tree_blocks(s: Store) -> tuple[list[int], list[int], list[tuple[int, list[li
             nodes.append(v.addr)
             continue
         leaves.append(v.addr)
-        entries.extend((c, [[e.store, e.sharemap] for e in excs]) for c, excs in v.entries)
+        entries.extend((c, [[st, sm] for st, sm in excs]) for c, excs in v.entries)
     return nodes, leaves, entries
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from csnapd.store.errors import LimitError, StoreFullError
-from csnapd.store.exmap import Exc
 from csnapd.store.store import Store
 from csnapd.store.walk import snapshot_usage
 
@@ -45,7 +44,7 @@ def test_lookup_and_map_range_agree(store):
 def test_span_changes_and_limits(store):
     s = store
     span = s.exmap.span(7)
-    assert span.lo <= 7 < span.hi and span.copies(7) == []
+    assert span.lo <= 7 < span.hi and span.copies(7) == ()
     allocated = []
 
     def alloc():
@@ -53,13 +52,13 @@ def test_span_changes_and_limits(store):
         return allocated[-1]
 
     st = span.add(7, 0b1, alloc)
-    assert span.copies(7) == [Exc(st, 0b1)] and span.lookup(0, 7) == st
+    assert span.copies(7) == ((st, 0b1),) and span.lookup(0, 7) == st
     # unsharing a slot that reads a shared copy returns that copy as the source
     span.add(8, 0b110, alloc)
     new, source = span.unshare(8, 1, alloc)
-    assert source == allocated[1] and span.copies(8) == [Exc(allocated[1], 0b100), Exc(new, 0b10)]
+    assert source == allocated[1] and span.copies(8) == ((allocated[1], 0b100), (new, 0b10))
     new2, source2 = span.unshare(9, 3, alloc)
-    assert source2 is None and span.copies(9) == [Exc(new2, 0b1000)]
+    assert source2 is None and span.copies(9) == ((new2, 0b1000),)
     assert span.missing(0b1111, 7, 10) == [(7, 0b1110), (8, 0b1001), (9, 0b0111)]
     assert span.unique(1, 7, 10) == [(7, None), (8, new), (9, None)]
     span.finish()
@@ -81,7 +80,7 @@ def test_span_changes_and_limits(store):
     span = s.exmap.span(300)
     with pytest.raises(StoreFullError):
         span.add(300, 1, full)
-    assert span.copies(300) == []  # no empty entry left behind
+    assert span.copies(300) == ()  # no empty entry left behind
     span.finish()
 
 

@@ -18,9 +18,9 @@ BS = 512
 SID = 0x1122334455667788
 
 
-def excs(vals: list[list[list[int]]]) -> list[list[fmt.Exc]]:
-    """Exception lists from [store, sharemap] pairs."""
-    return [[fmt.Exc(store, sharemap) for store, sharemap in v] for v in vals]
+def excs(vals: list[list[list[int]]]) -> list[fmt.Excs]:
+    """Entries' exceptions from [store, sharemap] pairs."""
+    return [tuple((store, sharemap) for store, sharemap in v) for v in vals]
 
 
 def leaf_image(addr: int = 77, sid: int = SID) -> bytes:
@@ -95,8 +95,8 @@ def test_seal_rejects_oversized_payload():
 
 sharemaps = st.one_of(st.integers(1, 2**64 - 1), st.integers(1, 2**1024 - 1),
                       st.integers(0, 16383).map(lambda b: 1 << b))
-exceptions = st.lists(st.tuples(st.integers(0, 2**64 - 1), sharemaps)
-                      .map(lambda t: fmt.Exc(*t)), min_size=1, max_size=4)
+exceptions = st.lists(st.tuples(st.integers(0, 2**64 - 1), sharemaps),
+                      min_size=1, max_size=4).map(tuple)
 
 
 @st.composite
@@ -222,7 +222,7 @@ def test_compact_commit_record_matches_the_worked_example():
     from csnapd.store import txn
 
     sid, bs = 0x0123456789ABCDEF, 4096
-    stream = fmt.entry_record(1000, 10, [fmt.Exc(43, 1)]) + fmt.bits_record(2, 43, 1, 1)
+    stream = fmt.entry_record(1000, 10, ((43, 1),)) + fmt.bits_record(2, 43, 1, 1)
     assert len(stream) == 50
     lead, trail = txn.encode3(290, 2048, 14, sid, 8, 0, [], stream, bs)
     assert lead[:128] == bytes.fromhex(
@@ -237,7 +237,7 @@ def test_compact_commit_record_matches_the_worked_example():
     assert rec == fmt.decode_commit3(trail, 305, sid) and rec.span == 2
     assert (rec.seq, rec.first, rec.homes, rec.crcs, rec.inline) == (8, 14, (), (), stream)
     assert fmt.decode_records(rec.inline, 304) == [
-        (fmt.REC_ENTRY, 1000, 10, [fmt.Exc(43, 1)]), (fmt.REC_BITS, 2, 43, 1, 1)]
+        (fmt.REC_ENTRY, 1000, 10, ((43, 1),)), (fmt.REC_BITS, 2, 43, 1, 1)]
     assert fmt.decode_commit3(lead, 305, sid) is None  # misdirected
     assert fmt.decode_commit3(lead, 304, sid + 1) is None  # another store
 
@@ -249,7 +249,7 @@ grant_records = st.one_of(st.none(), st.builds(
     st.lists(st.tuples(st.integers(0, 2**63), st.integers(1, 2**40)), max_size=30)))
 records = st.one_of(
     st.builds(lambda b, c, e: (fmt.REC_ENTRY, b, c, e), st.integers(0, 2**64 - 1),
-              st.integers(0, 2**64 - 1), st.lists(exceptions.map(lambda v: v[0]), max_size=4)),
+              st.integers(0, 2**64 - 1), st.lists(exceptions.map(lambda v: v[0]), max_size=4).map(tuple)),
     st.builds(lambda b, f, n, v: (fmt.REC_BITS, b, f, n, v), st.integers(0, 2**64 - 1),
               st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 1)),
     st.builds(lambda b, i, r: (fmt.REC_GRANT, b, i, r), st.integers(0, 2**64 - 1),

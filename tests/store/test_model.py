@@ -452,8 +452,8 @@ class StoreMachine(RuleBasedStateMachine):
             for chunk, excs in self.s.exmap.entries():
                 if chunk >= counts.cursor:
                     break
-                for e in excs:
-                    bits = [b for b in range(64) if e.sharemap >> b & 1]
+                for _, sharemap in excs:
+                    bits = [b for b in range(64) if sharemap >> b & 1]
                     for b in bits:
                         u = want.setdefault(b, {"unique": 0, "shared": 0})
                         u["unique" if len(bits) == 1 else "shared"] += 1
@@ -496,8 +496,8 @@ def test_model_slots_are_bits():
     m.setup(cache=0)
     m.create_snapshot("snap0")
     m.origin_write(0, 1, (0, CS))
-    [(_, [exc])] = list(m.s.exmap.entries())
-    assert exc.sharemap == 1 << m._slot("snap0")
+    [(_, [(_, sharemap)])] = list(m.s.exmap.entries())
+    assert sharemap == 1 << m._slot("snap0")
     m.teardown()
 
 

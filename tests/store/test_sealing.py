@@ -277,6 +277,63 @@ def test_checkpoint_while_the_owner_keeps_changing_blocks():
     audit(t)
 
 
+def test_a_checkpoint_written_in_parts_with_commits_between_them():
+    """The server's worker writes a long checkpoint a part at a time and commits between
+    the parts; a crash at any part boundary loses nothing acknowledged."""
+    s, inner, origin, data = opened(journal_blocks=256)
+    a = s.create_snapshot("a")
+    for c in range(0, 96, 8):  # leaves and bitmap blocks wait for their home write
+        s.origin_write([(c, 8)])
+        s.commit()
+    ck = s.seal_checkpoint()
+    assert len(ck.images) >= 4
+    images = list(ck.images.items())
+    size = -(-len(images) // 4)
+    parts, committed = 0, []
+    while not ck.write_part(size):
+        parts += 1
+        c = 96 + parts
+        s.origin_write([(c, 1)])
+        sealed = s.seal()
+        sealed.write()
+        s.sealed_done(sealed)
+        committed.append(c)
+        overwrite_origin(origin, [c], 1)
+        # a crash here: some images home, the superblock still names the old tail
+        t = reopen(inner, origin)
+        for k in [*range(0, 96, 7), *committed]:
+            assert snapshot_read(t, a.slot, k) == data[k]
+        audit(t)
+    assert parts == -(-len(images) // size) - 1 and s.in_flight  # the last part ends it
+    s.checkpoint_done(ck)
+    for home, image in images:
+        assert inner.pread(home * BS, BS) == image
+    t = reopen(inner, origin)
+    for k in [*range(128)]:
+        assert snapshot_read(t, a.slot, k) == data[k]
+    audit(t)
+
+
+def test_cache_trim_waits_while_every_cached_block_is_dirty():
+    """A cache over budget with only dirty blocks stops scanning them at every insert
+    (a long clone fill or delete made that quadratic) and evicts again after a commit."""
+    s, _, _, _ = opened(journal_blocks=256)
+    s.create_snapshot("a")
+    s.commit()
+    cache = s.cache
+    cache.budget = 1  # everything is over budget
+    s.origin_write([(0, 64)])
+    cache.trim()
+    assert cache._stuck and cache.dirty
+    held = len(cache)
+    cache.trim()
+    assert len(cache) == held
+    s.commit()
+    assert not cache._stuck
+    cache.trim()
+    assert len(cache) < held
+
+
 def test_a_seal_waits_for_the_checkpoint_when_the_journal_has_no_room():
     s, _, _, _ = opened(journal_blocks=128)
     s.create_snapshot("a")
