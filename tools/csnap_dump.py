@@ -18,6 +18,7 @@ from typing import Any
 
 from csnap_client.version import add_version_option
 from csnapd.explain import device_problem, format_problem
+from csnapd.store import datacheck
 from csnapd.store import format as fmt
 from csnapd.store import journal as jnl
 from csnapd.store.errors import FormatError, StoreError
@@ -161,6 +162,7 @@ def dump_journal(store) -> dict[str, Any]:  # noqa: ANN001
     j = store.journal  # tail and sequence as the superblock slot gives them
     scan = jnl.scan(store.dev, j.start, j.nblocks, j.block_size, j.store_id, j.tail,
                     j.tail_seq, j.version)
+    datacheck.check_tail(store.dev, store.sb.chunk_size, j.start, scan)  # as recovery does
     return {"start": j.start, "blocks": j.nblocks, "tail": j.tail, "tail_seq": j.tail_seq,
             "head": scan.head, "next_seq": scan.next_seq, "format": FORMATS[j.version],
             "max_images": jnl.max_images(j.nblocks, j.block_size, j.version),
@@ -211,6 +213,11 @@ def _record_dict(r: tuple) -> dict[str, Any]:
         return {"clone_fill": r[1]}
     if kind == fmt.REC_REVERT:
         return {"revert": r[1]}
+    if kind == fmt.REC_GEOMETRY:
+        return {"geometry": r[1]}
+    if kind == fmt.REC_DATA:
+        return {"data": [{"store_chunk": first, "chunks": n, "crc32c": f"0x{crc:08x}"}
+                         for first, n, crc in r[1]]}
     grant = r[3]
     return {"grant_slot": r[2], "grant_block": r[1],
             "record": None if grant is None else {"client": grant.client, "kind": grant.kind,

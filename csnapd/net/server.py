@@ -36,6 +36,8 @@ TICK = 0.2
 #: How long background work (clone fill, delete, revert) waits when the open transaction
 #: is already large and a write is in flight, seconds.
 BACKGROUND_WAIT = 0.002
+#: Changed blocks in the open transaction from which background work waits so.
+BACKGROUND_BLOCKS = 32
 
 
 @dataclass
@@ -353,10 +355,12 @@ class Server:
         if self.stopping.is_set():
             return
         store = self.engine.store
-        if store is not None and self.committer.writing is not None and store.needs_seal():
-            # the open transaction is already as large as one seal should be: more
-            # background changes now would only make the next commit (and every answer
-            # waiting for it) longer; go on once the write in flight is done
+        if (store is not None and self.committer.writing is not None
+                and store.open_blocks() >= BACKGROUND_BLOCKS):
+            # the open transaction already holds enough background changes: more now
+            # would only make the next commit (and every answer waiting for it, such as
+            # a read of a leaf the clone fill changed) longer; go on once the write in
+            # flight is done
             self.loop.call_later(BACKGROUND_WAIT, self._background)
             return
         self.engine.now = time.monotonic()

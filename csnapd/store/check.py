@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import datacheck
 from . import format as fmt
 from . import journal as jnl
 from .btree import KEY_LIMIT
@@ -141,6 +142,7 @@ class _Checker:
         try:
             again = jnl.scan(store.dev, j.start, j.nblocks, j.block_size, j.store_id, j.tail,
                              j.tail_seq, j.version)
+            datacheck.check_tail(store.dev, self.f.chunk_size, j.start, again)
         except CorruptionError as exc:
             self.error(exc)
             return

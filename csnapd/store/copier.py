@@ -13,6 +13,7 @@ be an allocated chunk with no metadata block in it.
 from __future__ import annotations
 
 from .bitmap import Allocator
+from .datacheck import crc
 from .device import Device
 from .errors import CorruptionError
 
@@ -51,12 +52,18 @@ class Copier:
         return runs
 
 
-def run_copies(dev: Device, origin: Device, chunk_size: int, runs: list[Run]) -> int:
-    """Perform copies (not flushed); return bytes copied.  Touches only the devices."""
+def run_copies(dev: Device, origin: Device, chunk_size: int, runs: list[Run],
+               crcs: list[tuple[int, int, int]] | None = None) -> int:
+    """Perform copies (not flushed); return bytes copied.  Touches only the devices.
+
+    With ``crcs``, append (first destination, count, CRC32C of the bytes) for each run:
+    a DATA record's runs (datacheck.py)."""
     moved = 0
     for from_store, source, dest, count in runs:
         src = dev if from_store else origin
         data = src.pread(source * chunk_size, count * chunk_size)
         dev.pwrite(dest * chunk_size, data)
+        if crcs is not None:
+            crcs.append((dest, count, crc(data)))
         moved += len(data)
     return moved

@@ -106,7 +106,8 @@ def plan(store_bytes: int, origin_bytes: int, chunk_size: int = DEFAULT_CHUNK_SI
     now = time.time_ns()
     return fmt.SuperFields(
         version=fmt.FORMAT_VERSION, incompat=fmt.INCOMPAT_GRANTS | fmt.INCOMPAT_JOURNAL_V2
-        | fmt.INCOMPAT_COMPACT_JOURNAL | fmt.INCOMPAT_HOLDS | fmt.INCOMPAT_CLONES,
+        | fmt.INCOMPAT_COMPACT_JOURNAL | fmt.INCOMPAT_HOLDS | fmt.INCOMPAT_CLONES
+        | fmt.INCOMPAT_DATA_CRC,
         compat=0, autoclear=0,
         block_size=block_size, chunk_size=chunk_size, max_snapshots=max_snapshots, flags=0,
         uuid=os.urandom(16), store_chunks=store_chunks, origin_bytes=origin_bytes,

@@ -112,9 +112,16 @@ INCOMPAT_BITMAPS_MOVED = 1 << 6
 #: already hold the snapshot's data, the rest do not yet.  A csnap that ignored it
 #: would serve the half-reverted origin as if it were whole.  Set while a revert runs.
 INCOMPAT_REVERT = 1 << 7
+#:
+#: INCOMPAT_DATA_CRC: journal transactions may carry DATA records (the CRC32C of the
+#: chunks they copied out, written under the same flush; store/datacheck.py), and
+#: recovery drops a last transaction whose copied chunks do not match them.  A csnap
+#: that ignored it would replay such a transaction and point snapshots at chunks that
+#: never reached the disk.  Set at every read-write open by a csnap that knows it.
+INCOMPAT_DATA_CRC = 1 << 8
 INCOMPAT_KNOWN = (INCOMPAT_GRANTS | INCOMPAT_JOURNAL_V2 | INCOMPAT_COMPACT_JOURNAL
                   | INCOMPAT_HOLDS | INCOMPAT_CLONES | INCOMPAT_ORIGIN_GROWN
-                  | INCOMPAT_BITMAPS_MOVED | INCOMPAT_REVERT)
+                  | INCOMPAT_BITMAPS_MOVED | INCOMPAT_REVERT | INCOMPAT_DATA_CRC)
 COMPAT_KNOWN = 0
 #:
 #: AUTOCLEAR_SPACE_COUNTS: every non-free snapshot table entry's exclusive and shared
@@ -739,8 +746,13 @@ def commit_fields_unverified(block: bytes, addr: int, store_id: int,
     return seq, first
 
 
-REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT, REC_CLONE, REC_GEOMETRY, REC_REVERT = (
-    1, 2, 3, 4, 5, 6, 7)
+REC_ENTRY, REC_BITS, REC_SUPER, REC_GRANT, REC_CLONE, REC_GEOMETRY, REC_REVERT, REC_DATA = (
+    1, 2, 3, 4, 5, 6, 7, 8)
+_REC_DATA = struct.Struct("<BH")  # kind, number of runs
+#: One run of a DATA record: first store chunk, chunks, CRC32C of their bytes.
+DATA_RUN = struct.Struct("<QII")
+#: Runs in one DATA record at most (a transaction with more carries several).
+DATA_RUNS_MAX = 0xFFFF
 _REC_REVERT = struct.Struct("<BIQ")
 #: The superblock fields a REVERT record carries, in record order.
 REVERT_RECORD_FIELDS = ("revert_slot", "revert_cursor")
@@ -810,6 +822,24 @@ def grant_record(block: int, index: int, rec: GrantRecord | None) -> bytes:
     return bytes(out)
 
 
+def data_record_size(runs: int) -> int:
+    """Encoded bytes of the DATA records covering ``runs`` copy runs (0 for none)."""
+    records = -(-runs // DATA_RUNS_MAX)
+    return records * _REC_DATA.size + runs * DATA_RUN.size
+
+
+def data_record(runs: list[tuple[int, int, int]]) -> bytes:
+    """DATA: these (first store chunk, chunks, CRC32C) runs were copied by this
+    transaction, under its own flush (store/datacheck.py)."""
+    out = bytearray()
+    for at in range(0, len(runs), DATA_RUNS_MAX):
+        part = runs[at:at + DATA_RUNS_MAX]
+        out += _REC_DATA.pack(REC_DATA, len(part))
+        for run in part:
+            out += DATA_RUN.pack(*run)
+    return bytes(out)
+
+
 Record = tuple  # (REC_*, fields...) as decode_records yields them
 
 
@@ -820,7 +850,7 @@ def decode_records(stream: bytes, where: int) -> list[Record]:
     SUPER -> (3, {field: value}); GRANT -> (4, block, index, GrantRecord | None);
     CLONE -> (5, {field: value});
     GEOMETRY -> (6, {field: value, "size_records": ((grown_ns, bytes), ...)});
-    REVERT -> (7, {field: value}).
+    REVERT -> (7, {field: value}); DATA -> (8, ((store chunk, chunks, crc), ...)).
     """
     out: list[Record] = []
     pos, end = 0, len(stream)
@@ -860,6 +890,14 @@ def decode_records(stream: bytes, where: int) -> list[Record]:
                 values = _REC_CLONE.unpack_from(stream, pos)[1:]
                 out.append((REC_CLONE, dict(zip(CLONE_RECORD_FIELDS, values, strict=True))))
                 pos += _REC_CLONE.size
+            elif kind == REC_DATA:
+                n = _REC_DATA.unpack_from(stream, pos)[1]
+                pos += _REC_DATA.size
+                if pos + n * DATA_RUN.size > end:
+                    raise CorruptionError(where, "COMMIT3", "data record runs past its end")
+                out.append((REC_DATA, tuple(DATA_RUN.unpack_from(stream, pos + DATA_RUN.size * i)
+                                            for i in range(n))))
+                pos += n * DATA_RUN.size
             elif kind == REC_GEOMETRY:
                 values = _REC_GEOMETRY.unpack_from(stream, pos)
                 pos += _REC_GEOMETRY.size

@@ -64,6 +64,8 @@ class Replay:
 
     def _apply(self, rec: fmt.Record, where: int) -> None:
         kind = rec[0]
+        if kind == fmt.REC_DATA:  # checked before replay (datacheck.py): nothing to apply
+            return
         if kind in (fmt.REC_SUPER, fmt.REC_CLONE, fmt.REC_GEOMETRY, fmt.REC_REVERT):  # GEOMETRY: growth.py
             self.super_fields.update(rec[1])
             return

@@ -63,6 +63,17 @@ class Frozen:
     #: written home with the copy-outs, before the journal transaction that makes the
     #: store use them (store/growth.py)
     direct: list[Any] = field(default_factory=list)
+    #: a snapshot write happened in this transaction: its copies may go to a writer,
+    #: so they are flushed before the journal write (no DATA record; datacheck.py)
+    handout: bool = False
+
+    @property
+    def checks_data(self) -> bool:
+        """Copied chunks and journal go under one flush, with a DATA record
+        (datacheck.py): copies from the origin only, none handed to a writer, no
+        direct writes."""
+        return (bool(self.runs) and not self.direct and not self.handout
+                and not any(from_store for from_store, _, _, _ in self.runs))
 
     def payload(self, version: int, imaged: set[int]) -> tuple[list[tuple[int, bytes]], bytes]:
         """The images and record stream this transaction journals (compact format).
@@ -83,6 +94,8 @@ class Frozen:
         if self.geometry:
             parts.append(fmt.geometry_record(self.fields))
         parts.append(self.super_record)
+        if self.checks_data:  # a placeholder of the right size; Sealed.write fills it in
+            parts.append(bytes(fmt.data_record_size(len(self.runs))))
         return images, b"".join(parts)
 
 
@@ -103,6 +116,8 @@ class Sealed:
         self.dev, self.origin, self.chunk_size = dev, origin, chunk_size
         self.fence = fence  # raises FencedError when this server may no longer write
         self.void = False
+        #: one flush for copies and journal (datacheck.py); else copies flushed first
+        self.one_flush = frozen.checks_data and ring.version == COMPACT
         self.flushes = 0  # done by write(), counted by the owning thread afterwards
         self.bytes_copied = 0
         self.journal_bytes = 0
@@ -121,14 +136,23 @@ class Sealed:
                 self.fence()
             self._copy_out()
             self._write_direct()
-            self._flush()
+            if not self.one_flush:
+                self._flush()
         if self.fence is not None:
             self.fence()
         self._write_journal()
         self._flush()
 
     def _copy_out(self) -> None:
-        self.bytes_copied += run_copies(self.dev, self.origin, self.chunk_size, self.frozen.runs)
+        if not self.one_flush:
+            self.bytes_copied += run_copies(self.dev, self.origin, self.chunk_size,
+                                            self.frozen.runs)
+            return
+        crcs: list[tuple[int, int, int]] = []
+        self.bytes_copied += run_copies(self.dev, self.origin, self.chunk_size,
+                                        self.frozen.runs, crcs)
+        record = fmt.data_record(crcs)  # in place of the placeholder at the stream's end
+        self.stream = self.stream[:len(self.stream) - len(record)] + record
 
     def _write_direct(self) -> None:
         """New bitmaps of a growth, in space nothing committed uses (store/growth.py)."""
@@ -181,6 +205,7 @@ class Checkpoint:
     flushes: int = 0
     home_bytes: int = field(default=0)
     fence: Callable[[], None] | None = None  # as Sealed.fence
+    ticket: int = 0  # the durable ticket when it was captured
     _order: list[int] | None = field(default=None, repr=False)  # home addresses, sorted
     _at: int = field(default=0, repr=False)  # how many of them are written
 

@@ -79,6 +79,12 @@ class Sealing:
         self._last_geometry: tuple[int, ...] = ()  # geometry as last sealed (store/grow.py)
         #: new bitmap blocks of a growth, for the next transaction (store/grow.py)
         self._direct: list[Any] = []  # growth.NewBitmaps
+        #: a snapshot write happened in the open transaction (Frozen.handout)
+        self._handout = False
+        #: (ticket, store chunks) of sealed transactions whose copies a DATA record
+        #: covers and that no later durable transaction follows yet (datacheck.py):
+        #: a client may not write those chunks before one does
+        self._unconfirmed: list[tuple[int, set[int]]] = []
 
     # ------------------------------------------------------------------
     # the open transaction
@@ -124,6 +130,10 @@ class Sealing:
     def _open_changed(self) -> bool:
         return bool(self.cache.dirty or self.sbs.dirty or self.copier.pending)
 
+    def open_blocks(self) -> int:
+        """Blocks the open transaction has changed so far (its size, in journal images)."""
+        return len(self.cache.dirty)
+
     def needs_seal(self) -> bool:
         """Seal soon: a transaction was cut, or the open one is half its limit."""
         return bool(self._ready) or 2 * (len(self.cache.dirty) + 1) > self.journal.max_images
@@ -141,6 +151,7 @@ class Sealing:
                        + len(fmt.revert_record(self.sb)))
         if self.sb.geometry != self._last_geometry:
             records += len(fmt.geometry_record(self.sb))
+        records += fmt.data_record_size(len(self.copier.pending))
         return j.span(len(self.cache.dirty) + 1, records)
 
     def can_seal(self) -> bool:
@@ -189,8 +200,9 @@ class Sealing:
         direct, self._direct = self._direct, []
         sbs.dirty = False
         frozen = Frozen(cache.ticket, runs, blocks, fields, record, self.alloc.take_freed(),
-                        freed_blocks, self._ops_open, geometry, direct)
+                        freed_blocks, self._ops_open, geometry, direct, self._handout)
         self._ops_open = 0
+        self._handout = False
         cache.ticket += 1
         return frozen
 
@@ -240,7 +252,24 @@ class Sealing:
         sealed = Sealed(frozen, j.ring(), pos, seq, images, stream, self.dev, self.origin,
                         self.chunk_size, self.fence)
         self._outstanding.append(sealed)
+        if sealed.one_flush:
+            self._unconfirmed.append((frozen.ticket, {dest + i for _, _, dest, n in frozen.runs
+                                                      for i in range(n)}))
         return sealed
+
+    def _hand_out(self, chunks: list[tuple[int, int]]) -> None:
+        """A snapshot write hands these (chunk, store chunk) pairs to a writer: no DATA
+        record may cover them while its transaction is the journal's last (datacheck.py).
+        The open and cut transactions flush their copies first; a chunk copied by a
+        sealed one that nothing durable follows yet gets one more transaction after it,
+        which the answer then depends on."""
+        self._handout = True
+        for frozen in self._ready:
+            frozen.handout = True
+        if self._unconfirmed and any(store in chunks_ for _, store in chunks
+                                     for _, chunks_ in self._unconfirmed):
+            self._last_super = ()  # the transaction carries a SUPER record, at least
+            self.sbs.touch()
 
     def sealed_done(self, sealed: Sealed) -> None:
         """``sealed.write()`` returned: its transaction is durable."""
@@ -254,6 +283,8 @@ class Sealing:
         for bitmaps in fr.direct:  # home and durable now: read from there
             self.cache.direct = [d for d in self.cache.direct if d is not bitmaps]
         self.durable_ticket = fr.ticket
+        if self._unconfirmed:  # a durable transaction confirms the data of earlier ones
+            self._unconfirmed = [u for u in self._unconfirmed if u[0] >= fr.ticket]
         self.journal.commits += 1
         st = self.stats
         st["commits"] += 1
@@ -286,7 +317,8 @@ class Sealing:
         f.generation = self.sb.generation + 1
         f.journal_tail, f.journal_seq = self.journal.head, self.journal.seq
         ck = Checkpoint(self.dev, self.block_size, images, f, self.journal.used,
-                        self.alloc.capture_release(), fence=self.fence)
+                        self.alloc.capture_release(), fence=self.fence,
+                        ticket=self.durable_ticket)
         self._checkpoint_out = ck
         return ck
 
@@ -299,6 +331,8 @@ class Sealing:
         self.sb.generation = self.committed_super.generation = ck.generation
         self.journal.checkpointed(ck.head, ck.seq, ck.reclaimed)
         self.alloc.checkpointed(ck.released)
+        # the new tail is past every transaction done before the capture
+        self._unconfirmed = [u for u in self._unconfirmed if u[0] > ck.ticket]
         self.stats["checkpoints"] += 1
         self.stats["flushes"] += ck.flushes
         self.stats["home_bytes"] += ck.home_bytes
@@ -362,6 +396,8 @@ class Sealing:
         self._outstanding.clear()
         self._ready.clear()
         self._direct = []
+        self._handout = False
+        self._unconfirmed = []
         self.sbs.dirty = False
         self.cache.drop_all()
         self.copier.pending = []

@@ -32,8 +32,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import datacheck, growth, revert, sizes
 from . import format as fmt
-from . import growth, revert, sizes
 from . import journal as jnl
 from . import superblock as sbk
 from .bitmap import Allocator
@@ -185,6 +185,7 @@ class Store(Sealing):
         scan = jnl.scan(self.dev, f.journal_start, f.journal_blocks, f.block_size,
                         f.store_id, f.journal_tail, f.journal_seq, self.journal.version,
                         min_epoch=f.ha_epoch)
+        datacheck.check_tail(self.dev, f.chunk_size, f.journal_start, scan)
         replay = Replay(f.block_size, f.store_id, self.cache.decoders, f.journal_start)
         for txn in scan.transactions:
             replay.transaction(txn)
@@ -241,7 +242,8 @@ class Store(Sealing):
     def _mark_open(self) -> None:
         f = self.sb
         f.flags |= fmt.FLAG_BUSY
-        f.incompat |= fmt.INCOMPAT_GRANTS | fmt.INCOMPAT_HOLDS | fmt.INCOMPAT_CLONES
+        f.incompat |= (fmt.INCOMPAT_GRANTS | fmt.INCOMPAT_HOLDS | fmt.INCOMPAT_CLONES
+                       | fmt.INCOMPAT_DATA_CRC)
         # the table's space counts go stale with the first change from now on
         f.autoclear &= fmt.AUTOCLEAR_KNOWN & ~fmt.AUTOCLEAR_SPACE_COUNTS
         f.opened_ns = time.time_ns()
@@ -539,6 +541,7 @@ class Store(Sealing):
             chunk, end = start, start + count
             while chunk < end:
                 chunk = self._snapshot_batch(slot, chunk, end, out)
+        self._hand_out(out)
         return out
 
     def _live_slot(self, slot: int) -> None:

@@ -29,9 +29,9 @@ from csnap_soak.crash_harness import (
     run_workload,
 )
 from csnap_soak.recording import RecordingDevice, replay, torn
+from csnapd.store import datacheck, txn
 from csnapd.store import journal as jnl
 from csnapd.store import superblock as sbk
-from csnapd.store import txn
 from csnapd.store.replay import Replay
 from csnapd.store.seal import Checkpoint, Frozen, Sealed
 from csnapd.store.store import Store
@@ -255,6 +255,28 @@ def test_mutant_journal_before_copyout_data_is_caught(monkeypatch):
     """dm-snapshot 694cfe7f class: committing an exception before its data is durable."""
     _skip_flush_after(monkeypatch, Sealed, "_copy_out")
     assert _mutant_failures().failures > 0
+
+
+def test_mutant_replaying_a_last_transaction_whose_copied_data_is_missing_is_caught(
+        monkeypatch):
+    """One flush for data and journal is sound only because recovery checks the last
+    transaction's DATA record: without the check, a crash that kept the journal write but
+    not the copies points a snapshot at chunks that never reached the disk."""
+    monkeypatch.setattr(datacheck, "check_tail", lambda *args: None)
+    assert _mutant_failures().failures > 0
+
+
+def test_mutant_in_place_snapshot_write_without_a_confirming_commit_is_caught(monkeypatch):
+    """A writer may not overwrite a chunk that the journal's last transaction covers with
+    a DATA record (recovery would take the overwrite for missing data and drop that
+    acknowledged transaction): the store commits once more first."""
+    def hand_out(self, chunks):
+        self._handout = True
+        for frozen in self._ready:
+            frozen.handout = True
+
+    monkeypatch.setattr(Store, "_hand_out", hand_out)
+    assert _mutant_failures(seeds=tuple(range(1, 40))).failures > 0
 
 
 def test_mutant_superblock_before_home_writes_is_caught(monkeypatch):

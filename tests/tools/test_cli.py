@@ -115,8 +115,11 @@ def test_dump_journal_decodes_compact_records_and_check_agrees(files):
     assert len(txns) == 3 and txns[-1]["blocks"] == 2 and txns[-1]["images"] == []
     last = txns[-1]["records"]
     assert [r["entry"] for r in last if "entry" in r] == [4, 5]
-    assert any("bits" in r for r in last) and "super" in last[-1]
-    assert last[-1]["super"]["exceptions"] == 6
+    assert any("bits" in r for r in last) and "super" in last[-2]
+    assert last[-2]["super"]["exceptions"] == 6
+    # the copies share the journal's flush: a DATA record vouches for them
+    assert [(d["store_chunk"], d["chunks"]) for d in last[-1]["data"]] == [
+        (s.snapshot_lookup(0, 4), 2)]
     assert txns[1]["images"] and txns[1]["parity"] == "ok"
     human = run("csnap-dump", "--store", str(store), "journal")
     assert human.returncode == 0 and "'entry': 4" in human.stdout
