@@ -130,6 +130,11 @@ class Sealing:
     def _open_changed(self) -> bool:
         return bool(self.cache.dirty or self.sbs.dirty or self.copier.pending)
 
+    @property
+    def open_ops(self) -> int:
+        """Operations (origin and snapshot writes, creates, ...) in the open transaction."""
+        return self._ops_open
+
     def open_blocks(self) -> int:
         """Blocks the open transaction has changed so far (its size, in journal images)."""
         return len(self.cache.dirty)
