@@ -176,7 +176,7 @@ class Sealed:
 
 #: Home images one ``Checkpoint.write_part`` writes: a sealed transaction can go between
 #: two parts, so a checkpoint of thousands of blocks never holds commits back for long.
-PART_BLOCKS = 256
+PART_BLOCKS = 64
 
 
 @dataclass(eq=False)
