@@ -18,9 +18,13 @@ The two older formats are only ever replayed by a writer (invariant 8).
 Durability invariants (the store relies on every one of them):
   1. Write-ahead: every block of a transaction is flushed before any of its
      images is written to its home location.
-  2. Data first: copy-out data that a transaction points at is flushed before
-     the transaction is written (``Sealed.write`` copies, flushes, then writes
-     the journal blocks; seal.py).
+  2. Data first, or vouched for: copy-out data that a transaction points at
+     is flushed before the transaction is written (``Sealed.write`` copies,
+     flushes, then writes the journal blocks; seal.py), or the transaction
+     carries a DATA record for it and both share one flush; recovery then
+     drops the last transaction if its copies are not on disk, and no client
+     writes a covered chunk before a later transaction is durable
+     (datacheck.py).
   3. Reclaim after home: journal space is reused only after a checkpoint,
      i.e. after every home write of the reclaimed transactions has been
      flushed and a superblock naming the new tail has been flushed.
