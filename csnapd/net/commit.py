@@ -113,6 +113,8 @@ class Committer:
                 work = work or self.checkpoint
             elif store.wants_checkpoint() or (store.has_changes() and not store.can_seal()):
                 work = self.checkpoint = store.seal_checkpoint()
+            elif not store.has_changes():
+                pass  # nothing to write (the common case of a lookup)
             elif self._holding():
                 return
             else:
