@@ -18,9 +18,47 @@ cheaper).
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 
 from . import format as fmt
 from .format import BlockKind
+
+
+class FrozenImage:
+    """A block's committed state, sealed into its image only when the bytes are needed.
+
+    A commit journals most leaf and bitmap changes as records, yet each block's committed
+    image must be kept for the checkpoint's home write.  Sealing (encoding, CRC) every
+    changed block at every commit was most of a small commit's CPU; this keeps a frozen
+    copy of the state instead (cheap: a leaf's lists hold immutable tuples, a bitmap is
+    one byte string) and seals it once, when a checkpoint writes it home or an evicted
+    block is read back.  Safe to seal on any thread: nothing changes it after it is made.
+    """
+
+    __slots__ = ("kind", "addr", "store_id", "block_size", "count", "_payload", "_image")
+
+    def __init__(self, kind: BlockKind, addr: int, store_id: int, block_size: int, count: int,
+                 payload: bytes | Callable[[], bytes]) -> None:
+        self.kind, self.addr, self.store_id = kind, addr, store_id
+        self.block_size, self.count, self._payload = block_size, count, payload
+        self._image: bytes | None = None
+
+    def image(self) -> bytes:
+        """The sealed block image (made the first time it is asked for)."""
+        image = self._image
+        if image is None:
+            payload = self._payload
+            if not isinstance(payload, bytes):
+                payload = payload()
+            image = fmt.seal(self.kind, self.addr, self.store_id, self.count, payload,
+                             self.block_size)
+            self._image = image  # (the state stays: another thread may be sealing too)
+        return image
+
+
+def image_bytes(image: bytes | FrozenImage) -> bytes:
+    """The bytes of a committed image, whichever form it is kept in."""
+    return image if isinstance(image, bytes) else image.image()
 
 
 class Leaf:
@@ -82,6 +120,12 @@ class Leaf:
 
     def payload(self) -> tuple[int, bytes]:
         return len(self.keys), fmt.encode_leaf(self.keys, self.vals)
+
+    def frozen(self, store_id: int, block_size: int) -> FrozenImage:
+        """This leaf's state now, to be sealed only when its bytes are needed."""
+        keys, vals = list(self.keys), list(self.vals)
+        return FrozenImage(self.kind, self.addr, store_id, block_size, len(keys),
+                           lambda: fmt.encode_leaf(keys, vals))
 
     def cost(self) -> int:
         return 160 + 72 * len(self.keys) + 120 * sum(len(v) for v in self.vals)
@@ -167,6 +211,10 @@ class Bitmap:
 
     def payload(self) -> tuple[int, bytes]:
         return 0, bytes(self.bits)
+
+    def frozen(self, store_id: int, block_size: int) -> FrozenImage:
+        """This bitmap's bits now, to be sealed only when the image is needed."""
+        return FrozenImage(self.kind, self.addr, store_id, block_size, 0, bytes(self.bits))
 
     def cost(self) -> int:
         return 120 + len(self.bits)

@@ -43,10 +43,13 @@ from collections.abc import Callable
 from typing import Any
 
 from . import format as fmt
+from .blocks import FrozenImage, image_bytes
 from .device import Device
 from .errors import CorruptionError
 
 Decoder = Callable[[bytes, int, int], Any]
+#: Kinds whose committed image is kept frozen until needed (blocks.FrozenImage).
+_FROZEN_KINDS = frozenset((fmt.BlockKind.LEAF, fmt.BlockKind.CBITMAP, fmt.BlockKind.MBITMAP))
 
 
 class BlockCache:
@@ -61,15 +64,17 @@ class BlockCache:
         self._costs: dict[int, int] = {}
         self.used = 0
         self.dirty: dict[int, Any] = {}
-        self.pending_home: dict[int, bytes] = {}
+        #: committed images not home yet (a leaf journaled as records keeps its state as a
+        #: FrozenImage, encoded only when needed: blocks.py)
+        self.pending_home: dict[int, bytes | FrozenImage] = {}
         #: images a checkpoint in flight is writing home (read-only here)
-        self.homing: dict[int, bytes] = {}
+        self.homing: dict[int, bytes | FrozenImage] = {}
         #: new bitmap blocks of a growth whose transaction is not durable yet: written
         #: home by that transaction itself, before its journal write (store/grow.py)
         self.direct: list[Any] = []  # growth.NewBitmaps: image(addr) -> bytes | None
         #: committed images of blocks that a transaction not yet durable frees:
         #: the committed tree still uses them, so a checkpoint must write them
-        self.freed_pending: dict[int, bytes] = {}
+        self.freed_pending: dict[int, bytes | FrozenImage] = {}
         #: block -> ticket of the newest transaction that frees it
         self.freed_at: dict[int, int] = {}
         self._freed_now: list[int] = []  # freed by the open transaction
@@ -107,13 +112,13 @@ class BlockCache:
         raw = self.pending_home.get(addr)
         if raw is None:
             raw = self.homing.get(addr)
-            for new in self.direct if raw is None else ():
-                raw = new.image(addr)
-                if raw is not None:
-                    break
-            if raw is None:
-                raw = self.dev.pread(addr * self.block_size, self.block_size)
-        return raw
+        if raw is not None:
+            return image_bytes(raw)
+        for new in self.direct:
+            found = new.image(addr)
+            if found is not None:
+                return found
+        return self.dev.pread(addr * self.block_size, self.block_size)
 
     def depend(self, addr: int) -> None:
         """The caller's answer relies on the newest state of block ``addr``."""
@@ -182,17 +187,24 @@ class BlockCache:
         count, payload = obj.payload()
         return fmt.seal(obj.kind, obj.addr, self.store_id, count, payload, self.block_size)
 
-    def take_dirty(self) -> tuple[list[tuple[int, bytes, bytes | None]], list[int]]:
+    def take_dirty(self) -> tuple[list[tuple[int, bytes | FrozenImage, bytes | None]],
+                                  list[int]]:
         """Seal every dirty block (they become sealed, pinned) and take the frees.
 
         Returns (home, image, records or None) for each changed block (records:
         its changes as compact-journal records, when it has them and they are
         small), and the blocks the open transaction freed.
         """
-        out = []
+        out: list[tuple[int, bytes | FrozenImage, bytes | None]] = []
         ticket, limit = self.ticket, self.block_size // 4
+        sid, bs = self.store_id, self.block_size
         for addr, obj in self.dirty.items():
-            out.append((addr, self.seal(obj), obj.records(limit)))
+            records = obj.records(limit)
+            if records is not None and obj.kind in _FROZEN_KINDS:
+                # journaled as records: seal the image only when a checkpoint needs it
+                out.append((addr, obj.frozen(sid, bs), records))
+            else:
+                out.append((addr, self.seal(obj), records))
             if obj.TRACKS:
                 obj.changes = set()
             self._pinned[addr] = ticket
@@ -201,7 +213,8 @@ class BlockCache:
         freed, self._freed_now = self._freed_now, []
         return out, freed
 
-    def committed(self, ticket: int, blocks: list[tuple[int, bytes, bytes | None]],
+    def committed(self, ticket: int,
+                  blocks: list[tuple[int, bytes | FrozenImage, bytes | None]],
                   freed: list[int]) -> None:
         """Transaction ``ticket`` is durable: its images wait for their home write."""
         freed_at, stamps, pinned = self.freed_at, self.stamps, self._pinned
@@ -220,7 +233,7 @@ class BlockCache:
             if freed_at.get(addr) == ticket:
                 del freed_at[addr]
 
-    def capture_home(self) -> dict[int, bytes]:
+    def capture_home(self) -> dict[int, bytes | FrozenImage]:
         """Every committed image not home yet, for a checkpoint; served from it until done.
 
         Overlap check: each target must be a metadata block, except blocks freed

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import format as fmt
 from . import superblock as sbk
+from .blocks import FrozenImage, image_bytes
 from .copier import Run, run_copies
 from .device import Device
 from .errors import ReadOnlyError
@@ -50,7 +51,7 @@ class Frozen:
 
     ticket: int
     runs: list[Run]
-    blocks: list[tuple[int, bytes, bytes | None]]
+    blocks: list[tuple[int, bytes | FrozenImage, bytes | None]]
     fields: fmt.SuperFields
     super_record: bytes
     freed_chunks: set[int]
@@ -84,13 +85,13 @@ class Frozen:
         For the older formats every block is an image and there is no stream.
         """
         if version != COMPACT:
-            return [(home, image) for home, image, _ in self.blocks], b""
+            return [(home, image_bytes(image)) for home, image, _ in self.blocks], b""
         images, parts = [], []
         for home, image, records in self.blocks:
             if records is not None and home in imaged:
                 parts.append(records)
             else:
-                images.append((home, image))
+                images.append((home, image_bytes(image)))
         if self.geometry:
             parts.append(fmt.geometry_record(self.fields))
         parts.append(self.super_record)
@@ -198,7 +199,7 @@ class Checkpoint:
 
     dev: Device
     block_size: int
-    images: dict[int, bytes]
+    images: dict[int, bytes | FrozenImage]  # encoded here, on the worker, when written
     fields: fmt.SuperFields
     reclaimed: int
     released: set[int]
@@ -255,7 +256,7 @@ class Checkpoint:
             while j < len(addrs) and addrs[j] == addrs[j - 1] + 1 and j - i < 64:
                 j += 1
             first = addrs[i]
-            self.dev.pwrite(first * bs, b"".join(images[a] for a in addrs[i:j]))
+            self.dev.pwrite(first * bs, b"".join(image_bytes(images[a]) for a in addrs[i:j]))
             i = j
         self.home_bytes += len(addrs) * bs
 

@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from csnapd.store import format as fmt
+from csnapd.store.blocks import image_bytes
 from csnapd.store.check import check_store
 from csnapd.store.device import Device, MemoryDevice
 from csnapd.store.errors import ReadOnlyError, SealOrderError, StoreFullError
@@ -263,7 +264,7 @@ def test_checkpoint_while_the_owner_keeps_changing_blocks():
     worker.join()
     assert ck.images == captured  # later changes never reached the images
     s.checkpoint_done(ck)
-    assert inner.pread(leaf * BS, BS) == captured[leaf]  # home = committed state at capture
+    assert inner.pread(leaf * BS, BS) == image_bytes(captured[leaf])  # committed at capture
     sealed.write()
     s.sealed_done(sealed)
     overwrite_origin(origin, range(20, 40), 1)
@@ -307,7 +308,7 @@ def test_a_checkpoint_written_in_parts_with_commits_between_them():
     assert parts == -(-len(images) // size) - 1 and s.in_flight  # the last part ends it
     s.checkpoint_done(ck)
     for home, image in images:
-        assert inner.pread(home * BS, BS) == image
+        assert inner.pread(home * BS, BS) == image_bytes(image)
     t = reopen(inner, origin)
     for k in [*range(128)]:
         assert snapshot_read(t, a.slot, k) == data[k]
