@@ -64,7 +64,6 @@ class Committer:
         self.hold_ops = 0
         self.hold_until = 0.0
         self._hold_timer: asyncio.TimerHandle | None = None
-        self.holds = 0  # commits that waited for more operations
 
     @property
     def idle(self) -> bool:
@@ -154,7 +153,6 @@ class Committer:
         operations' clients, expected back soon."""
         if sealed.frozen.ops < 2:
             return
-        self.holds += 1
         self.hold_ops = sealed.frozen.ops + self.store.open_ops
         self.hold_until = asyncio.get_running_loop().time() + HOLD
 

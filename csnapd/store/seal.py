@@ -227,9 +227,10 @@ class Checkpoint:
         while not self.write_part(len(self.images) or 1):
             pass
 
-    def write_part(self, max_blocks: int = PART_BLOCKS) -> bool:
-        """The next ``max_blocks`` home writes, or, once all are written, the end (flush,
-        superblock slot, flush).  True when the checkpoint is complete."""
+    def write_part(self, max_blocks: int = 0) -> bool:
+        """The next ``max_blocks`` (default PART_BLOCKS) home writes, or, once all are
+        written, the end (flush, superblock slot, flush).  True when it is complete."""
+        max_blocks = max_blocks or PART_BLOCKS
         if self.fence is not None:
             self.fence()
         if self._order is None:

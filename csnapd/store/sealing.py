@@ -271,8 +271,8 @@ class Sealing:
         self._handout = True
         for frozen in self._ready:
             frozen.handout = True
-        if self._unconfirmed and any(store in chunks_ for _, store in chunks
-                                     for _, chunks_ in self._unconfirmed):
+        vouched = [copied for _, copied in self._unconfirmed]
+        if vouched and any(store in copied for _, store in chunks for copied in vouched):
             self._last_super = ()  # the transaction carries a SUPER record, at least
             self.sbs.touch()
 
